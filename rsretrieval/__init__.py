@@ -1,0 +1,3 @@
+"""rsretrieval: resource-efficient remote-sensing text-image retrieval with CLIP."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from rsretrieval.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,191 @@
+"""Command line: ``python -m rsretrieval COMMAND``. A thin layer over the public API.
+
+Every command parses its arguments into the library's own config objects and calls library
+functions; nothing in ``rsretrieval/`` reads ``sys.argv`` but :func:`main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_SYNTHRS_ROOT = "data/synthrs"
+
+
+def _add_data_args(p: argparse.ArgumentParser, split: str | None = None) -> None:
+    p.add_argument("--dataset", default="synthrs", help="rsitmd, rsicd, ucm, sydney, synthrs, karpathy, precomp")
+    p.add_argument("--root", default=None, help=f"dataset folder (default for synthrs: {DEFAULT_SYNTHRS_ROOT})")
+    if split is not None:
+        p.add_argument("--split", default=split, help="train, val, test or all")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of train carved out as val if none")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="mini", help="architecture: tiny, mini, ViT-B-32, ...")
+    p.add_argument("--pretrained", default=None, help="weights tag (openai, synthrs) or a state-dict file")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+
+
+def _root(args: argparse.Namespace) -> str:
+    if args.root:
+        return args.root
+    if args.dataset == "synthrs":
+        return DEFAULT_SYNTHRS_ROOT
+    raise SystemExit(f"--root is required for dataset {args.dataset!r}")
+
+
+def _json_out(obj: Any, path: str | None) -> None:
+    text = json.dumps(obj, indent=2, default=str)
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text + "\n")
+    print(text)
+
+
+# ----------------------------------------------------------------------------- data
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from rsretrieval.data.synthrs import generate_synthrs
+
+    root = generate_synthrs(args.root, n_images=args.n_images, image_size=args.image_size, seed=args.seed,
+                            domain=args.domain, overwrite=args.overwrite)
+    print(f"SynthRS ({args.domain}) ready in {root}")
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from rsretrieval.data import check_dataset
+
+    report = check_dataset(args.name, args.root)
+    _json_out(report, args.json)
+    return 1 if report.get("problems") else 0
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from rsretrieval.data import get_dataset_info, list_datasets
+
+    if not args.name:
+        print("\n".join(list_datasets()))
+        return 0
+    info = get_dataset_info(args.name)
+    print(f"{info.title}\n\nsource: {info.source}\n\nlayout:\n{info.layout()}\n\ncitation:\n{info.citation}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- train / eval
+
+def _load(args: argparse.Namespace, split: str):
+    from rsretrieval.data import load_dataset
+
+    return load_dataset(args.dataset, _root(args), split, val_fraction=args.val_fraction, seed=args.seed)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from rsretrieval.evaluate import evaluate
+    from rsretrieval.models import create_model, print_trainable_parameters, seed_everything
+    from rsretrieval.train import TrainConfig, fit, load_best
+
+    seed_everything(args.seed)
+    bundle = create_model(args.model, args.pretrained, device="cpu")
+    print_trainable_parameters(bundle.model)
+    cfg_fields = {f.name for f in fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in cfg_fields and v is not None})
+    train, val = _load(args, "train"), _load(args, "val")
+    history = fit(bundle.model, bundle.tokenizer, train, bundle.transform, cfg,
+                  val_data=val, val_transform=bundle.transform)
+    best = load_best(bundle.model, cfg.output_dir)
+    test = _load(args, "test")
+    result = evaluate(bundle.model, test, transform=bundle.transform, tokenizer=bundle.tokenizer,
+                      device=cfg.device if cfg.device != "auto" else "cpu", progress=cfg.progress)
+    summary = {"config": asdict(cfg), "best_epoch": best["epoch"], "val": best["metrics"],
+               "test": result.to_dict(), "history": history.to_dict()}
+    _json_out({"best_epoch": best["epoch"], "test": result.metrics}, None)
+    Path(cfg.output_dir, "results.json").write_text(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rsretrieval.evaluate import evaluate
+    from rsretrieval.models import create_model, select_device
+    from rsretrieval.train import load_best
+
+    device = select_device(args.device)
+    bundle = create_model(args.model, args.pretrained, device=device)
+    if args.run:
+        load_best(bundle.model, args.run)
+    data = _load(args, args.split)
+    result = evaluate(bundle.model, data, transform=bundle.transform, tokenizer=bundle.tokenizer,
+                      batch_size=args.batch_size, device=device)
+    print(result.table())
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2))
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m rsretrieval", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="datasets: generate SynthRS, check a dataset on disk, show layouts")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    p = dsub.add_parser("synth", help="generate the offline SynthRS dataset")
+    p.add_argument("--root", default=DEFAULT_SYNTHRS_ROOT)
+    p.add_argument("--domain", default="rs", choices=["rs", "source"])
+    p.add_argument("--n-images", type=int, default=1500)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_data_synth)
+    p = dsub.add_parser("check", help="count images/captions per split and list every problem found")
+    p.add_argument("name")
+    p.add_argument("--root", required=True)
+    p.add_argument("--json", default=None, help="also write the report here")
+    p.set_defaults(func=cmd_data_check)
+    p = dsub.add_parser("info", help="where to get a dataset and how to lay it out")
+    p.add_argument("name", nargs="?")
+    p.set_defaults(func=cmd_data_info)
+
+    p = sub.add_parser("train", help="train a model; selects the best epoch on val, reports test")
+    _add_data_args(p)
+    _add_model_args(p)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--warmup-steps", type=int, default=20)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", dest="output_dir", required=True, help="run folder: checkpoints, history, results")
+    p.add_argument("--no-resume", dest="resume", action="store_false")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a model (optionally a run's best checkpoint) on a split")
+    _add_data_args(p, split="test")
+    _add_model_args(p)
+    p.add_argument("--run", default=None, help="a run folder written by `train` (loads its best.pt)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None)
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,51 @@
+"""Errors raised by rsretrieval.
+
+Every message names the file or record at fault and says how to fix it. Each class also
+subclasses the builtin a caller would expect, so ``except FileNotFoundError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class RSRetrievalError(Exception):
+    """Base class of every error raised on purpose by this library."""
+
+
+class DatasetNotFoundError(RSRetrievalError, FileNotFoundError):
+    """A dataset's files are not where the reader looks for them."""
+
+
+class DatasetFormatError(RSRetrievalError, ValueError):
+    """An annotation file or image of a dataset is malformed."""
+
+
+class ChecksumError(RSRetrievalError, ValueError):
+    """A downloaded or supplied file does not have the expected checksum."""
+
+
+class UnsafeArchiveError(RSRetrievalError, ValueError):
+    """An archive member would be written outside the extraction folder."""
+
+
+class ModelNotFoundError(RSRetrievalError, ValueError):
+    """An unknown model name or pretrained tag."""
+
+
+class CheckpointError(RSRetrievalError, ValueError):
+    """A checkpoint does not fit the model it is loaded into."""
+
+
+class DependencyNotFoundError(RSRetrievalError, ModuleNotFoundError):
+    """An optional package is needed and not installed."""
+
+
+def lazy_import(module: str, pip_name: str | None = None):
+    """Import an optional dependency, or raise an error that says what to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise DependencyNotFoundError(
+            f"{module} is not installed. Run `pip install {pip_name or module}`."
+        ) from exc

@@ -1,0 +1,44 @@
+import os
+
+os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the suite is CPU-only, as CI
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rsretrieval.data.dataset import CaptionDataset
+
+torch.set_num_threads(2)
+
+COLOURS = {"red": (200, 30, 30), "green": (30, 160, 40), "blue": (30, 60, 200), "white": (240, 240, 240)}
+
+
+def make_colour_dataset(root, n_per_colour: int = 4, size: int = 32, captions_per_image: int = 2) -> CaptionDataset:
+    """A small dataset where each image is a noisy flat colour and its captions name it."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    paths, scenes, captions, t2i = [], [], [], []
+    for name, rgb in COLOURS.items():
+        for k in range(n_per_colour):
+            arr = np.clip(np.array(rgb) + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+            path = root / f"{name}_{k}.png"
+            Image.fromarray(arr).save(path)
+            for c in range(captions_per_image):
+                captions.append(f"a {name} image number {k} variant {c}")
+                t2i.append(len(paths))
+            paths.append(path)
+            scenes.append(name)
+    return CaptionDataset("colours", "train", paths, scenes, captions, t2i)
+
+
+@pytest.fixture
+def colour_data(tmp_path):
+    return make_colour_dataset(tmp_path / "colours")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle():
+    from rsretrieval.models import create_model
+
+    return create_model("tiny")

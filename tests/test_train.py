@@ -1,0 +1,133 @@
+import copy
+
+import pytest
+import torch
+
+from rsretrieval.errors import CheckpointError
+from rsretrieval.losses import InfoNCELoss, same_image_mask
+from rsretrieval.models import create_model, freeze
+from rsretrieval.train import (
+    ContrastiveTask,
+    TrainConfig,
+    atomic_save,
+    epoch_order,
+    fit,
+    load_trainable_state_dict,
+    trainable_state_dict,
+)
+
+
+def test_same_image_mask():
+    mask = same_image_mask(torch.tensor([0, 1, 0, 2]))
+    expected = torch.zeros(4, 4, dtype=torch.bool)
+    expected[0, 2] = expected[2, 0] = True
+    assert torch.equal(mask, expected)
+
+
+def test_infonce_hand_computed_and_masking():
+    img = torch.eye(2)
+    txt = torch.eye(2)
+    out = InfoNCELoss()(img, txt, torch.tensor(1.0), torch.tensor([0, 1]))["contrastive_loss"]
+    # each row: softmax over [1, 0] -> -log(e / (e + 1))
+    expected = -torch.log(torch.e / (torch.e + torch.tensor(1.0)))
+    assert torch.allclose(out, expected)
+    # two captions of the same image: masked entries leave only the positive, so the loss is zero
+    both = InfoNCELoss()(img, txt, torch.tensor(1.0), torch.tensor([5, 5]))["contrastive_loss"]
+    assert torch.allclose(both, torch.tensor(0.0))
+    unmasked = InfoNCELoss(mask_same_image=False)(img, txt, torch.tensor(1.0), torch.tensor([5, 5]))
+    assert unmasked["contrastive_loss"] > 0.3
+
+
+def test_epoch_order_is_seeded_and_sharded():
+    a = epoch_order(10, seed=1, epoch=0)
+    assert a == epoch_order(10, seed=1, epoch=0)
+    assert a != epoch_order(10, seed=1, epoch=1)
+    shards = epoch_order(10, 1, 0, rank=0, world=2) + epoch_order(10, 1, 0, rank=1, world=2)
+    assert sorted(shards) == list(range(10))
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(epochs=2, batch_size=4, lr=1e-3, warmup_steps=2, progress=False, output_dir=str(tmp_path),
+                eval_every=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+class _Crash(Exception):
+    pass
+
+
+class CrashingTask(ContrastiveTask):
+    """Raises after a number of forward calls: an interruption in the middle of an epoch."""
+
+    def __init__(self, model, crash_after):
+        super().__init__(model)
+        self.calls, self.crash_after = 0, crash_after
+
+    def forward(self, *args):
+        self.calls += 1
+        if self.calls > self.crash_after:
+            raise _Crash
+        return super().forward(*args)
+
+
+def test_resume_after_interruption_is_exact(tmp_path, colour_data):
+    torch.manual_seed(0)
+    base = create_model("tiny")
+    model_a, model_b = copy.deepcopy(base.model), copy.deepcopy(base.model)
+    tf, tok = base.transform, base.tokenizer
+
+    fit(model_a, tok, colour_data, tf, _cfg(tmp_path / "a"))
+
+    # 32 pairs / batch 4 = 8 batches per epoch; checkpoint every 3 updates, crash in epoch 2
+    cfg_b = _cfg(tmp_path / "b", checkpoint_every_steps=3)
+    with pytest.raises(_Crash):
+        fit(model_b, tok, colour_data, tf, cfg_b, task=CrashingTask(model_b, crash_after=11))
+    fresh = copy.deepcopy(base.model)  # a new process would rebuild the model from scratch
+    history = fit(fresh, tok, colour_data, tf, cfg_b)
+    for (name, pa), (_, pb) in zip(model_a.named_parameters(), fresh.named_parameters()):
+        assert torch.equal(pa, pb), name
+    assert [r["epoch"] for r in history.records] == [1, 2]
+    assert history.records[-1]["updates"] == 16
+
+
+def test_training_lowers_loss_and_frozen_stays(tmp_path, colour_data):
+    torch.manual_seed(0)
+    bundle = create_model("tiny")
+    freeze(bundle.model.visual)
+    before = copy.deepcopy(bundle.model.visual.state_dict())
+    hist = fit(bundle.model, bundle.tokenizer, colour_data, bundle.transform,
+               _cfg(tmp_path, epochs=4, output_dir=None))
+    losses = hist.column("train_loss")
+    assert losses[-1] < losses[0]
+    for k, v in bundle.model.visual.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_checkpoint_of_wrong_shape_is_a_clear_error():
+    tiny = create_model("tiny").model
+    state = trainable_state_dict(tiny)
+    state["text_projection"] = torch.zeros(3, 3)
+    with pytest.raises(CheckpointError, match="wrong shape.*text_projection"):
+        load_trainable_state_dict(tiny, state, source="x.pt")
+
+
+def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
+    target = tmp_path / "ck.pt"
+    atomic_save({"a": torch.ones(2)}, target)
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError):
+        atomic_save({"a": torch.zeros(2)}, target)
+    assert torch.load(target, weights_only=True)["a"].sum() == 2  # the old file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
+
+
+def test_no_trainable_parameters_is_an_error(colour_data):
+    bundle = create_model("tiny")
+    freeze(bundle.model)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        fit(bundle.model, bundle.tokenizer, colour_data, bundle.transform, TrainConfig(epochs=1, progress=False))
