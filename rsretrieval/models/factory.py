@@ -17,6 +17,7 @@ import open_clip
 import torch
 
 from rsretrieval.errors import CheckpointError, ModelNotFoundError
+from rsretrieval.models.compact import load_compact
 
 _logger = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ def create_model(
         raise ModelNotFoundError(f"unknown model {name!r}. Available: {', '.join(list_models())}")
     tag = str(pretrained) if pretrained is not None else None
     weights: str | None = tag
+    compact: Path | None = None
     if tag is not None:
         local = local_pretrained_path(name, tag)
         if local is not None:
@@ -149,7 +151,7 @@ def create_model(
                     f"weights {name}/{tag} are not at {local}. Create them with "
                     f"`python -m rsretrieval pretrain --model {name}` (about 15 minutes on a CPU)."
                 )
-            weights = str(local)
+            compact, weights = local, None  # our compact format: built random, then filled below
         elif not Path(tag).is_file() and not _is_open_clip_tag(name, tag):
             looks_like_path = any(ch in tag for ch in "/\\.")
             hint = f"no file at {tag}" if looks_like_path else f"known tags: {[t for _, t in list_pretrained(name)]}"
@@ -160,14 +162,16 @@ def create_model(
             arch, pretrained=weights, device=device, precision=precision, cache_dir=cache_dir,
             weights_only=True, **kwargs,
         )
-    except RuntimeError as exc:
-        mismatch = any(k in str(exc) for k in ("size mismatch", "Missing key", "Unexpected key"))
-        if weights is not None and Path(weights).is_file() and mismatch:
-            raise CheckpointError(
-                f"weights file {weights} does not fit architecture {arch}: {str(exc)[:400]} ... "
-                "Pick the architecture the file was trained with (RemoteCLIP and GeoRSCLIP ViT-B/32 "
-                "files go with ViT-B-32)."
-            ) from exc
-        raise
+    except (RuntimeError, AssertionError, KeyError) as exc:
+        # open_clip signals a misfit by RuntimeError (size mismatch, keys) or a bare assert (pos embeds)
+        if weights is None or not Path(weights).is_file():
+            raise
+        raise CheckpointError(
+            f"weights file {weights} does not fit architecture {arch}: {str(exc)[:400] or type(exc).__name__}. "
+            "Pick the architecture the file was trained with (RemoteCLIP and GeoRSCLIP ViT-B/32 files go "
+            "with ViT-B-32)."
+        ) from exc
+    if compact is not None:
+        load_compact(model, compact, arch=name)
     tokenizer = open_clip.get_tokenizer(arch)
     return ModelBundle(model, val_tf, train_tf, tokenizer, arch, tag)

@@ -1,0 +1,135 @@
+"""Run the course: every notebook, in order, with papermill, into one output folder.
+
+Each notebook gets its own ``OUTPUT_DIR`` (``<out>/<notebook>/``) where it writes
+``records.json``; the runner collects those numbers and each notebook's runtime into
+``<out>/summary.json``, and exports each executed notebook to HTML.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from rsretrieval.models.factory import REPO_ROOT
+
+_logger = logging.getLogger(__name__)
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised; the message names the notebook, the cell and the error."""
+
+
+def list_notebooks(folder: str | Path = NOTEBOOK_DIR) -> list[Path]:
+    """The course notebooks, in order (``NN_name.ipynb``)."""
+    return sorted(p for p in Path(folder).glob("[0-9][0-9]_*.ipynb"))
+
+
+def notebook_parameters(path: str | Path) -> dict[str, Any]:
+    """The names and default values of a notebook's ``parameters`` cell."""
+    import papermill
+
+    return {k: v["default"] for k, v in papermill.inspect_notebook(str(path)).items()}
+
+
+def run_notebook(
+    path: str | Path,
+    out_dir: str | Path,
+    parameters: dict[str, Any] | None = None,
+    *,
+    kernel: str = "python3",
+    cell_timeout: int | None = None,
+    html: bool = True,
+) -> dict[str, Any]:
+    """Execute one notebook; returns ``{"notebook", "seconds", "records", "output"}``.
+
+    Only parameters the notebook declares are passed (others are dropped, with a log line).
+    ``OUTPUT_DIR`` is set to ``out_dir/<stem>``.
+
+    Raises:
+        NotebookFailed: naming the notebook, the failing cell's index and the error.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    path = Path(path)
+    nb_out = Path(out_dir) / path.stem
+    nb_out.mkdir(parents=True, exist_ok=True)
+    declared = notebook_parameters(path)
+    params = {k: v for k, v in (parameters or {}).items() if k in declared}
+    dropped = sorted(set(parameters or {}) - set(params))
+    if dropped:
+        _logger.info("%s does not take %s", path.name, dropped)
+    if "OUTPUT_DIR" in declared:
+        params["OUTPUT_DIR"] = str(nb_out.resolve())
+    executed = Path(out_dir) / path.name
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(path), str(executed), parameters=params, kernel_name=kernel, cwd=str(path.parent),
+            progress_bar=False, execution_timeout=cell_timeout, log_output=False,
+        )
+    except PapermillExecutionError as exc:
+        raise NotebookFailed(
+            f"{path.name}: cell {exc.cell_index} (execution count {exc.exec_count}) raised "
+            f"{exc.ename}: {exc.evalue}. The executed notebook with the traceback is {executed}."
+        ) from exc
+    seconds = time.perf_counter() - start
+    if html:
+        _export_html(executed)
+    records_file = nb_out / "records.json"
+    records = json.loads(records_file.read_text()) if records_file.exists() else {}
+    return {"notebook": path.stem, "seconds": round(seconds, 1), "records": records, "output": str(executed)}
+
+
+def _export_html(notebook: Path) -> Path:
+    import nbconvert
+    import nbformat
+
+    body, _ = nbconvert.HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+    target = notebook.with_suffix(".html")
+    target.write_text(body, encoding="utf-8")
+    return target
+
+
+def run_course(
+    out_dir: str | Path = "build/course",
+    parameters: dict[str, Any] | None = None,
+    *,
+    notebooks: list[Path] | None = None,
+    cell_timeout: int | None = None,
+) -> dict[str, Any]:
+    """Run every course notebook in order; stop at the first failure.
+
+    ``summary.json`` is written after every notebook, so a failed run still shows what ran.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {"parameters": parameters or {}, "notebooks": [], "status": "running"}
+    start = time.perf_counter()
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    for nb in notebooks or list_notebooks():
+        print(f"running {nb.name} ...", flush=True)
+        try:
+            entry = run_notebook(nb, out, parameters, cell_timeout=cell_timeout)
+        except NotebookFailed as exc:
+            summary.update(status="failed", error=str(exc), total_seconds=round(time.perf_counter() - start, 1))
+            _write(out / "summary.json", summary)
+            raise
+        print(f"  done in {entry['seconds']:.0f} s", flush=True)
+        summary["notebooks"].append(entry)
+        _write(out / "summary.json", summary)
+    summary.update(status="ok", total_seconds=round(time.perf_counter() - start, 1))
+    _write(out / "summary.json", summary)
+    return summary
+
+
+def _write(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
+    os.replace(tmp, path)

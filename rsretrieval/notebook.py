@@ -1,0 +1,80 @@
+"""Helpers the course notebooks share: resolving their parameters and recording numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rsretrieval.models.factory import REPO_ROOT
+
+
+@dataclass
+class Setup:
+    """The derived configuration of a notebook run."""
+
+    device: torch.device
+    data_dir: Path
+    output_dir: Path
+    smoke: bool
+    model: str
+    pretrained: str | None
+
+    def __repr__(self) -> str:
+        return (f"Setup(device={self.device}, data_dir={self.data_dir}, output_dir={self.output_dir}, "
+                f"smoke={self.smoke}, model={self.model}, pretrained={self.pretrained})")
+
+
+def setup(*, device: str, dataset: str, data_dir: str | None, output_dir: str | None, model: str,
+          pretrained: str | None, smoke: bool, seed: int, notebook: str) -> Setup:
+    """Resolve a notebook's parameters: pick the device, find the data, make the output folder, seed.
+
+    ``data_dir`` None (or empty) means the offline default for SynthRS, ``data/synthrs``.
+    """
+    from rsretrieval.models.utils import seed_everything, select_device
+
+    seed_everything(seed)
+    dev = select_device(device)
+    if not data_dir:
+        if dataset != "synthrs":
+            raise ValueError(f"DATASET={dataset!r} needs DATA_DIR: the folder where you put it (see README)")
+        data = REPO_ROOT / "data" / ("synthrs-smoke" if smoke else "synthrs")
+    else:
+        data = Path(data_dir).expanduser()
+    out = Path(output_dir) if output_dir else REPO_ROOT / "build" / "notebooks" / notebook
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    return Setup(dev, data, out, smoke, model, pretrained or None)
+
+
+def record(output_dir: str | Path, **numbers: Any) -> dict[str, Any]:
+    """Merge numbers into ``output_dir/records.json`` and return all records so far.
+
+    Values must be JSON-serialisable; floats that are NaN or infinite are refused, because a
+    record that is not a number is a bug to be seen, not a number to be plotted.
+    """
+    for key, value in numbers.items():
+        _check_finite(key, value)
+    path = Path(output_dir) / "records.json"
+    records = json.loads(path.read_text()) if path.exists() else {}
+    records.update(numbers)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(records, indent=1, default=float) + "\n")
+    os.replace(tmp, path)
+    return records
+
+
+def _check_finite(key: str, value: Any) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"record {key!r} is {value}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(f"{key}.{k}", v)
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_finite(f"{key}[{i}]", v)

@@ -1,0 +1,206 @@
+"""Figures for retrieval results. Every function returns a :class:`matplotlib.figure.Figure`.
+
+Figures are built with the object API (``Figure()``), not ``pyplot``: nothing is shown, nothing
+piles up in pyplot's global figure list inside loops, and any backend works (Agg in tests and
+CI). In a notebook, a returned figure displays as the cell's value (with the inline backend, e.g.
+after ``%matplotlib inline``) or with ``display(fig)``; save it with ``fig.savefig(path)``.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from rsretrieval.data.dataset import open_image
+from rsretrieval.metrics import RECALL_KEYS
+
+_LABELS = {
+    "i2t_r1": "i2t R@1", "i2t_r5": "i2t R@5", "i2t_r10": "i2t R@10",
+    "t2i_r1": "t2i R@1", "t2i_r5": "t2i R@5", "t2i_r10": "t2i R@10",
+    "mr": "mR", "rsum": "rsum",
+}
+_MATCH, _MISS = "tab:green", "tab:red"
+RanksLike = torch.Tensor | np.ndarray | Sequence[int]
+
+
+def _numpy(x: torch.Tensor | np.ndarray | Sequence[float]) -> np.ndarray:
+    return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
+
+
+def plot_recall_bars(
+    results: Mapping[str, Mapping[str, float]],
+    keys: Sequence[str] = RECALL_KEYS + ("mr",),
+    *,
+    title: str | None = None,
+) -> Figure:
+    """Grouped bars: one group per metric, one bar per method.
+
+    Args:
+        results: method name -> metrics dict (percent), e.g. ``{"zero-shot": r.metrics, ...}``.
+        keys: the metrics to show, in order.
+        title: optional axes title.
+    """
+    methods = list(results)
+    fig = Figure(figsize=(max(6.0, 1.1 * len(keys) + 0.3 * len(methods) * len(keys) / 2), 3.8))
+    ax = fig.subplots()
+    x = np.arange(len(keys))
+    width = 0.8 / max(1, len(methods))
+    for n, method in enumerate(methods):
+        values = [float(results[method].get(k, np.nan)) for k in keys]
+        bars = ax.bar(x + (n - (len(methods) - 1) / 2) * width, values, width, label=method)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
+    ax.set_xticks(x, [_LABELS.get(k, k) for k in keys])
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=8, loc="upper left")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_per_scene(
+    per_scene: Mapping[str, Mapping[str, float]],
+    key: str = "mr",
+    *,
+    title: str | None = None,
+) -> Figure:
+    """Horizontal bars of one metric (default mR) per scene, best scene on top.
+
+    Each label carries the scene's image count: small scenes (RSITMD's "plane" has 6 test
+    images) have noisy numbers.
+
+    Args:
+        per_scene: ``EvalResult.per_scene`` (scene -> metrics with ``n_images``).
+        key: the metric to plot.
+        title: optional axes title.
+    """
+    items = sorted(per_scene.items(), key=lambda kv: float(kv[1][key]))  # barh draws bottom-up
+    fig = Figure(figsize=(6.0, max(2.0, 0.28 * len(items) + 1.0)))
+    ax = fig.subplots()
+    y = np.arange(len(items))
+    values = [float(m[key]) for _, m in items]
+    bars = ax.barh(y, values, color="tab:blue")
+    ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+    labels = [f"{s} ({m['n_images']})" if "n_images" in m else s for s, m in items]
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.set_xlabel(f"{_LABELS.get(key, key)} (%), queries of the scene vs. the full gallery")
+    ax.set_xlim(0, 105)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_rank_histogram(
+    ranks: RanksLike | Mapping[str, RanksLike],
+    *,
+    max_rank: int = 50,
+    title: str | None = None,
+) -> Figure:
+    """Histogram of 1-based ranks, with every rank above ``max_rank`` gathered in the last bar.
+
+    Args:
+        ranks: 0-based ranks (``EvalResult.t2i_ranks``), or name -> ranks to overlay several
+            (e.g. ``{"i2t": r.i2t_ranks, "t2i": r.t2i_ranks}``); each is shown as a share of its
+            own queries so different query counts compare.
+        max_rank: last rank with its own bar.
+        title: optional axes title.
+    """
+    series = dict(ranks) if isinstance(ranks, Mapping) else {"ranks": ranks}
+    fig = Figure(figsize=(7.0, 3.5))
+    ax = fig.subplots()
+    edges = np.arange(1, max_rank + 3) - 0.5  # one bin per rank 1..max_rank, plus an overflow bin
+    for name, r in series.items():
+        one_based = np.minimum(_numpy(r).astype(np.int64) + 1, max_rank + 1)
+        weights = np.full(one_based.shape, 100.0 / max(1, one_based.size))
+        ax.hist(one_based, bins=edges, weights=weights, alpha=0.6, label=name)
+    for k in (1, 5, 10):  # the R@K cut-offs: bars left of a line count as hits for that K
+        if k <= max_rank:
+            ax.axvline(k + 0.5, color="gray", linestyle=":", linewidth=1)
+    ticks = [t for t in (1, 5, 10, 20, 30, 40, 50, 100) if t <= max_rank] + [max_rank + 1]
+    ax.set_xticks(ticks, [str(t) for t in ticks[:-1]] + [f">{max_rank}"])
+    ax.set_xlabel("rank of the ground truth (1 = first)")
+    ax.set_ylabel("% of queries")
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_retrieval_grid(
+    query: str,
+    image_paths: Sequence[str | Path],
+    scores: torch.Tensor | np.ndarray | Sequence[float],
+    is_match: torch.Tensor | np.ndarray | Sequence[bool],
+    k: int = 5,
+) -> Figure:
+    """The top-k images of a text query in a row; matches framed green, others red.
+
+    Args:
+        query: the caption, shown as the figure title.
+        image_paths: gallery images (the whole gallery, or an already ranked top list).
+        scores: one score per image (e.g. a column of ``EvalResult.similarity``).
+        is_match: one flag per image: is it the query's ground-truth image?
+        k: how many of the best-scoring images to show.
+    """
+    s = _numpy(scores).astype(np.float64)
+    match = _numpy(is_match).astype(bool)
+    if not len(image_paths) == len(s) == len(match):
+        raise ValueError(f"{len(image_paths)} paths, {len(s)} scores and {len(match)} flags must match")
+    top = np.argsort(-s, kind="stable")[:k]
+    fig = Figure(figsize=(2.2 * max(1, len(top)), 2.9))
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(top))))
+    for rank, (ax, i) in enumerate(zip(axes, top), start=1):
+        ax.imshow(open_image(image_paths[i]))
+        ax.set_title(f"#{rank}  {s[i]:.3f}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():  # the frame tells match from miss at a glance
+            spine.set_edgecolor(_MATCH if match[i] else _MISS)
+            spine.set_linewidth(4)
+    fig.suptitle("\n".join(textwrap.wrap(f"query: {query}", 100)), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_image_captions(
+    image_paths: Sequence[str | Path],
+    captions_per_image: Sequence[Sequence[str]],
+    n: int = 4,
+    *,
+    width: int = 34,
+) -> Figure:
+    """A row of the first ``n`` images, each with its captions wrapped below it.
+
+    Args:
+        image_paths: image files.
+        captions_per_image: for each image, its captions (``data.image_to_texts`` mapped to text).
+        n: how many images to show.
+        width: characters per caption line.
+    """
+    n = min(n, len(image_paths))
+    if n < 1:
+        raise ValueError("plot_image_captions needs at least one image")
+    texts = [
+        "\n".join(textwrap.fill(f"- {c}", width, subsequent_indent="  ") for c in captions_per_image[i])
+        for i in range(n)
+    ]
+    n_lines = max(t.count("\n") + 1 for t in texts)
+    fig = Figure(figsize=(2.6 * n, 2.6 + 0.14 * n_lines))
+    axes = np.atleast_1d(fig.subplots(1, n))
+    for ax, path, text in zip(axes, image_paths, texts):
+        ax.imshow(open_image(path))
+        ax.set_axis_off()
+        ax.text(0.0, -0.03, text, transform=ax.transAxes, ha="left", va="top", fontsize=7)
+    # Leave the lower part of the figure to the captions.
+    caption_height = 0.14 * n_lines / fig.get_figheight()  # ~0.14 inch per 7 pt line
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.98, bottom=min(0.8, caption_height))
+    return fig

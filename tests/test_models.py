@@ -1,0 +1,120 @@
+import pytest
+import torch
+
+from rsretrieval.errors import CheckpointError, ModelNotFoundError
+from rsretrieval.models import (
+    count_parameters,
+    create_model,
+    freeze,
+    list_models,
+    print_trainable_parameters,
+    select_device,
+)
+from rsretrieval.models.factory import _resolve_name
+
+
+def test_our_configs_are_listed_first():
+    names = list_models()
+    assert names[:2] == ["mini", "tiny"]
+    assert "ViT-B-32" in names
+
+
+def test_unknown_model_lists_the_known_ones():
+    with pytest.raises(ModelNotFoundError, match="Available: mini, tiny"):
+        create_model("ViT-Nope")
+
+
+def test_unknown_weights_tag():
+    with pytest.raises(ModelNotFoundError, match="unknown weights 'nope'"):
+        create_model("tiny", "nope")
+    with pytest.raises(ModelNotFoundError, match="no file at"):
+        create_model("tiny", "missing/file.pt")
+
+
+def test_openai_weights_get_quickgelu():
+    assert _resolve_name("ViT-B-32", "openai", None) == "ViT-B-32-quickgelu"
+    assert _resolve_name("ViT-B-32", "laion2b_s34b_b79k", None) == "ViT-B-32"
+    assert _resolve_name("ViT-B-32", None, True) == "ViT-B-32-quickgelu"
+    with pytest.warns(UserWarning, match="QuickGELU"):
+        _resolve_name("ViT-B-32", "openai", False)
+
+
+def test_bundle_encodes_images_and_text():
+    b = create_model("tiny")
+    assert b.image_size == 32
+    from PIL import Image
+
+    x = b.transform(Image.new("RGB", (64, 48), "red")).unsqueeze(0)
+    tokens = b.tokenizer(["two white planes"])
+    assert tokens.shape == (1, 32)
+    assert b.model.encode_image(x).shape == (1, 64)
+    assert b.model.encode_text(tokens).shape == (1, 64)
+
+
+def test_local_state_dict_file_loads_and_wrong_arch_is_clear(tmp_path):
+    torch.manual_seed(0)
+    a = create_model("tiny")
+    path = tmp_path / "tiny-weights.pt"
+    torch.save(a.model.state_dict(), path)
+    b = create_model("tiny", str(path))
+    for (k, va), (_, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(va, vb), k
+    with pytest.raises(CheckpointError, match="does not fit architecture mini"):
+        create_model("mini", str(path))
+
+
+def test_shipped_weights_missing_says_how_to_make_them(monkeypatch, tmp_path):
+    from rsretrieval.models import factory
+
+    monkeypatch.setattr(factory, "REPO_ROOT", tmp_path)
+    with pytest.raises(ModelNotFoundError, match="python -m rsretrieval pretrain"):
+        create_model("mini", "synthrs")
+
+
+def test_counts_and_freeze(capsys):
+    m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    assert count_parameters(m) == (26, 26)
+    freeze(m[0])
+    assert count_parameters(m) == (10, 26)
+    line = print_trainable_parameters(m)
+    assert line == "trainable params: 10 || all params: 26 || trainable%: 38.4615"
+    assert capsys.readouterr().out.strip() == line
+
+
+def test_shared_parameters_counted_once():
+    lin = torch.nn.Linear(2, 2)
+    m = torch.nn.ModuleList([lin, lin])
+    assert count_parameters(m) == (6, 6)
+
+
+def test_select_device():
+    assert select_device("auto").type == "cpu"  # CUDA_VISIBLE_DEVICES="" in conftest
+    assert select_device("cpu") == torch.device("cpu")
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        select_device("cuda")
+
+
+def test_compact_weights_round_trip(tmp_path):
+    from rsretrieval.models.compact import TOKEN_KEY, load_compact, save_compact
+
+    torch.manual_seed(1)
+    src = create_model("tiny").model
+    used = torch.tensor([49406, 49407, 320, 1000])
+    path = tmp_path / "tiny.pt"
+    save_compact(src, path, used, arch="tiny", meta={"zero_shot_mr": 1.0})
+    dst = create_model("tiny").model
+    assert load_compact(dst, path, arch="tiny") == {"zero_shot_mr": 1.0}
+    for k, v in src.state_dict().items():
+        got = dst.state_dict()[k]
+        if k == TOKEN_KEY:
+            assert torch.allclose(got[used], v[used].half().float())
+            assert not torch.allclose(got[5], v[5])  # unused rows are redrawn, not stored
+        else:
+            assert torch.allclose(got, v.half().float()), k
+    with pytest.raises(CheckpointError, match="weights for 'tiny', not 'mini'"):
+        load_compact(create_model("mini").model, path, arch="mini")
+    blob = torch.load(path, weights_only=True)
+    blob["payload"]["logit_scale"] += 1
+    torch.save(blob, path)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_compact(dst, path, arch="tiny")
