@@ -63,7 +63,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
     report = check_dataset(args.name, args.root)
     _json_out(report, args.json)
-    return 1 if report.get("problems") else 0
+    return 0 if report["ok"] else 1
 
 
 def cmd_data_info(args: argparse.Namespace) -> int:

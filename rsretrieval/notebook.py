@@ -78,3 +78,19 @@ def _check_finite(key: str, value: Any) -> None:
     if isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
             _check_finite(f"{key}[{i}]", v)
+
+
+# SynthRS sizes of the offline default and of smoke runs (tests).
+SYNTHRS_DEFAULT = {"n_images": 1500, "image_size": 224}
+SYNTHRS_SMOKE = {"n_images": 120, "image_size": 96}
+
+
+def load_splits(cfg: Setup, dataset: str, splits: tuple[str, ...] = ("train", "val", "test"), **kwargs: Any) -> dict:
+    """Load the splits a notebook needs; for SynthRS, generate it first if it is not on disk."""
+    from rsretrieval.data import load_dataset
+
+    if dataset == "synthrs":
+        from rsretrieval.data.synthrs import generate_synthrs
+
+        generate_synthrs(cfg.data_dir, seed=0, **(SYNTHRS_SMOKE if cfg.smoke else SYNTHRS_DEFAULT))
+    return {s: load_dataset(dataset, cfg.data_dir, s, **kwargs) for s in splits}

@@ -204,3 +204,48 @@ def plot_image_captions(
     caption_height = 0.14 * n_lines / fig.get_figheight()  # ~0.14 inch per 7 pt line
     fig.subplots_adjust(left=0.02, right=0.98, top=0.98, bottom=min(0.8, caption_height))
     return fig
+
+
+def plot_caption_lengths(lengths_by_name: Mapping[str, Sequence[int]], *, max_words: int = 40) -> Figure:
+    """Histograms of caption length (words), one line per dataset or split."""
+    fig = Figure(figsize=(6, 3))
+    ax = fig.subplots()
+    bins = np.arange(0, max_words + 2) - 0.5
+    for name, lengths in lengths_by_name.items():
+        ax.hist(np.clip(_numpy(lengths), 0, max_words), bins=bins, histtype="step", linewidth=2, density=True,
+                label=f"{name} (mean {np.mean(_numpy(lengths)):.1f})")
+    ax.set_xlabel("words per caption")
+    ax.set_ylabel("share of captions")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_similarity(
+    similarity: torch.Tensor | np.ndarray,
+    text_to_image: Sequence[int],
+    *,
+    n_images: int = 12,
+) -> Figure:
+    """Heatmap of the first ``n_images`` rows and their captions' columns, ground truth outlined."""
+    sim = _numpy(similarity)
+    t2i = np.asarray(text_to_image)
+    cols = np.flatnonzero(t2i < n_images)
+    block = sim[:n_images][:, cols]
+    fig = Figure(figsize=(min(12, 1 + 0.18 * len(cols)), 0.35 * n_images + 1.2))
+    ax = fig.subplots()
+    im = ax.imshow(block, aspect="auto", cmap="viridis")
+    for c, j in enumerate(cols):  # one outlined cell per caption: its own image
+        ax.add_patch(_rectangle(c - 0.5, t2i[j] - 0.5))
+    ax.set_xlabel("captions")
+    ax.set_ylabel("images")
+    ax.set_title("cosine similarity (white boxes: ground truth)")
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    return fig
+
+
+def _rectangle(x: float, y: float):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x, y), 1, 1, fill=False, edgecolor="white", linewidth=1.2)

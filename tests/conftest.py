@@ -1,6 +1,7 @@
 import os
 
-os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the suite is CPU-only, as CI
+if os.environ.get("RSR_TEST_GPU") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the suite is CPU-only, as CI; `make test-gpu` lifts this
 
 import numpy as np
 import pytest

@@ -189,3 +189,24 @@ class ImageDataset(torch.utils.data.Dataset):
 def normalize_scene(name: str) -> str:
     """``DenseResidential``, ``dense_residential`` and ``dense residential`` -> ``denseresidential``."""
     return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def caption_statistics(captions: Sequence[str]) -> dict[str, Any]:
+    """Length and vocabulary facts of a list of captions (words = lower-cased alphabetic tokens)."""
+    import re
+
+    words = [re.findall(r"[a-z]+", c.lower()) for c in captions]
+    lengths = np.array([len(w) for w in words])
+    vocab: dict[str, int] = {}
+    for ws in words:
+        for token in ws:
+            vocab[token] = vocab.get(token, 0) + 1
+    return {
+        "captions": len(captions),
+        "unique_captions": len(set(captions)),
+        "mean_words": float(lengths.mean()) if len(lengths) else 0.0,
+        "max_words": int(lengths.max()) if len(lengths) else 0,
+        "vocabulary": len(vocab),
+        "top_words": sorted(vocab.items(), key=lambda kv: -kv[1])[:20],
+        "lengths": lengths.tolist(),
+    }

@@ -1,0 +1,287 @@
+"""Remote-sensing caption datasets: load, check and prepare them.
+
+>>> from rsretrieval.data import load_dataset
+>>> train = load_dataset("rsitmd", "data/rsitmd", "train")   # doctest: +SKIP
+>>> val = load_dataset("rsitmd", "data/rsitmd", "val")       # carved from train, seeded
+
+Every split is a :class:`CaptionDataset` with an explicit caption -> image index. Splits come
+from the annotation file; when it has no validation images, ``val`` is a seeded, scene-stratified
+share of the file's train images (by image, so all captions of an image stay together), and
+``train`` is the rest. The test split is never used to choose anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from rsretrieval.data.dataset import CaptionDataset, normalize_scene
+from rsretrieval.data.fetch import download, extract, prepare_dataset
+from rsretrieval.data.readers import (
+    ImageRecord,
+    Problems,
+    Source,
+    assign_scenes,
+    carve_validation,
+    locate,
+    read_records,
+)
+from rsretrieval.data.registry import SPLITS, DatasetInfo, get_dataset_info, list_datasets
+from rsretrieval.errors import DatasetFormatError
+
+__all__ = [
+    "CaptionDataset",
+    "DatasetInfo",
+    "check_dataset",
+    "download",
+    "extract",
+    "get_dataset_info",
+    "list_datasets",
+    "load_dataset",
+    "normalize_scene",
+    "prepare_dataset",
+]
+
+_logger = logging.getLogger(__name__)
+
+
+def load_dataset(
+    name: str,
+    root: str | Path,
+    split: str = "train",
+    *,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    on_error: str = "raise",
+    verify_images: bool = True,
+    images_dir: str | Path | None = None,
+    scene_rule: str | None = None,
+) -> CaptionDataset:
+    """Load one split of a caption dataset.
+
+    Args:
+        name: ``rsitmd``, ``rsicd``, ``ucm``, ``sydney``, ``synthrs``, ``karpathy`` (any
+            Karpathy-style json) or ``precomp`` (AMFMN text files); see :func:`list_datasets`.
+        root: the dataset folder, laid out as :meth:`DatasetInfo.layout` shows. For
+            ``karpathy`` it may also be the json file.
+        split: ``train``, ``val``, ``test`` or ``all``.
+        val_fraction: share of the file's train images carved out as ``val`` when the file has
+            no val images (ignored otherwise).
+        seed: seed of that carve.
+        on_error: ``raise`` stops at the first bad record; ``skip`` leaves bad records out,
+            notes each in :attr:`CaptionDataset.skipped` and warns once at the end.
+        verify_images: check that every image file of the split exists (without decoding it;
+            :func:`check_dataset` decodes).
+        images_dir: the image folder, if not the registry's (relative to ``root``).
+        scene_rule: override how scenes are found: ``prefix``, ``ucm`` or ``field``.
+
+    Returns:
+        The split, with ``metadata`` holding the files read and how ``val`` was made.
+
+    Raises:
+        DatasetNotFoundError: the files are not there (the message shows the layout and source).
+        DatasetFormatError: a file or (with ``on_error='raise'``) a record is malformed, or an
+            image is missing.
+    """
+    info = get_dataset_info(name)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), not {val_fraction}")
+    source = locate(info, root, images_dir)
+    problems = Problems(on_error)
+    records = read_records(info, source, problems)
+    scenes = assign_scenes(info, records, source.root, scene_rule)
+    splits, val_source = _final_splits(records, scenes, val_fraction, seed)
+    chosen = [i for i, s in enumerate(splits) if split == "all" or s == split]
+    if verify_images:
+        chosen = _existing_images(records, chosen, source.images_dir, problems)
+    if not chosen:
+        raise DatasetFormatError(
+            f"{source.annotation}: split {split!r} has no usable images"
+            + (f" ({len(problems)} record(s) skipped; first: {problems.notes[0]})" if problems.notes else "")
+        )
+    data = _build(info, source, split, [records[i] for i in chosen], [scenes[i] for i in chosen], problems)
+    data.metadata.update(
+        val_source=val_source, val_fraction=val_fraction if val_source == "carved" else None, seed=seed
+    )
+    if problems.notes:
+        warnings.warn(
+            f"{info.name} {split}: left out {len(problems)} bad record(s) of {source.annotation}; first: "
+            f"{problems.notes[0]}. See CaptionDataset.skipped for all of them.",
+            UserWarning,
+            stacklevel=2,
+        )
+    _logger.info("loaded %r", data)
+    return data
+
+
+def _final_splits(
+    records: list[ImageRecord], scenes: list[str], val_fraction: float, seed: int
+) -> tuple[list[str], str]:
+    """Each record's split after the val carve, and where val came from (``file`` or ``carved``)."""
+    splits = [r.split for r in records]
+    if "val" in splits:
+        return splits, "file"
+    train = [i for i, s in enumerate(splits) if s == "train"]
+    if len(train) < 2:
+        return splits, "none"
+    names = [records[i].filename for i in train]
+    picked = carve_validation(names, [scenes[i] for i in train], val_fraction, seed)
+    for k in picked:
+        splits[train[k]] = "val"
+    return splits, "carved"
+
+
+def _existing_images(
+    records: list[ImageRecord], chosen: list[int], images_dir: Path, problems: Problems
+) -> list[int]:
+    """The chosen records whose image file exists; report the others."""
+    try:
+        listing = set(os.listdir(images_dir))  # one directory read instead of thousands of stat calls
+    except OSError:
+        listing = set()
+    keep = []
+    for i in chosen:
+        fn = records[i].filename
+        if fn in listing or (images_dir / fn).is_file():
+            keep.append(i)
+        else:
+            problems.report(
+                f"{records[i].where}: image {images_dir / fn} is missing. Put the dataset's images in "
+                f"{images_dir}"
+            )
+    return keep
+
+
+def _build(
+    info: DatasetInfo,
+    source: Source,
+    split: str,
+    records: list[ImageRecord],
+    scenes: list[str],
+    problems: Problems,
+) -> CaptionDataset:
+    captions: list[str] = []
+    text_to_image: list[int] = []
+    for i, rec in enumerate(records):
+        captions.extend(rec.captions)
+        text_to_image.extend([i] * len(rec.captions))
+    metadata: dict[str, Any] = {
+        "root": str(source.root),
+        "annotation": str(source.annotation),
+        "images_dir": str(source.images_dir),
+    }
+    objects = source.root / "objects.json"
+    if info.name == "synthrs" and objects.is_file():
+        metadata["objects_file"] = str(objects)
+    return CaptionDataset(
+        name=info.name,
+        split=split,
+        image_paths=[source.images_dir / rec.filename for rec in records],
+        scenes=scenes,
+        captions=captions,
+        text_to_image=text_to_image,
+        skipped=list(problems.notes),
+        metadata=metadata,
+    )
+
+
+def check_dataset(
+    name: str,
+    root: str | Path,
+    *,
+    decode: bool = True,
+    images_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Check a dataset thoroughly and report every problem instead of stopping at the first.
+
+    Reads the annotations leniently, then per split of the file counts images, captions and
+    scenes, and lists missing images, images that fail to decode (``decode=True`` opens every
+    image fully: slow on big datasets), bad records (empty captions, non-UTF-8 text, repeated
+    file names), duplicate captions and images with other than 5 captions.
+
+    Args:
+        name: registry name.
+        root: the dataset folder.
+        decode: decode every image, not only check that it exists.
+        images_dir: the image folder, if not the registry's.
+
+    Returns:
+        ``{"name", "root", "annotation", "images_dir", "usable_images", "splits": {split: {"images",
+        "captions", "unique_captions", "duplicate_captions", "scenes"}}, "problems": [str, ...],
+        "ok": bool}``.
+        ``ok`` is false when a record or image is unusable; duplicate captions, images with other
+        than 5 captions and images of unknown scene are listed in ``problems`` but leave ``ok``
+        true (RSICD has all three).
+
+    Raises:
+        DatasetNotFoundError: the annotation files or image folder are missing.
+    """
+    info = get_dataset_info(name)
+    source = locate(info, root, images_dir)
+    report: dict[str, Any] = {
+        "name": info.name,
+        "root": str(source.root),
+        "annotation": str(source.annotation),
+        "images_dir": str(source.images_dir),
+        "usable_images": 0,
+        "splits": {},
+        "problems": [],
+        "ok": False,
+    }
+    problems = Problems("collect")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            records = read_records(info, source, problems)
+            scenes = assign_scenes(info, records, source.root)
+    except DatasetFormatError as exc:  # the file itself is unreadable: nothing more to check
+        report["problems"].append(str(exc))
+        return report
+    usable = _existing_images(records, list(range(len(records))), source.images_dir, problems)
+    if decode:
+        usable = [i for i in usable if _decodes(source.images_dir / records[i].filename, problems)]
+    errors = list(problems.notes)
+    notes = [str(w.message) for w in caught]  # e.g. images without a known scene
+    for split in ("train", "val", "test"):
+        idx = [i for i, r in enumerate(records) if r.split == split]
+        if not idx:
+            continue
+        caps = [c for i in idx for c in records[i].captions]
+        dup = len(caps) - len(set(caps))
+        report["splits"][split] = {
+            "images": len(idx),
+            "captions": len(caps),
+            "unique_captions": len(set(caps)),
+            "duplicate_captions": dup,
+            "scenes": dict(sorted(Counter(scenes[i] for i in idx).items())),
+        }
+        if dup:
+            notes.append(f"{split}: {dup} of {len(caps)} captions repeat another caption of the split")
+        odd = [i for i in idx if len(records[i].captions) != 5]
+        if odd:
+            examples = ", ".join(f"{records[i].filename} ({len(records[i].captions)})" for i in odd[:5])
+            notes.append(f"{split}: {len(odd)} image(s) have other than 5 captions, e.g. {examples}")
+    report["problems"] = errors + notes
+    report["ok"] = not errors
+    report["usable_images"] = len(usable)
+    return report
+
+
+def _decodes(path: Path, problems: Problems) -> bool:
+    try:
+        with Image.open(path) as img:
+            img.load()
+        return True
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        problems.report(f"image {path} cannot be decoded ({exc}); replace it with a good copy")
+        return False

@@ -1,0 +1,55 @@
+"""Interactive views for notebooks, each with a static fallback.
+
+In a live Jupyter front end the widget is interactive. Executed headless (papermill, CI,
+nbconvert) a widget has no front end to draw it, so every function also returns a static
+matplotlib figure of the same content, which is what an HTML export shows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rsretrieval.data.dataset import CaptionDataset
+
+
+def _has_widgets() -> bool:
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def dataset_browser(data: CaptionDataset, start: int = 0) -> tuple[Any | None, Any]:
+    """A slider over the images of ``data`` showing each with its captions and scene.
+
+    Returns:
+        (widget or None when ipywidgets is missing, static Figure of image ``start``).
+    """
+    from rsretrieval.plots import plot_image_captions
+
+    captions = data.image_to_texts
+
+    def figure(i: int):
+        return plot_image_captions([data.image_paths[i]], [[data.captions[j] for j in captions[i]]], n=1)
+
+    static = figure(start)
+    if not _has_widgets():
+        return None, static
+    import ipywidgets as w
+    from IPython.display import display
+
+    out = w.Output()
+    slider = w.IntSlider(value=start, min=0, max=data.num_images - 1, description="image")
+    label = w.HTML()
+
+    def show(change: dict | None = None) -> None:
+        i = slider.value
+        label.value = f"<b>{data.image_paths[i].name}</b> &middot; scene <code>{data.scenes[i]}</code>"
+        with out:
+            out.clear_output(wait=True)
+            display(figure(i))
+
+    slider.observe(show, names="value")
+    show()
+    return w.VBox([slider, label, out]), static
