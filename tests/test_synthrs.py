@@ -1,0 +1,284 @@
+"""SynthRS: layout, determinism, masks, caption truth and the cache behaviour of generate_synthrs."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rsretrieval.data import synthrs
+from rsretrieval.data.synthrs import (
+    DOMAINS,
+    OBJECTS,
+    PALETTE,
+    SCENE_INFO,
+    SCENES,
+    SOURCE_SCENES,
+    SynthRSExistsError,
+    generate_synthrs,
+    make_captions,
+    render_scene,
+)
+
+RSITMD_NAMES = ("airport", "farmland", "forest", "beach", "river", "port", "parking", "denseresidential",
+                "industrial", "playground", "storagetanks", "bridge")
+NAME = re.compile(r"^([a-z]+)_(\d+)\.png$")
+
+
+@pytest.fixture(scope="module")
+def rs_root(tmp_path_factory) -> Path:
+    return generate_synthrs(tmp_path_factory.mktemp("synth") / "rs", n_images=360, image_size=96, seed=3,
+                            progress=False)
+
+
+@pytest.fixture(scope="module")
+def source_root(tmp_path_factory) -> Path:
+    return generate_synthrs(tmp_path_factory.mktemp("synth") / "src", n_images=180, image_size=96, seed=3,
+                            domain="source", progress=False)
+
+
+def _load(root: Path) -> tuple[list[dict], dict[str, list[dict]]]:
+    doc = json.loads((root / "dataset_RSITMD.json").read_text())
+    assert doc["dataset"] == "synthrs"
+    return doc["images"], json.loads((root / "objects.json").read_text())
+
+
+# ----------------------------------------------------------------------------- caption parsing
+
+_NOUNS = {form: cls for cls, spec in OBJECTS.items() for pair in spec.nouns for form in pair}
+_COUNT = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "many": 6, "several": 6,
+          "lots of": 6}
+_PHRASE = re.compile(
+    r"\b(lots of|an|a|one|two|three|four|five|many|several)\s+(?:(small|large)\s+)?(?:(%s)\s+)?(%s)\b"
+    % ("|".join(PALETTE), "|".join(sorted(map(re.escape, _NOUNS), key=len, reverse=True))),
+    re.IGNORECASE,
+)
+
+
+def _claims(caption: str) -> list[tuple[int, str | None, str | None, str]]:
+    """(count, size, colour, class) for every counted noun phrase of a caption."""
+    return [(_COUNT[m[0].lower()], m[1] or None, m[2] or None,
+             _NOUNS[m[3].lower()]) for m in _PHRASE.findall(caption)]
+
+
+def _check_claims(caption: str, objects: list[dict]) -> int:
+    n = 0
+    for count, size, colour, cls in _claims(caption):
+        hits = [o for o in objects
+                if o["kind"] == "object" and o["class"] == cls and colour in (None, o["colour"])]
+        assert (len(hits) > 5) if count == 6 else (len(hits) == count), (caption, count, colour, cls,
+                                                                         len(hits))
+        if size:
+            assert all(o["size"] == size for o in hits), (caption, [o["size"] for o in hits])
+        n += 1
+    return n
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_scene_and_object_vocabulary():
+    assert set(RSITMD_NAMES) <= set(SCENES) and len(SCENES) >= 12
+    assert all(s.isalnum() and s.islower() for s in SCENES + SOURCE_SCENES)  # prefix before "_" is the label
+    assert set(SOURCE_SCENES) <= set(OBJECTS)
+    assert {"white", "red", "blue", "green", "gray", "yellow", "black", "orange"} <= set(PALETTE)
+
+
+def test_layout_and_splits(rs_root):
+    images, objects = _load(rs_root)
+    assert len(images) == 360
+    meta = json.loads((rs_root / "synthrs.json").read_text())
+    assert meta["params"]["n_images"] == 360 and meta["params"]["version"] == synthrs.VERSION
+    sentids = set()
+    per_scene: dict[str, Counter] = defaultdict(Counter)
+    for k, rec in enumerate(images):
+        m = NAME.match(rec["filename"])
+        assert m and m[1] in SCENES, rec["filename"]
+        assert (rs_root / "images" / rec["filename"]).is_file()
+        assert (rs_root / "masks" / rec["filename"]).is_file()
+        assert rec["imgid"] == k and rec["split"] in ("train", "val", "test")
+        assert len(rec["sentences"]) == 5 and rec["sentids"] == [s["sentid"] for s in rec["sentences"]]
+        for s in rec["sentences"]:
+            assert s["imgid"] == k and s["tokens"] == re.findall(r"[a-z0-9]+", s["raw"].lower())
+            assert s["raw"][0].isupper() and s["raw"].endswith(".")
+        sentids.update(rec["sentids"])
+        per_scene[m[1]][rec["split"]] += 1
+        assert rec["filename"] in objects
+    assert len(sentids) == 5 * len(images)
+    assert len(per_scene) == len(SCENES)
+    totals = Counter(rec["split"] for rec in images)
+    assert abs(totals["train"] / 360 - 0.7) < 0.05 and abs(totals["test"] / 360 - 0.2) < 0.05
+    assert totals["val"] > 0
+    for scene, c in per_scene.items():  # stratified: every scene split 14/2/4 of its 20 images
+        assert (c["train"], c["val"], c["test"]) == (14, 2, 4), (scene, c)
+
+
+def test_rsitmd_reader_loads_it(rs_root):
+    from rsretrieval.data import load_dataset
+
+    test = load_dataset("synthrs", rs_root, "test")
+    assert test.num_images == 72 and test.num_captions == 5 * 72
+    assert set(test.scenes) == set(SCENES)
+    assert test.metadata.get("objects_file", "").endswith("objects.json")
+
+
+def test_masks_match_objects(rs_root):
+    _, objects = _load(rs_root)
+    small = total = 0
+    for fn, objs in list(objects.items())[::3]:
+        mask = np.asarray(Image.open(rs_root / "masks" / fn))
+        img = Image.open(rs_root / "images" / fn)
+        assert mask.dtype == np.uint8 and mask.shape == (96, 96)
+        assert img.size == (96, 96) and img.mode == "RGB"
+        assert set(np.unique(mask)) <= set(range(len(objs) + 1))
+        for k, o in enumerate(objs, start=1):
+            assert o["id"] == k
+            ys, xs = np.nonzero(mask == k)
+            assert len(ys), (fn, o)
+            assert o["bbox"] == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], (fn, o)
+            assert o["area_fraction"] == pytest.approx(len(ys) / mask.size, abs=1e-6)
+            assert o["kind"] in ("object", "landmark") and (o["class"] in OBJECTS) == (o["kind"] == "object")
+            if o["kind"] == "object":
+                total += 1
+                small += o["area_fraction"] < 0.03
+                assert o["on"] is None or objs[o["on"] - 1]["kind"] == "landmark"
+    assert total > 200 and small / total > 0.5, (small, total)
+
+
+def test_objects_shared_across_scenes(rs_root):
+    _, objects = _load(rs_root)
+    scenes_of: dict[str, set[str]] = defaultdict(set)
+    for fn, objs in objects.items():
+        for o in objs:
+            if o["kind"] == "object":
+                scenes_of[o["class"]].add(NAME.match(fn)[1])
+    for cls in ("car", "boat", "tree", "building"):
+        assert len(scenes_of[cls]) >= 3, (cls, scenes_of[cls])
+    counts = Counter(len([o for o in objs if o["kind"] == "object"]) for objs in objects.values())
+    assert sum(v for k,
+               v in counts.items() if 1 <= k <= 8) > 0.3 * len(objects)  # many images have few objects
+
+
+def test_captions_are_true_varied_and_often_scene_free(rs_root):
+    images, objects = _load(rs_root)
+    checked = scene_free = 0
+    for rec in images:
+        caps = [s["raw"] for s in rec["sentences"]]
+        assert len(set(caps)) == 5, caps
+        scene = NAME.match(rec["filename"])[1]
+        objs = objects[rec["filename"]]
+        checked += sum(_check_claims(c, objs) for c in caps)
+        free = [c for c in caps if not any(re.search(rf"\b{w}\b",
+                                                     c.lower()) for w in SCENE_INFO[scene].nouns)]
+        assert free, caps
+        scene_free += len(free)
+    assert checked > 1000
+    assert 0.3 <= scene_free / (5 * len(images)) <= 0.5
+
+
+def test_caption_claims_parse():
+    objs = [{"kind": "object", "class": "plane", "colour": "white", "size": "small"}] * 2 + \
+           [{"kind": "object", "class": "car", "colour": "red", "size": "small"}]
+    assert _claims("Two white planes are parked beside a red car.") == [(2, None, "white", "plane"),
+                                                                        (1, None, "red", "car")]
+    assert _check_claims("Two white aircraft and an automobile.", objs) == 1
+    with pytest.raises(AssertionError):
+        _check_claims("Three planes are parked.", objs)
+
+
+def test_source_domain(source_root):
+    images, objects = _load(source_root)
+    areas = []
+    for rec in images:
+        label = NAME.match(rec["filename"])[1]
+        assert label in SOURCE_SCENES
+        objs = objects[rec["filename"]]
+        assert any(o["class"] == label for o in objs)
+        assert all(o["kind"] == "object" and o["ground"].endswith("background") for o in objs)
+        for s in rec["sentences"]:
+            _check_claims(s["raw"], objs)
+        areas += [o["area_fraction"] for o in objs]
+    assert min(areas) < 0.01 and max(areas) > 0.15  # small to large objects
+    bgs = {objs[0]["ground"] for objs in objects.values()}
+    assert len(bgs) >= 6  # backgrounds vary in colour
+
+
+def test_deterministic_and_order_free(tmp_path):
+    a = generate_synthrs(tmp_path / "a", n_images=24, image_size=64, seed=5, progress=False)
+    b = generate_synthrs(tmp_path / "b", n_images=24, image_size=64, seed=5, progress=False)
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert len(files) == 2 * 24 + 3
+    for f in files:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    # image 19 rendered alone equals the file: each image's rng depends only on (seed, domain, index)
+    rng = np.random.default_rng([5, DOMAINS.index("rs"), 19])
+    img, objs, mask = render_scene(rng, SCENES[19 % len(SCENES)], 64, "rs")
+    fn = f"{SCENES[19 % len(SCENES)]}_{19 // len(SCENES) + 1}.png"
+    assert np.array_equal(np.asarray(img), np.asarray(Image.open(a / "images" / fn)))
+    assert np.array_equal(mask, np.asarray(Image.open(a / "masks" / fn)))
+    c = generate_synthrs(tmp_path / "c", n_images=24, image_size=64, seed=6, progress=False)
+    assert (a / "images" / fn).read_bytes() != (c / "images" / fn).read_bytes()
+
+
+def test_rerun_is_noop_and_changes_are_refused(tmp_path):
+    root = generate_synthrs(tmp_path / "d", n_images=6, image_size=48, progress=False)
+    stamp = (root / "synthrs.json").stat().st_mtime_ns
+    assert generate_synthrs(root, n_images=6, image_size=48, progress=False) == root
+    assert (root / "synthrs.json").stat().st_mtime_ns == stamp
+    victim = next((root / "images").iterdir())
+    victim.unlink()  # a damaged copy with the same parameters is remade, not trusted
+    generate_synthrs(root, n_images=6, image_size=48, progress=False)
+    assert victim.is_file()
+    with pytest.raises(SynthRSExistsError, match="n_images"):
+        generate_synthrs(root, n_images=7, image_size=48, progress=False)
+    with pytest.raises(FileExistsError):  # the error is also a FileExistsError
+        generate_synthrs(root, n_images=6, image_size=48, domain="source", progress=False)
+    generate_synthrs(root, n_images=7, image_size=48, overwrite=True, progress=False)
+    assert len(list((root / "images").iterdir())) == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no temporary or old folders left
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(SynthRSExistsError, match="not a SynthRS dataset"):
+        generate_synthrs(other, n_images=6, image_size=48, overwrite=True, progress=False)
+    assert (other / "notes.txt").read_text() == "mine"
+    with pytest.raises(ValueError):
+        generate_synthrs(tmp_path / "bad", split_fractions=(0.5, 0.1, 0.1), progress=False)
+
+
+def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
+    calls = []
+
+    def failing(arr):
+        calls.append(1)
+        if len(calls) > 5:
+            raise KeyboardInterrupt
+        return b""
+
+    monkeypatch.setattr(synthrs, "_png_bytes", failing)
+    with pytest.raises(KeyboardInterrupt):
+        generate_synthrs(tmp_path / "e", n_images=10, image_size=48, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_render_scene_api_and_sizes():
+    rng = np.random.default_rng(0)
+    for size in (48, 160):
+        img, objs, mask = render_scene(rng, "port", size)
+        assert img.size == (size, size) and mask.shape == (size, size)
+        for o in objs:
+            assert 0 <= o["bbox"][0] < o["bbox"][2] <= size and 0 <= o["bbox"][1] < o["bbox"][3] <= size
+    caps = make_captions(rng, "port", objs)
+    assert len(caps) == 5 and len(set(caps)) == 5
+    for cls in SOURCE_SCENES:
+        img, objs, _ = render_scene(rng, cls, 64, "source")
+        assert len(make_captions(rng, cls, objs, "source")) == 5
+    with pytest.raises(ValueError, match="unknown rs scene"):
+        render_scene(rng, "volcano", 64)
+    with pytest.raises(ValueError, match="domain"):
+        render_scene(rng, "airport", 64, "photo")
