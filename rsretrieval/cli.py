@@ -87,39 +87,131 @@ def _load(args: argparse.Namespace, split: str):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from rsretrieval.evaluate import evaluate
+    from rsretrieval.methods import apply_method, save_method, wrap_tokenizer
     from rsretrieval.models import create_model, print_trainable_parameters, seed_everything, select_device
+    from rsretrieval.tasks import get_loss
     from rsretrieval.train import TrainConfig, fit, load_best
 
     seed_everything(args.seed)
     bundle = create_model(args.model, args.pretrained, device="cpu")
-    print_trainable_parameters(bundle.model)
+    model = apply_method(bundle.model, args.method)
+    tokenizer = wrap_tokenizer(model, bundle.tokenizer)  # CoOp writes placeholders; identity otherwise
+    print_trainable_parameters(model)
     cfg_fields = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in cfg_fields and v is not None})
     train, val = _load(args, "train"), _load(args, "val")
-    history = fit(bundle.model, bundle.tokenizer, train, bundle.transform, cfg,
-                  val_data=val, val_transform=bundle.transform)
-    best = load_best(bundle.model, cfg.output_dir)
+    history = fit(model, tokenizer, train, bundle.transform, cfg,
+                  val_data=val, val_transform=bundle.transform, task=get_loss(args.loss)(model))
+    best = load_best(model, cfg.output_dir)
+    # full fine-tuning's best.pt already holds every weight; other methods also get a small portable file
+    method_file = (save_method(model, Path(cfg.output_dir) / "method.pt", base_name=bundle.name)
+                   if args.method != "full" else Path(cfg.output_dir) / "best.pt")
     test = _load(args, "test")
-    result = evaluate(bundle.model, test, transform=bundle.transform, tokenizer=bundle.tokenizer,
+    result = evaluate(model, test, transform=bundle.transform, tokenizer=tokenizer,
                       device=select_device(cfg.device), progress=cfg.progress)
-    summary = {"config": asdict(cfg), "best_epoch": best["epoch"], "val": best["metrics"],
+    summary = {"config": asdict(cfg), "method": args.method, "loss": args.loss, "method_file": str(method_file),
+               "best_epoch": best["epoch"], "val": best["metrics"],
                "test": result.to_dict(), "history": history.to_dict()}
     _json_out({"best_epoch": best["epoch"], "test": result.metrics}, None)
     Path(cfg.output_dir, "results.json").write_text(json.dumps(summary, indent=2, default=str))
     return 0
 
 
+def cmd_params(args: argparse.Namespace) -> int:
+    import copy
+
+    from rsretrieval.methods import apply_method, list_methods
+    from rsretrieval.models import count_parameters, create_model
+
+    base = create_model(args.model, None, device="cpu").model  # random weights: counting needs no download
+    names = list_methods() if args.method == "all" else [args.method]
+    for name in names:
+        model = apply_method(copy.deepcopy(base) if len(names) > 1 else base, name)
+        trainable, total = count_parameters(model)
+        print(json.dumps({"method": name, "trainable": trainable, "total": total}))
+        del model
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from rsretrieval.bench import bench, format_table
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    results = bench(args.model, methods, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
+                    device=args.device, loss=args.loss)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    print(format_table(results))
+    return 0
+
+
+def cmd_index_build(args: argparse.Namespace) -> int:
+    from rsretrieval.index import Encoder, ImageIndex
+
+    from rsretrieval.data.readers import prefix_scene
+    from rsretrieval.index import find_images
+
+    encoder = Encoder(args.model, args.pretrained, args.adapter, args.device)
+    root = Path(args.images).resolve()
+    scenes = ({str(p.relative_to(root)): prefix_scene(p.name) for p in find_images(root)}
+              if args.scene_from_prefix else None)
+    index = ImageIndex.build(root, args.out, encoder, batch_size=args.batch_size, dtype=args.dtype, scenes=scenes)
+    print(index)
+    for s in index.manifest.skipped:
+        print(f"skipped {s['path']}: {s['error']}", file=sys.stderr)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from rsretrieval.index import Encoder, ImageIndex
+
+    manifest = json.loads((Path(args.index) / "manifest.json").read_text())
+    enc = manifest["encoder"]
+    encoder = Encoder(args.model or enc["model"], args.pretrained or enc["pretrained"],
+                      args.adapter or manifest.get("adapter_path"), args.device)
+    index = ImageIndex.load(args.index, encoder)
+    hits = index.search_image(args.image, args.k, args.scene) if args.image else \
+        index.search_text(args.query, args.k, args.scene)
+    if args.json:
+        print(json.dumps([{"rank": h.rank, "score": h.score, "path": str(h.path), "scene": h.scene} for h in hits],
+                         indent=1))
+    else:
+        for h in hits:
+            print(f"{h.rank:3d}  {h.score:.4f}  {h.path}" + (f"  [{h.scene}]" if h.scene else ""))
+    return 0
+
+
+def cmd_bench_search(args: argparse.Namespace) -> int:
+    from rsretrieval.ann import bench_search, format_bench
+
+    result = bench_search(args.vectors, args.dim, args.queries, args.k, uniform=args.uniform, pq_m=args.pq_m,
+                          seed=args.seed)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(format_bench(result))
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from rsretrieval.evaluate import evaluate
+    from rsretrieval.methods import load_method, wrap_tokenizer
     from rsretrieval.models import create_model, select_device
     from rsretrieval.train import load_best
 
     device = select_device(args.device)
     bundle = create_model(args.model, args.pretrained, device=device)
+    model, tokenizer = bundle.model, bundle.tokenizer
     if args.run:
-        load_best(bundle.model, args.run)
+        method_file = Path(args.run) / "method.pt"
+        if method_file.exists():  # a parameter-efficient run: re-inject its method with the trained weights
+            model = load_method(model, method_file, base_name=bundle.name)
+            tokenizer = wrap_tokenizer(model, tokenizer)
+        else:  # full fine-tuning
+            load_best(model, args.run)
     data = _load(args, args.split)
-    result = evaluate(bundle.model, data, transform=bundle.transform, tokenizer=bundle.tokenizer,
+    result = evaluate(model.to(device), data, transform=bundle.transform, tokenizer=tokenizer,
                       batch_size=args.batch_size, device=device)
     print(result.table())
     if args.json:
@@ -209,10 +301,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", dest="output_dir", required=True, help="run folder: checkpoints, history, results")
+    p.add_argument("--method", default="full",
+                   help="transfer method (see `params --method all`): full, linear_probe, adapter, lora, vpt, coop, "
+                        "clip_adapter, adaptformer, mrs_adapter")
+    p.add_argument("--loss", default="infonce", help="training loss: infonce, vsepp, hmmc")
+    p.add_argument("--out", dest="output_dir", required=True,
+                   help="run folder: checkpoints, history, results, method.pt")
     p.add_argument("--no-resume", dest="resume", action="store_false")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("params", help="trainable / total parameters of a method, as JSON (random weights)")
+    p.add_argument("--model", default="ViT-B-32", help="architecture: tiny, mini, ViT-B-32, ...")
+    p.add_argument("--method", default="all", help="a method name, or `all` for one JSON line per method")
+    p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("bench", help="training throughput and peak memory per method, one process each")
+    p.add_argument("--model", default="ViT-B-32")
+    p.add_argument("--methods", default="full,mrs_adapter", help="comma-separated; ratios are to the first")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=3, help="timed steps, after --warmup untimed ones")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--loss", default="infonce")
+    p.add_argument("--json", default=None)
+    p.set_defaults(func=cmd_bench)
+
+    index = sub.add_parser("index", help="build a search index over a folder of images")
+    isub = index.add_subparsers(dest="index_command", required=True)
+    p = isub.add_parser("build", help="encode every image below --images (resumes an interrupted build)")
+    p.add_argument("--images", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--model", default="mini")
+    p.add_argument("--pretrained", default="synthrs")
+    p.add_argument("--adapter", default=None, help="a method file (method.pt) written by `train`")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    p.add_argument("--scene-from-prefix", action="store_true",
+                   help="scene = file name before the last '_' (RSITMD, RSICD, SynthRS names)")
+    p.set_defaults(func=cmd_index_build)
+
+    p = sub.add_parser("search", help="search an index by text (or --image)")
+    p.add_argument("index")
+    p.add_argument("query", nargs="?", default="")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--image", default=None, help="search by this example image instead of text")
+    p.add_argument("--scene", default=None, help="keep only images of this scene")
+    p.add_argument("--model", default=None, help="default: the model recorded in the index")
+    p.add_argument("--pretrained", default=None)
+    p.add_argument("--adapter", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print hits as JSON")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("bench-search", help="exact vs FAISS search on synthetic vectors: latency, recall, memory")
+    p.add_argument("--vectors", type=int, default=1_000_000)
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--uniform", action="store_true", help="uniform on the sphere: the structure-free worst case")
+    p.add_argument("--pq-m", type=int, default=64, help="IVF-PQ bytes per vector")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None)
+    p.set_defaults(func=cmd_bench_search)
 
     p = sub.add_parser("eval", help="evaluate a model (optionally a run's best checkpoint) on a split")
     _add_data_args(p, split="test")

@@ -249,3 +249,71 @@ def _rectangle(x: float, y: float):
     from matplotlib.patches import Rectangle
 
     return Rectangle((x, y), 1, 1, fill=False, edgecolor="white", linewidth=1.2)
+
+
+def plot_score_vs_params(
+    rows: Sequence[Mapping],
+    *,
+    key: str = "mr",
+    label: str = "method",
+    paper: Mapping[str, tuple[float, float]] | None = None,
+    title: str = "",
+) -> Figure:
+    """Score (mean ± std) against trainable parameters, log scale; optional paper points beside ours.
+
+    Args:
+        rows: :func:`rsretrieval.experiments.summarize` rows (``trainable``, ``{key}_mean``, ``{key}_std``).
+        key: the metric.
+        label: the row field naming each point.
+        paper: ``{name: (trainable, score)}`` drawn as hollow markers on a second axis, labelled
+            as the paper's (its numbers come from another model and dataset: compare shapes, not heights).
+        title: figure title.
+    """
+    fig = Figure(figsize=(7, 3.6) if paper else (5, 3.6))
+    axes = fig.subplots(1, 2 if paper else 1, squeeze=False)[0]
+    ax = axes[0]
+    for r in rows:
+        ax.errorbar(r["trainable"], r[f"{key}_mean"], yerr=r[f"{key}_std"], fmt="o", capsize=3)
+        ax.annotate(str(r[label]), (r["trainable"], r[f"{key}_mean"]), fontsize=8, xytext=(4, 3),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters")
+    ax.set_ylabel(f"{_LABELS.get(key, key)} (ours)")
+    ax.set_title(title or "ours")
+    if paper:
+        ax2 = axes[1]
+        for name, (n, score) in paper.items():
+            ax2.plot(n, score, "o", mfc="none")
+            ax2.annotate(name, (n, score), fontsize=8, xytext=(4, 3), textcoords="offset points")
+        ax2.set_xscale("log")
+        ax2.set_xlabel("trainable parameters")
+        ax2.set_ylabel(f"{_LABELS.get(key, key)} (paper)")
+        ax2.set_title("PE-RSITR's table (paper, ViT-B/32 on RSITMD)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_search_results(title: str, paths: Sequence[str | Path], scores: Sequence[float],
+                        labels: Sequence[str | None] | None = None, *, highlight: Sequence[bool] | None = None) -> Figure:
+    """A row of search hits: each image titled with its rank, score and (optional) label.
+
+    ``highlight`` frames chosen hits green and the rest grey (e.g. hits of the expected scene).
+    """
+    n = len(paths)
+    if n == 0:
+        raise ValueError("no hits to plot")
+    fig = Figure(figsize=(2.2 * n, 2.9))
+    axes = np.atleast_1d(fig.subplots(1, n))
+    for r, (ax, path, score) in enumerate(zip(axes, paths, scores)):
+        ax.imshow(open_image(path))
+        label = f"\n{labels[r]}" if labels is not None and labels[r] else ""
+        ax.set_title(f"#{r + 1}  {score:.3f}{label}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if highlight is not None:
+            for spine in ax.spines.values():
+                spine.set_edgecolor(_MATCH if highlight[r] else "0.6")
+                spine.set_linewidth(4)
+    fig.suptitle("\n".join(textwrap.wrap(title, 100)), fontsize=10)
+    fig.tight_layout()
+    return fig

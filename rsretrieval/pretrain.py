@@ -31,7 +31,7 @@ class PretrainConfig:
     model: str = "mini"
     tag: str = "synthrs"
     source_root: str = "data/synthrs-source"
-    n_images: int = 12000
+    n_images: int = 9000
     image_size: int = 96  # render at the model's resolution: decoding 224 px images would cost more than training
     epochs: int = 2
     batch_size: int = 128
@@ -68,7 +68,7 @@ def pretrain(cfg: PretrainConfig | None = None, out: str | Path | None = None) -
     t0 = time.perf_counter()
     source_root = _abs(cfg.source_root)
     generate_synthrs(source_root, n_images=cfg.n_images, image_size=cfg.image_size, seed=cfg.seed,
-                     domain="source", progress=cfg.progress)
+                     domain="source", progress=cfg.progress, overwrite=True)  # our own cache folder
     source = load_dataset("synthrs", source_root, "all")
     t_data = time.perf_counter() - t0
 

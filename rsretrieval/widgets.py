@@ -53,3 +53,38 @@ def dataset_browser(data: CaptionDataset, start: int = 0) -> tuple[Any | None, A
     slider.observe(show, names="value")
     show()
     return w.VBox([slider, label, out]), static
+
+
+def search_box(index: Any, k: int = 5, example: str = "two white planes beside the terminal") -> tuple[Any | None, Any]:
+    """A text box: type a query, see the top-k images with scores and scenes.
+
+    Returns:
+        (widget or None when ipywidgets is missing, static Figure of ``example``'s results).
+    """
+    from rsretrieval.plots import plot_search_results
+
+    def figure(query: str):
+        hits = index.search_text(query, k)
+        return plot_search_results(f"query: {query}", [h.path for h in hits], [h.score for h in hits],
+                                   [h.scene for h in hits])
+
+    static = figure(example)
+    if not _has_widgets():
+        return None, static
+    import ipywidgets as w
+    from IPython.display import display
+
+    box = w.Text(value=example, description="query", layout=w.Layout(width="70%"), continuous_update=False)
+    out = w.Output()
+
+    def show(change: dict | None = None) -> None:
+        with out:
+            out.clear_output(wait=True)
+            try:
+                display(figure(box.value))
+            except ValueError as exc:  # an empty query
+                print(exc)
+
+    box.observe(show, names="value")
+    show()
+    return w.VBox([box, out]), static

@@ -1,0 +1,238 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 00 · The datasets of remote-sensing text–image retrieval
+#
+# **Learning goals.** After this notebook you can
+# 1. say what remote-sensing (RS) text–image retrieval is, in both directions, and who needs it;
+# 2. name the four published benchmarks, their sizes, formats and traps;
+# 3. load any of them (or the offline SynthRS) into one `CaptionDataset`, with an explicit
+#    caption → image index, and check what is on your disk;
+# 4. explain how SynthRS is generated and why the course ships it.
+#
+# **Expected runtime.** CPU: about 30 s (most of it generating SynthRS once). GPU: the same
+# (nothing here runs a model).
+
+# %% tags=["parameters"]
+SMOKE = False
+DEVICE = "auto"
+DATASET = "synthrs"
+DATA_DIR = ""
+MODEL = "mini"
+PRETRAINED = "synthrs"
+BATCH_SIZE = 64
+SEED = 0
+OUTPUT_DIR = ""
+
+# %%
+# %matplotlib inline
+from IPython.display import display
+
+from rsretrieval.data import get_dataset_info, list_datasets
+from rsretrieval.data.dataset import caption_statistics
+from rsretrieval.notebook import load_splits, record, setup
+from rsretrieval.plots import plot_caption_lengths, plot_image_captions
+
+cfg = setup(device=DEVICE, dataset=DATASET, data_dir=DATA_DIR, output_dir=OUTPUT_DIR, model=MODEL,
+            pretrained=PRETRAINED, smoke=SMOKE, seed=SEED, notebook="00_datasets")
+cfg
+
+# %% [markdown]
+# ## 1. The task
+#
+# An archive holds aerial or satellite images; a user describes what they look for in words.
+# **Text → image retrieval** (t2i, "image retrieval") ranks the archive's images for a caption
+# such as *"two white planes are parked beside the terminal"*. **Image → text retrieval**
+# (i2t, "sentence retrieval") ranks captions for an image. Users include disaster-response
+# analysts looking for flooded bridges, planners counting storage tanks, and anyone searching an
+# archive too large to look through by eye.
+#
+# Both directions are scored by **Recall@K**: the share of queries whose ground truth is among
+# the top K results. Each image has five captions, so the two directions count differently:
+# an image query succeeds when *any* of its captions ranks within K (the best rank counts),
+# a caption query when its one image does. Notebook 01 builds this by hand.
+#
+# ## 2. The published benchmarks
+#
+# Four datasets carry almost every result in the field. All use five captions per image, and
+# all are distributed by their authors through file hosts rather than a package, so the library
+# never downloads them: you fetch them and put them where the registry says.
+
+# %%
+for name in list_datasets():
+    info = get_dataset_info(name)
+    print(f"{name:9s} {info.title}")
+
+# %% [markdown]
+# | dataset | images | captions | image size | scene labels | standard split |
+# |---|---|---|---|---|---|
+# | RSITMD | 4,743 | 23,715 | 256×256 .tif | filename prefix (33 scenes) | 4,291 train / 452 test |
+# | RSICD | 10,921 | 54,605 (only ~24k unique) | 224×224 .jpg | prefix for 10,000 images; 921 named `00001.jpg`… need class-list files | 9,828 / 1,093 |
+# | UCM-Captions | 2,100 | 10,500 | 256×256 .tif | 21 classes in blocks of 100 ids | 1,890 / 210 |
+# | Sydney-Captions | 613 | 3,065 | 500×500 .tif | 7 classes | from the json |
+#
+# Their quirks matter more than their sizes:
+# - **Duplicate captions.** In RSICD most images' five captions are copies of one or two
+#   sentences: fewer than half of its captions are unique. A caption query then has several
+#   "correct" answers that are scored as wrong.
+# - **Scene labels hide in file names.** `denseresidential_12.tif` is a dense residential scene.
+#   RSICD names 921 images only by number; their scenes come from separate class-list files
+#   (`txtclasses_rsicd/`). The library normalises names (`DenseResidential` → `denseresidential`)
+#   so datasets agree.
+# - **Splits.** The files mark `train` and `test`; no validation split is published, and
+#   several public code bases select their checkpoints on test. The library carves a seeded
+#   validation split from train instead: nothing is ever chosen on test.
+# - **Five captions per image is not guaranteed.** Code that assumes "caption *j* belongs to
+#   image *j*//5" breaks silently; the library keeps an explicit caption → image index.
+#
+# How each one must be laid out on disk:
+
+# %%
+print(get_dataset_info("rsitmd").layout())
+print(get_dataset_info("rsicd").layout())
+
+# %% [markdown]
+# ### What is on your disk?
+# If you have downloaded any of them, point `DATA_DIR` at it and set `DATASET`; this cell checks
+# the default places under `data/` and reports what it finds, and what is missing, exactly.
+
+# %%
+from rsretrieval.data import check_dataset
+from rsretrieval.errors import DatasetNotFoundError
+from rsretrieval.models.factory import REPO_ROOT
+
+for name in ("rsitmd", "rsicd", "ucm", "sydney"):
+    root = REPO_ROOT / "data" / name
+    try:
+        report = check_dataset(name, root)
+        print(f"{name}: {report}")
+    except DatasetNotFoundError as exc:
+        print(f"{name}: not found under {root}. {str(exc).splitlines()[0]}")
+
+# %% [markdown]
+# ## 3. SynthRS: the offline default
+#
+# The real datasets cannot ship with the course, and a CPU cannot fine-tune CLIP on them in a
+# class hour. **SynthRS** is a procedural generator of top-down, RS-like scenes with captions:
+#
+# - **scenes** named like RSITMD's (airport, farmland, port, parking, storage tanks, …), each with
+#   its own textured background and characteristic objects;
+# - **objects** (planes, cars, boats, tanks, buildings, trees, courts, …) of varied and often
+#   small size, with counts, colours and positions, several of them shared across scenes so the
+#   scene label carries information of its own;
+# - **five captions per image** from a grammar with synonyms, counts, colours and spatial
+#   relations; some never name the scene;
+# - **object masks**, so later notebooks can measure whether a model looks at the objects;
+# - **deterministic**: the same seed gives the same files; written in RSITMD's layout, so the
+#   same reader loads it.
+#
+# It is not a substitute for real imagery: its textures are simpler and its captions more
+# regular. It keeps what the course needs: the structure of the task, the protocol, small
+# targets on busy backgrounds, and numbers that a laptop computes in minutes.
+#
+# One scene, rendered step by step:
+
+# %%
+import numpy as np
+
+from rsretrieval.data.synthrs import SCENES, make_captions, render_scene
+
+rng = np.random.default_rng(SEED)
+image, objects, mask = render_scene(rng, "airport", 224, "rs")
+for caption in make_captions(rng, "airport", objects, "rs"):
+    print("-", caption)
+print(f"{len(objects)} objects; areas (% of the image):", [round(100 * o["area_fraction"], 2) for o in objects])
+display(image)
+
+# %% [markdown]
+# The whole dataset (generated once, then read from disk like any other):
+
+# %%
+splits = load_splits(cfg, DATASET)
+for split, data in splits.items():
+    print(f"{split:5s} {data}")
+train, test = splits["train"], splits["test"]
+print("scenes:", train.scene_names)
+
+# %%
+picks = [next(i for i, s in enumerate(train.scenes) if s == scene) for scene in train.scene_names[:4]]
+fig = plot_image_captions([train.image_paths[i] for i in picks],
+                          [[train.captions[j] for j in train.image_to_texts[i]] for i in picks], n=4)
+fig
+
+# %% [markdown]
+# ## 4. Captions: length and vocabulary
+# Short, regular captions make retrieval easier; duplicates make it noisier. Compare with the
+# real datasets when you have them (RSITMD's captions average about 11 words).
+
+# %%
+stats = {name: caption_statistics(data.captions) for name, data in splits.items()}
+for name, s in stats.items():
+    print(f"{name:5s} captions {s['captions']:5d}  unique {s['unique_captions']:5d}  "
+          f"mean words {s['mean_words']:.1f}  vocabulary {s['vocabulary']}")
+print("most frequent words:", [w for w, _ in stats["train"]["top_words"]])
+plot_caption_lengths({name: s["lengths"] for name, s in stats.items()})
+
+# %% [markdown]
+# How much does the scene label say? If captions named the scene every time, a model could match
+# on that one word. Count how many captions contain their scene's name (or a synonym of it).
+
+# %%
+from rsretrieval.data.synthrs import SCENE_INFO
+
+
+def scene_words(scene):  # SynthRS knows its synonyms; for real datasets, the label itself
+    return SCENE_INFO[scene].nouns if scene in SCENE_INFO else (scene,)
+
+
+named = sum(any(w in c.lower() for w in scene_words(train.scenes[i]))
+            for c, i in zip(train.captions, train.text_to_image))
+share_named = 100 * named / train.num_captions
+print(f"{share_named:.0f}% of training captions name their scene")
+
+# %% [markdown]
+# ## 5. Browse
+# In Jupyter, the slider flips through the training images; executed headless (papermill, the
+# HTML export) you see the static figure below it instead.
+
+# %%
+from rsretrieval.widgets import dataset_browser
+
+widget, static = dataset_browser(train)
+if widget is not None:
+    display(widget)
+static
+
+# %% [markdown]
+# ## 6. Records
+
+# %%
+record(cfg.output_dir, dataset=DATASET, n_train_images=train.num_images,
+       n_val_images=splits["val"].num_images, n_test_images=test.num_images,
+       n_train_captions=train.num_captions, n_scenes=len(train.scene_names),
+       mean_caption_words=stats["train"]["mean_words"], vocabulary=stats["train"]["vocabulary"],
+       share_captions_naming_scene=share_named)
+
+# %% [markdown]
+# ## Exercises
+# 1. Generate SynthRS with another seed (`python -m rsretrieval data synth --root /tmp/s2 --seed 1`)
+#    and check that the scene proportions of each split match.
+# 2. Download RSITMD, lay it out as printed above and run this notebook with `DATASET="rsitmd"`,
+#    `DATA_DIR=...`. How many of its captions are unique? How many words do they average?
+# 3. Write a caption → image index for a dataset whose images have 4, 5 and 6 captions, and
+#    show that "caption *j* belongs to image *j*//5" gets it wrong.
+# 4. Which SynthRS objects occur in more than one scene? Why does that make scene labels useful
+#    metadata rather than a giveaway?

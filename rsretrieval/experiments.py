@@ -1,0 +1,112 @@
+"""Comparing methods: one run = pretrained model + method + loss, trained, selected on val, scored on test.
+
+Runs are written to their own folders; a finished run is read back instead of retrained, and an
+interrupted one resumes from its last checkpoint, so a notebook can be re-executed cheaply.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from rsretrieval.data.dataset import CaptionDataset
+from rsretrieval.train import TrainConfig
+
+
+def run_method(
+    model: str,
+    pretrained: str | None,
+    method: str,
+    train: CaptionDataset,
+    val: CaptionDataset,
+    test: CaptionDataset,
+    config: TrainConfig,
+    *,
+    loss: str = "infonce",
+    method_kwargs: dict[str, Any] | None = None,
+    run_dir: str | Path,
+) -> dict[str, Any]:
+    """Train ``method`` on ``train``, keep its best epoch on ``val``, evaluate on ``test``.
+
+    Returns:
+        ``{"method", "loss", "seed", "trainable", "total", "test": metrics, "val_mr", "best_epoch",
+        "seconds_per_epoch", "samples_per_s", "history"}``; also written to ``run_dir/results.json``.
+    """
+    from rsretrieval.evaluate import evaluate
+    from rsretrieval.methods import apply_method, save_method, wrap_tokenizer
+    from rsretrieval.models import count_parameters, create_model, select_device
+    from rsretrieval.tasks import get_loss
+    from rsretrieval.train import fit, load_best
+
+    run_dir = Path(run_dir)
+    cfg = replace(config, output_dir=str(run_dir))
+    identity = {"model": model, "pretrained": pretrained, "method": method, "loss": loss,
+                "method_kwargs": method_kwargs or {}, "config": asdict(cfg), "train_images": train.num_images}
+    done = run_dir / "results.json"
+    if done.exists():
+        previous = json.loads(done.read_text())
+        if previous.get("identity") == json.loads(json.dumps(identity)):
+            return previous
+    bundle = create_model(model, pretrained)
+    net = apply_method(bundle.model, method, **(method_kwargs or {}))
+    tokenizer = wrap_tokenizer(net, bundle.tokenizer)
+    trainable, total = count_parameters(net)
+    history = fit(net, tokenizer, train, bundle.transform, cfg, val_data=val, val_transform=bundle.transform,
+                  task=get_loss(loss)(net))
+    best = load_best(net, run_dir)
+    device = select_device(cfg.device)
+    result = evaluate(net.to(device), test, transform=bundle.transform, tokenizer=tokenizer, device=device,
+                      batch_size=cfg.eval_batch_size, per_scene=False, progress=False)
+    if method != "full":
+        save_method(net, run_dir / "method.pt", base_name=bundle.name)
+    epochs = [r for r in history.records if r.get("seconds")]
+    out = {
+        "identity": identity, "method": method, "loss": loss, "seed": cfg.seed, "trainable": trainable,
+        "total": total, "test": result.metrics, "val_mr": best["metrics"]["mr"], "best_epoch": best["epoch"],
+        "seconds_per_epoch": statistics.mean(r["seconds"] for r in epochs),
+        "samples_per_s": statistics.mean(r["samples_per_s"] for r in epochs),
+        "history": history.to_dict(),
+    }
+    done.write_text(json.dumps(out, indent=1))
+    return out
+
+
+def summarize(runs: list[dict[str, Any]], key: str = "mr", group: str = "method") -> list[dict[str, Any]]:
+    """Mean and standard deviation of ``test[key]`` over the runs of each group (e.g. seeds of a method)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault(str(r[group]), []).append(r)
+    rows = []
+    for name, rs in groups.items():
+        values = [r["test"][key] for r in rs]
+        rows.append({
+            group: name, "n": len(rs), "trainable": rs[0]["trainable"], "total": rs[0]["total"],
+            f"{key}_mean": statistics.mean(values), f"{key}_std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "seconds_per_epoch": statistics.mean(r["seconds_per_epoch"] for r in rs),
+            "samples_per_s": statistics.mean(r["samples_per_s"] for r in rs),
+        })
+    return rows
+
+
+def format_summary(rows: list[dict[str, Any]], key: str = "mr", group: str = "method",
+                   extra: dict[str, dict[str, Any]] | None = None) -> str:
+    """A plain-text table of :func:`summarize` rows; ``extra`` adds columns per group (e.g. peak memory)."""
+    extra = extra or {}
+    extra_cols = sorted({c for cols in extra.values() for c in cols})
+    head = (f"{group:16s} {'trainable':>12s} {key + ' (mean ± std)':>18s} {'s/epoch':>8s}"
+            + "".join(f" {c:>14s}" for c in extra_cols))
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        cols = extra.get(r[group], {})
+        lines.append(f"{r[group]:16s} {r['trainable']:12,d} {r[f'{key}_mean']:10.2f} ± {r[f'{key}_std']:5.2f} "
+                     f"{r['seconds_per_epoch']:8.1f}" + "".join(f" {_fmt(cols.get(c)):>14s}" for c in extra_cols))
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.1f}" if isinstance(value, float) else str(value)

@@ -1,0 +1,357 @@
+"""A search engine over a folder of images: build once, query by text or by image, add later.
+
+An index is a folder:
+
+    index/
+      manifest.json      model, adapter checksum, embedding dim, dtype, paths, scenes, skipped files
+      embeddings.npy     [n, dim] unit vectors (float16 or float32), row i = manifest path i
+      parts/             while building: encoded chunks, so an interrupted build resumes
+
+Loading checks the manifest against the model that will encode the queries and refuses a
+mismatch: vectors of two different models live in different spaces and their dot products mean
+nothing, which no error would otherwise reveal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from rsretrieval import __version__
+from rsretrieval.ann import VectorSearch, build
+from rsretrieval.errors import CheckpointError, RSRetrievalError
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
+MANIFEST = "manifest.json"
+EMBEDDINGS = "embeddings.npy"
+
+
+class SearchIndexError(RSRetrievalError, ValueError):
+    """An index that is empty, damaged, or built with another model."""
+
+
+def find_images(folder: str | Path) -> list[Path]:
+    """Every image below ``folder`` (recursive; .tif .tiff .jpg .jpeg .png, any case), sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Encoder:
+    """A model (plus optional method file) that turns images and texts into unit vectors.
+
+    Args:
+        model: architecture name (``mini``, ``ViT-B-32``...).
+        pretrained: weights tag or file.
+        adapter: a file written by :func:`rsretrieval.methods.save_method`, or None.
+        device: ``auto``, ``cpu``, ``cuda``...
+    """
+
+    def __init__(self, model: str = "mini", pretrained: str | None = "synthrs", adapter: str | Path | None = None,
+                 device: str = "auto") -> None:
+        from rsretrieval.methods import load_method, wrap_tokenizer
+        from rsretrieval.models import create_model, select_device
+
+        self.device = select_device(device)
+        bundle = create_model(model, pretrained)
+        net = bundle.model
+        self.adapter_sha256 = None
+        self.adapter_path = str(Path(adapter).resolve()) if adapter is not None else None
+        if adapter is not None:
+            net = load_method(net, adapter, base_name=bundle.name)
+            self.adapter_sha256 = file_sha256(adapter)
+        self.model = net.to(self.device).eval()
+        self.transform = bundle.transform
+        self.tokenizer = wrap_tokenizer(net, bundle.tokenizer)
+        self.name, self.pretrained = bundle.name, pretrained
+
+    def identity(self) -> dict[str, Any]:
+        """What a query encoder must match to search an index built with this one."""
+        return {"model": self.name, "pretrained": None if self.pretrained is None else str(self.pretrained),
+                "adapter_sha256": self.adapter_sha256}
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        from rsretrieval.models import autocast
+
+        x = torch.stack([self.transform(im) for im in images]).to(self.device)
+        with autocast(self.device):
+            f = self.model.encode_image(x, normalize=True)
+        return f.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        from rsretrieval.models import autocast
+
+        if not texts or any(not t.strip() for t in texts):
+            raise ValueError("empty query: type what you are looking for, e.g. 'two white planes beside the terminal'")
+        with autocast(self.device):
+            f = self.model.encode_text(self.tokenizer(list(texts)).to(self.device), normalize=True)
+        return f.float().cpu().numpy()
+
+
+@dataclass
+class Manifest:
+    """Everything needed to trust and use ``embeddings.npy``."""
+
+    encoder: dict[str, Any]  # must equal the query encoder's identity()
+    dim: int
+    dtype: str
+    normalized: bool = True
+    root: str = ""
+    paths: list[str] = field(default_factory=list)  # relative to root
+    scenes: list[str | None] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    adapter_path: str | None = None  # where the adapter was, to rebuild the encoder from the manifest
+    library_version: str = __version__
+    created: float = field(default_factory=time.time)
+
+
+@dataclass
+class Hit:
+    rank: int
+    score: float
+    path: Path
+    scene: str | None
+
+
+class ImageIndex:
+    """Embeddings of an image archive with their manifest, and search over them."""
+
+    def __init__(self, folder: Path, manifest: Manifest, embeddings: np.ndarray, encoder: Encoder | None = None,
+                 backend: str = "auto") -> None:
+        self.folder, self.manifest, self.embeddings = folder, manifest, embeddings
+        self.encoder, self.backend = encoder, backend
+        self._search: VectorSearch | None = None
+
+    def __len__(self) -> int:
+        return len(self.manifest.paths)
+
+    def __repr__(self) -> str:
+        return (f"ImageIndex({self.folder}, images={len(self)}, dim={self.manifest.dim}, "
+                f"model={self.manifest.encoder['model']}, skipped={len(self.manifest.skipped)})")
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def build(cls, images: str | Path, out: str | Path, encoder: Encoder, *, batch_size: int = 64,
+              dtype: str = "float16", scenes: dict[str, str] | None = None, chunk: int = 1024,
+              progress: bool = True) -> ImageIndex:
+        """Encode every image below ``images`` into an index at ``out``; resumes an interrupted build.
+
+        Unreadable images are skipped and listed in the manifest. ``scenes`` optionally maps a
+        path relative to ``images`` to a scene label (used by scene filters).
+        """
+        root = Path(images).resolve()
+        out = Path(out)
+        files = find_images(root)
+        if not files:
+            raise SearchIndexError(f"no images (.tif .tiff .jpg .jpeg .png) below {root}")
+        if (out / MANIFEST).exists():
+            raise FileExistsError(f"{out} already holds an index: add images with `add`, or choose another folder")
+        parts = out / "parts"
+        parts.mkdir(parents=True, exist_ok=True)
+        _check_parts_identity(parts, encoder, root)
+        done = _encoded_paths(parts)
+        todo = [p for p in files if str(p.relative_to(root)) not in done]
+        bar = tqdm(total=len(files), initial=len(files) - len(todo), desc="indexing", disable=not progress)
+        for start in range(0, len(todo), chunk):
+            _encode_part(todo[start:start + chunk], root, parts, encoder, batch_size, bar)
+        bar.close()
+        rel, vecs, skipped = _gather_parts(parts)
+        order = np.argsort(rel, kind="stable")
+        rel = [rel[i] for i in order]
+        vecs = vecs[order] if len(vecs) else np.zeros((0, 0), dtype=np.float32)
+        if not rel:
+            raise SearchIndexError(f"none of the {len(files)} images below {root} could be read; first: {skipped[:1]}")
+        manifest = Manifest(encoder.identity(), int(vecs.shape[1]), dtype, root=str(root), paths=rel,
+                            scenes=[(scenes or {}).get(r) for r in rel], skipped=skipped,
+                            adapter_path=encoder.adapter_path)
+        _write_index(out, manifest, vecs.astype(dtype))
+        shutil.rmtree(parts)
+        return cls.load(out, encoder)
+
+    def add(self, images: Iterable[str | Path], *, batch_size: int = 64, scenes: dict[str, str] | None = None) -> int:
+        """Encode and append new images (paths below the index root); returns how many were added."""
+        if self.encoder is None:
+            raise SearchIndexError("this index was loaded without an encoder: load it with one to add images")
+        root = Path(self.manifest.root)
+        known = set(self.manifest.paths)
+        new = [Path(p).resolve() for p in images]
+        new = [p for p in new if str(p.relative_to(root)) not in known]
+        if not new:
+            return 0
+        vecs, rel, skipped = [], [], []
+        for start in range(0, len(new), batch_size):
+            ok, bad = _read_images(new[start:start + batch_size], root)
+            skipped += bad
+            if ok:
+                vecs.append(self.encoder.encode_images([im for _, im in ok]))
+                rel += [r for r, _ in ok]
+        if vecs:
+            block = np.concatenate(vecs).astype(self.manifest.dtype)
+            self.embeddings = np.concatenate([np.asarray(self.embeddings), block])
+            self.manifest.paths += rel
+            self.manifest.scenes += [(scenes or {}).get(r) for r in rel]
+            if self._search is not None:
+                self._search.add(block.astype(np.float32))
+        self.manifest.skipped += skipped
+        _write_index(self.folder, self.manifest, np.asarray(self.embeddings))
+        return len(rel)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, folder: str | Path, encoder: Encoder | None = None, *, backend: str = "auto") -> ImageIndex:
+        """Open an index; with ``encoder``, refuse it if it was built by another model or adapter."""
+        folder = Path(folder)
+        if not (folder / MANIFEST).exists():
+            hint = " (an interrupted build: run `index build` again to resume)" if (folder / "parts").exists() else ""
+            raise FileNotFoundError(f"no index at {folder}: {MANIFEST} is missing{hint}")
+        manifest = Manifest(**json.loads((folder / MANIFEST).read_text()))
+        embeddings = np.load(folder / EMBEDDINGS, mmap_mode="r")
+        if embeddings.shape != (len(manifest.paths), manifest.dim):
+            raise SearchIndexError(f"{folder}: {embeddings.shape} embeddings for {len(manifest.paths)} paths of dim "
+                              f"{manifest.dim}; the index is damaged, rebuild it")
+        if encoder is not None and encoder.identity() != manifest.encoder:
+            raise CheckpointError(
+                f"index {folder} was built with {manifest.encoder}, but the query encoder is {encoder.identity()}. "
+                "Queries must be encoded by the same model (and adapter) as the images: load the matching "
+                "model, or rebuild the index."
+            )
+        return cls(folder, manifest, embeddings, encoder, backend)
+
+    # ------------------------------------------------------------------ searching
+    @property
+    def searcher(self) -> VectorSearch:
+        if self._search is None:
+            if len(self) == 0:
+                raise SearchIndexError(f"index {self.folder} is empty")
+            self._search = build(np.asarray(self.embeddings, dtype=np.float32), self.backend)
+        return self._search
+
+    def search_vector(self, query: np.ndarray, k: int = 10, scene: str | None = None) -> list[Hit]:
+        """Top-k images for a query vector; ``scene`` keeps only images of that scene."""
+        if scene is None:
+            scores, ids = self.searcher.search(query, k)
+        else:
+            keep = np.array([s == scene for s in self.manifest.scenes])
+            if not keep.any():
+                known = sorted({s for s in self.manifest.scenes if s})
+                raise SearchIndexError(f"no image of scene {scene!r} in the index; scenes: {known or 'none recorded'}")
+            sub = np.flatnonzero(keep)
+            scores, local = VectorSearch(np.asarray(self.embeddings[sub], dtype=np.float32),
+                                         self.searcher.params.__class__("exact")).search(query, k)
+            ids = np.where(local >= 0, sub[np.clip(local, 0, None)], -1)
+        root = Path(self.manifest.root)
+        return [Hit(r + 1, float(s), root / self.manifest.paths[i], self.manifest.scenes[i])
+                for r, (s, i) in enumerate(zip(scores[0], ids[0])) if i >= 0]
+
+    def search_text(self, query: str, k: int = 10, scene: str | None = None) -> list[Hit]:
+        return self.search_vector(self._encoder().encode_texts([query]), k, scene)
+
+    def search_image(self, image: str | Path | Image.Image, k: int = 10, scene: str | None = None) -> list[Hit]:
+        if isinstance(image, Image.Image):
+            img = image
+        else:
+            try:
+                with Image.open(image) as im:
+                    img = im.convert("RGB")
+            except (OSError, ValueError) as exc:
+                raise SearchIndexError(f"cannot read query image {image}: {exc}") from exc
+        return self.search_vector(self._encoder().encode_images([img]), k, scene)
+
+    def _encoder(self) -> Encoder:
+        if self.encoder is None:
+            raise SearchIndexError("load the index with an encoder to search by text or image")
+        return self.encoder
+
+
+# ---------------------------------------------------------------------- build helpers
+
+def _read_images(paths: Sequence[Path], root: Path) -> tuple[list[tuple[str, Image.Image]], list[dict[str, str]]]:
+    ok, bad = [], []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                ok.append((str(p.relative_to(root)), im.convert("RGB")))
+        except (OSError, ValueError) as exc:
+            bad.append({"path": str(p.relative_to(root)), "error": f"{type(exc).__name__}: {exc}"})
+    return ok, bad
+
+
+def _encode_part(paths: Sequence[Path], root: Path, parts: Path, encoder: Encoder, batch_size: int, bar) -> None:
+    vecs, rel, skipped = [], [], []
+    for start in range(0, len(paths), batch_size):
+        ok, bad = _read_images(paths[start:start + batch_size], root)
+        skipped += bad
+        if ok:
+            vecs.append(encoder.encode_images([im for _, im in ok]))
+            rel += [r for r, _ in ok]
+        bar.update(len(ok) + len(bad))
+    k = len(list(parts.glob("part-*.json")))
+    arr = np.concatenate(vecs) if vecs else np.zeros((0, 0), dtype=np.float32)
+    tmp = parts / f".part-{k:05d}.npy"
+    np.save(tmp, arr)
+    os.replace(tmp, parts / f"part-{k:05d}.npy")
+    meta = parts / f".part-{k:05d}.json"
+    meta.write_text(json.dumps({"paths": rel, "skipped": skipped}))
+    os.replace(meta, parts / f"part-{k:05d}.json")  # the json marks the part complete
+
+
+def _check_parts_identity(parts: Path, encoder: Encoder, root: Path) -> None:
+    ident = {"encoder": encoder.identity(), "root": str(root)}
+    f = parts / "identity.json"
+    if f.exists() and json.loads(f.read_text()) != ident:
+        raise SearchIndexError(f"{parts} holds a partial build with another encoder or image folder; delete it to start over")
+    f.write_text(json.dumps(ident))
+
+
+def _encoded_paths(parts: Path) -> set[str]:
+    done: set[str] = set()
+    for meta in parts.glob("part-*.json"):
+        m = json.loads(meta.read_text())
+        done.update(m["paths"])
+        done.update(s["path"] for s in m["skipped"])
+    return done
+
+
+def _gather_parts(parts: Path) -> tuple[list[str], np.ndarray, list[dict[str, str]]]:
+    rel, vecs, skipped = [], [], []
+    for meta in sorted(parts.glob("part-*.json")):
+        m = json.loads(meta.read_text())
+        arr = np.load(meta.with_suffix(".npy"))
+        if len(m["paths"]):
+            rel += m["paths"]
+            vecs.append(arr)
+        skipped += m["skipped"]
+    return rel, (np.concatenate(vecs) if vecs else np.zeros((0, 0), dtype=np.float32)), skipped
+
+
+def _write_index(out: Path, manifest: Manifest, vecs: np.ndarray) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{EMBEDDINGS}.tmp.npy"
+    np.save(tmp, vecs)
+    os.replace(tmp, out / EMBEDDINGS)
+    tmpm = out / f".{MANIFEST}.tmp"
+    tmpm.write_text(json.dumps(asdict(manifest), indent=1))
+    os.replace(tmpm, out / MANIFEST)

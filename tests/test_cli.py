@@ -1,0 +1,73 @@
+"""The command line, end to end on tiny data: what a user types, checked by what it writes."""
+
+import json
+
+import pytest
+
+from rsretrieval.cli import main
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli") / "synthrs"
+    assert main(["data", "synth", "--root", str(root), "--n-images", "40", "--image-size", "64"]) == 0
+    return root
+
+
+def test_data_check_and_info(synth_root, tmp_path, capsys):
+    report_file = tmp_path / "report.json"
+    assert main(["data", "check", "synthrs", "--root", str(synth_root), "--json", str(report_file)]) == 0
+    report = json.loads(report_file.read_text())
+    assert report["ok"] and report["usable_images"] == 40
+    assert main(["data", "info", "rsitmd"]) == 0
+    out = capsys.readouterr().out
+    assert "dataset_RSITMD.json" in out and "@" in out  # the layout and a bibtex citation
+
+
+def test_data_check_reports_a_corrupt_image(tmp_path):
+    import shutil
+
+    from rsretrieval.data.synthrs import generate_synthrs
+
+    root = generate_synthrs(tmp_path / "s", n_images=20, image_size=32, progress=False)
+    broken = sorted((root / "images").glob("*.png"))[3]
+    broken.write_bytes(b"not a png")
+    assert main(["data", "check", "synthrs", "--root", str(root)]) == 1
+    shutil.rmtree(root)
+
+
+@pytest.mark.parametrize("method", ["full", "mrs_adapter"])
+def test_train_then_eval_run(synth_root, tmp_path, method, capsys):
+    out = tmp_path / method
+    args = ["train", "--dataset", "synthrs", "--root", str(synth_root), "--model", "tiny", "--epochs", "1",
+            "--batch-size", "16", "--method", method, "--out", str(out), "--no-progress", "--device", "cpu"]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["best_epoch"] == 1 and 0 <= results["test"]["metrics"]["mr"] <= 100
+    assert (out / "last.pt").exists() and (out / "best.pt").exists()
+    assert (out / "method.pt").exists() == (method != "full")
+    capsys.readouterr()
+    json_out = tmp_path / f"eval-{method}.json"
+    assert main(["eval", "--dataset", "synthrs", "--root", str(synth_root), "--model", "tiny", "--run", str(out),
+                 "--json", str(json_out)]) == 0
+    again = json.loads(json_out.read_text())["metrics"]
+    assert again["mr"] == pytest.approx(results["test"]["metrics"]["mr"], abs=1e-6)
+
+
+def test_bench_writes_ratios(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--model", "tiny", "--methods", "full,mrs_adapter", "--batch-size", "4", "--steps", "1",
+                 "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())
+    assert [r["method"] for r in rows] == ["full", "mrs_adapter"]
+    for r in rows:
+        assert r["samples_per_s"] > 0 and r["peak_memory_bytes"] > 50 * 2**20  # an RSS, not a tensor count
+        assert set(r) >= {"method", "trainable", "samples_per_s", "peak_memory_bytes"}
+    assert rows[0]["throughput_ratio"] == 1.0
+    assert rows[1]["trainable"] < rows[0]["trainable"]
+    assert "speed x" in capsys.readouterr().out
+
+
+def test_unknown_dataset_root_is_required():
+    with pytest.raises(SystemExit, match="--root is required"):
+        main(["eval", "--dataset", "rsitmd", "--model", "tiny"])

@@ -1,0 +1,100 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rsretrieval.errors import CheckpointError
+from rsretrieval.index import Encoder, ImageIndex, SearchIndexError, find_images
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return Encoder("tiny", None, device="cpu")
+
+
+@pytest.fixture
+def archive(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "archive"
+    (root / "sub").mkdir(parents=True)
+    for k in range(12):
+        arr = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+        folder = root / "sub" if k % 3 == 0 else root
+        ext = [".png", ".jpg", ".TIF"][k % 3]
+        Image.fromarray(arr).save(folder / f"img_{k:02d}{ext}")
+    (root / "broken.png").write_bytes(b"not an image")
+    (root / "notes.txt").write_text("ignored")
+    return root
+
+
+def test_find_images_is_recursive_and_filters(archive):
+    names = [p.name for p in find_images(archive)]
+    assert len(names) == 13 and "notes.txt" not in names and "img_00.png" in names
+
+
+def test_build_search_and_skip(archive, tmp_path, encoder):
+    index = ImageIndex.build(archive, tmp_path / "idx", encoder, batch_size=5, progress=False)
+    assert len(index) == 12
+    assert [s["path"] for s in index.manifest.skipped] == ["broken.png"]
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert manifest["dim"] == 64 and manifest["encoder"]["model"] == "tiny"
+    hits = index.search_text("two white planes", k=5)
+    assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
+    assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+    first = next(p for p in find_images(archive) if p.name != "broken.png")
+    assert index.search_image(first, k=1)[0].path == first  # an indexed image finds itself
+    with pytest.raises(SearchIndexError, match="cannot read query image .*broken.png"):
+        index.search_image(archive / "broken.png")
+    with pytest.raises(ValueError, match="empty query"):
+        index.search_text("   ")
+
+
+def test_interrupted_build_resumes_without_reencoding(archive, tmp_path, encoder, monkeypatch):
+    calls = []
+    original = Encoder.encode_images
+
+    def counting(self, images):
+        calls.append(len(images))
+        if len(calls) == 2 and not getattr(counting, "crashed", False):
+            counting.crashed = True
+            raise KeyboardInterrupt
+        return original(self, images)
+
+    monkeypatch.setattr(Encoder, "encode_images", counting)
+    with pytest.raises(KeyboardInterrupt):
+        ImageIndex.build(archive, tmp_path / "idx", encoder, batch_size=4, chunk=4, progress=False)
+    with pytest.raises(FileNotFoundError, match="interrupted build"):
+        ImageIndex.load(tmp_path / "idx")
+    calls.clear()
+    index = ImageIndex.build(archive, tmp_path / "idx", encoder, batch_size=4, chunk=4, progress=False)
+    assert len(index) == 12
+    # 13 files; the first chunk of 4 (finished before the crash, broken.png among them) is not redone
+    assert sum(calls) == 13 - 4
+
+
+def test_wrong_query_model_is_refused(archive, tmp_path, encoder):
+    ImageIndex.build(archive, tmp_path / "idx", encoder, progress=False)
+    other = Encoder("mini", None, device="cpu")
+    with pytest.raises(CheckpointError, match="same model"):
+        ImageIndex.load(tmp_path / "idx", other)
+
+
+def test_add_and_scene_filter(archive, tmp_path, encoder):
+    scenes = {str(p.relative_to(archive)): "port" for p in find_images(archive) if p.suffix == ".jpg"}
+    index = ImageIndex.build(archive, tmp_path / "idx", encoder, scenes=scenes, progress=False)
+    port = index.search_text("boats", k=10, scene="port")
+    assert len(port) == len(scenes) and all(h.scene == "port" for h in port)
+    with pytest.raises(SearchIndexError, match="no image of scene"):
+        index.search_text("boats", scene="desert")
+    extra = archive / "new.png"
+    Image.new("RGB", (40, 40), "blue").save(extra)
+    assert index.add([extra]) == 1
+    again = ImageIndex.load(tmp_path / "idx", encoder)
+    assert len(again) == 13 and again.search_image(extra, k=1)[0].path == extra.resolve()
+
+
+def test_empty_folder_is_a_clear_error(tmp_path, encoder):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SearchIndexError, match="no images"):
+        ImageIndex.build(tmp_path / "empty", tmp_path / "idx", encoder, progress=False)
