@@ -67,7 +67,7 @@ methods = [m.strip() for m in METHODS.split(",") if m.strip()]
 seeds = [SEED + k for k in range(N_SEEDS)]
 splits = load_splits(cfg, DATASET)
 train, val, test = splits["train"], splits["val"], splits["test"]
-max_steps = 2 if SMOKE else None  # smoke runs only check that every piece fits together
+max_steps = 1 if SMOKE else None  # smoke runs only check that every piece fits together
 print(cfg, f"\nmethods: {methods}\nseeds: {seeds}\n{train}\n{test}")
 
 # %% [markdown]
@@ -259,8 +259,8 @@ for method, loss in plan:
 # %%
 from rsretrieval.bench import bench, format_table
 
-bench_rows = bench(MODEL, methods, batch_size=BATCH_SIZE, steps=1 if SMOKE else 2, device=str(cfg.device),
-                   progress=False)
+bench_rows = bench(MODEL, methods, batch_size=8 if SMOKE else BATCH_SIZE, steps=1 if SMOKE else 2,
+                   device=str(cfg.device), progress=False)
 print(format_table(bench_rows))
 memory = {r["method"]: r["peak_memory_bytes"] for r in bench_rows}
 

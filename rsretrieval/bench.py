@@ -6,9 +6,12 @@ iteration; the first ``warmup`` iterations are not timed.
 
 Peak memory:
 - CUDA: ``torch.cuda.max_memory_allocated`` of the timed iterations (tensors only).
-- CPU: the child's peak resident set size, read by the parent from ``os.wait4`` once the child
-  exits. It includes the Python interpreter and the torch libraries (a few hundred MB, the same
-  for every method), so compare methods by their differences and ratios, not by absolute values.
+- CPU: the child's peak resident set size (``VmHWM`` of ``/proc/self/status``, read by the child at
+  the end; ``ru_maxrss`` elsewhere). It includes the Python interpreter and the torch libraries (a
+  few hundred MB, the same for every method), so compare methods by differences and ratios.
+  ``VmHWM`` belongs to the child's own address space; ``ru_maxrss`` as seen by a parent would not
+  do on Linux, where a child started from a large process (a notebook kernel) inherits its
+  parent's high-water mark across fork and exec.
 
 Machines are noisy: compare methods by ratios measured in one run, never against numbers from
 another run.
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -29,17 +31,21 @@ from typing import Any
 import torch
 
 
-def _random_batch(model: torch.nn.Module, batch_size: int, device: torch.device, seed: int = 0):
+_WORDS = ("two", "white", "planes", "are", "parked", "beside", "the", "terminal", "many", "cars", "in", "a",
+          "parking", "lot", "green", "trees", "near", "river", "boats", "port", "large", "storage", "tanks")
+
+
+def _random_batch(model: torch.nn.Module, tokenizer, batch_size: int, device: torch.device, seed: int = 0):
+    """Random pixels and random captions of 6 to 20 words, tokenised as the method expects (CoOp adds
+    placeholder tokens), so every method runs its real text path."""
     g = torch.Generator().manual_seed(seed)
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
     images = torch.randn(batch_size, 3, size, size, generator=g)
-    ctx = model.positional_embedding.shape[0]
-    tokens = torch.randint(1, 49000, (batch_size, ctx), generator=g)
-    tokens[:, 0] = 49406  # start of text
-    ends = torch.randint(4, ctx, (batch_size,), generator=g)
-    tokens[torch.arange(batch_size), ends] = 49407  # end of text: open_clip pools at the argmax token
-    tokens[torch.arange(ctx)[None, :] > ends[:, None]] = 0
+    lengths = torch.randint(6, 21, (batch_size,), generator=g).tolist()
+    picks = torch.randint(0, len(_WORDS), (batch_size, 20), generator=g).tolist()
+    captions = [" ".join(_WORDS[w] for w in row[:n]) for row, n in zip(picks, lengths)]
+    tokens = tokenizer(captions)
     ids = torch.arange(batch_size)
     return images.to(device), tokens.to(device), ids.to(device)
 
@@ -47,7 +53,7 @@ def _random_batch(model: torch.nn.Module, batch_size: int, device: torch.device,
 def measure(model_name: str, method: str, *, batch_size: int = 32, steps: int = 3, warmup: int = 1,
             device: str = "cpu", loss: str = "infonce", threads: int | None = None) -> dict[str, Any]:
     """Time ``steps`` training iterations of ``method`` in this process (no peak memory on CPU)."""
-    from rsretrieval.methods import apply_method
+    from rsretrieval.methods import apply_method, wrap_tokenizer
     from rsretrieval.models import autocast, count_parameters, create_model, select_device
     from rsretrieval.tasks import get_loss
 
@@ -55,11 +61,13 @@ def measure(model_name: str, method: str, *, batch_size: int = 32, steps: int = 
         torch.set_num_threads(threads)
     dev = select_device(device)
     torch.manual_seed(0)
-    model = apply_method(create_model(model_name).model, method)
+    bundle = create_model(model_name)
+    model = apply_method(bundle.model, method)
+    tokenizer = wrap_tokenizer(model, bundle.tokenizer)
     task = get_loss(loss)(model).to(dev).train()
     trainable, total = count_parameters(task)
     opt = torch.optim.AdamW([p for p in task.parameters() if p.requires_grad], lr=1e-5)
-    images, tokens, ids = _random_batch(model, batch_size, dev)
+    images, tokens, ids = _random_batch(model, tokenizer, batch_size, dev)
 
     def step() -> None:
         with autocast(dev):
@@ -83,14 +91,28 @@ def measure(model_name: str, method: str, *, batch_size: int = 32, steps: int = 
     out = {
         "method": method, "model": model_name, "device": dev.type, "batch_size": batch_size, "steps": steps,
         "trainable": trainable, "total": total, "seconds": seconds, "samples_per_s": batch_size * steps / seconds,
-        "peak_memory_bytes": torch.cuda.max_memory_allocated() if dev.type == "cuda" else None,
+        "peak_memory_bytes": torch.cuda.max_memory_allocated() if dev.type == "cuda" else peak_rss_bytes(),
         "memory_method": "cuda max_memory_allocated" if dev.type == "cuda" else "peak RSS of the process",
     }
     return out
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size in bytes."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux kilobytes
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
 def run_isolated(model_name: str, method: str, **kwargs: Any) -> dict[str, Any]:
-    """:func:`measure` in a fresh child process; on CPU, adds the child's peak RSS."""
+    """:func:`measure` in a fresh child process, so each method's peak memory is its own."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         args = [sys.executable, "-m", "rsretrieval.bench", "--child", "--model", model_name, "--method", method,
@@ -98,16 +120,11 @@ def run_isolated(model_name: str, method: str, **kwargs: Any) -> dict[str, Any]:
         for key, value in kwargs.items():
             if value is not None:
                 args += [f"--{key.replace('_', '-')}", str(value)]
-        proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-        stderr = proc.stderr.read() if proc.stderr else ""
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc = subprocess.run(args, stderr=subprocess.PIPE, text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"bench of {method} on {model_name} failed (exit {proc.returncode}):\n{stderr[-2000:]}")
-        result = json.loads(out.read_text())
-    if result["peak_memory_bytes"] is None:
-        result["peak_memory_bytes"] = usage.ru_maxrss * 1024  # Linux reports kilobytes
-    return result
+            raise RuntimeError(f"bench of {method} on {model_name} failed (exit {proc.returncode}):\n"
+                               f"{proc.stderr[-2000:]}")
+        return json.loads(out.read_text())
 
 
 def bench(model_name: str, methods: list[str], *, batch_size: int = 32, steps: int = 3, warmup: int = 1,

@@ -89,7 +89,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rsretrieval.evaluate import evaluate
     from rsretrieval.methods import apply_method, save_method, wrap_tokenizer
     from rsretrieval.models import create_model, print_trainable_parameters, seed_everything, select_device
-    from rsretrieval.tasks import get_loss
+    from rsretrieval.tasks import build_task
     from rsretrieval.train import TrainConfig, fit, load_best
 
     seed_everything(args.seed)
@@ -101,7 +101,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in cfg_fields and v is not None})
     train, val = _load(args, "train"), _load(args, "val")
     history = fit(model, tokenizer, train, bundle.transform, cfg,
-                  val_data=val, val_transform=bundle.transform, task=get_loss(args.loss)(model))
+                  val_data=val, val_transform=bundle.transform, task=build_task(args.loss, model, train))
     best = load_best(model, cfg.output_dir)
     # full fine-tuning's best.pt already holds every weight; other methods also get a small portable file
     method_file = (save_method(model, Path(cfg.output_dir) / "method.pt", base_name=bundle.name)
@@ -197,10 +197,11 @@ def cmd_bench_search(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from rsretrieval.evaluate import evaluate
     from rsretrieval.methods import load_method, wrap_tokenizer
-    from rsretrieval.models import create_model, select_device
+    from rsretrieval.models import create_model, seed_everything, select_device
     from rsretrieval.train import load_best
 
     device = select_device(args.device)
+    seed_everything(args.seed)  # random base weights (no --pretrained) must be the ones `train` used
     bundle = create_model(args.model, args.pretrained, device=device)
     model, tokenizer = bundle.model, bundle.tokenizer
     if args.run:

@@ -27,6 +27,7 @@ def run_method(
     *,
     loss: str = "infonce",
     method_kwargs: dict[str, Any] | None = None,
+    loss_kwargs: dict[str, Any] | None = None,
     run_dir: str | Path,
 ) -> dict[str, Any]:
     """Train ``method`` on ``train``, keep its best epoch on ``val``, evaluate on ``test``.
@@ -37,25 +38,26 @@ def run_method(
     """
     from rsretrieval.evaluate import evaluate
     from rsretrieval.methods import apply_method, save_method, wrap_tokenizer
-    from rsretrieval.models import count_parameters, create_model, select_device
-    from rsretrieval.tasks import get_loss
+    from rsretrieval.models import count_parameters, create_model, seed_everything, select_device
+    from rsretrieval.tasks import build_task
     from rsretrieval.train import fit, load_best
 
     run_dir = Path(run_dir)
     cfg = replace(config, output_dir=str(run_dir))
     identity = {"model": model, "pretrained": pretrained, "method": method, "loss": loss,
-                "method_kwargs": method_kwargs or {}, "config": asdict(cfg), "train_images": train.num_images}
+                "method_kwargs": method_kwargs or {}, "loss_kwargs": loss_kwargs or {}, "config": asdict(cfg), "train_images": train.num_images}
     done = run_dir / "results.json"
     if done.exists():
         previous = json.loads(done.read_text())
         if previous.get("identity") == json.loads(json.dumps(identity)):
             return previous
+    seed_everything(cfg.seed)  # method init (and random base weights, if any) follow the run's seed
     bundle = create_model(model, pretrained)
     net = apply_method(bundle.model, method, **(method_kwargs or {}))
     tokenizer = wrap_tokenizer(net, bundle.tokenizer)
     trainable, total = count_parameters(net)
     history = fit(net, tokenizer, train, bundle.transform, cfg, val_data=val, val_transform=bundle.transform,
-                  task=get_loss(loss)(net))
+                  task=build_task(loss, net, train, **(loss_kwargs or {})))
     best = load_best(net, run_dir)
     device = select_device(cfg.device)
     result = evaluate(net.to(device), test, transform=bundle.transform, tokenizer=tokenizer, device=device,

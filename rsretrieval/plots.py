@@ -317,3 +317,37 @@ def plot_search_results(title: str, paths: Sequence[str | Path], scores: Sequenc
     fig.suptitle("\n".join(textwrap.wrap(title, 100)), fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def plot_focus_maps(
+    image_paths: Sequence[str | Path],
+    maps: torch.Tensor | np.ndarray,
+    masks: torch.Tensor | np.ndarray | None = None,
+    titles: Sequence[str] | None = None,
+) -> Figure:
+    """Images with a focus map over each (bright = more weight), object outlines from ``masks``.
+
+    Args:
+        image_paths: N images.
+        maps: [N, h, w] per-patch weights (upsampled to the image for display, nearest).
+        masks: optional [N, H, W] bool object masks, drawn as contours.
+        titles: optional per-image titles.
+    """
+    m = _numpy(maps).astype(np.float64)
+    n = len(image_paths)
+    fig = Figure(figsize=(2.4 * n, 2.7))
+    axes = np.atleast_1d(fig.subplots(1, n))
+    for k, (ax, path) in enumerate(zip(axes, image_paths)):
+        img = np.asarray(open_image(path))
+        ax.imshow(img)
+        ax.imshow(m[k], cmap="inferno", alpha=0.55, extent=(0, img.shape[1], img.shape[0], 0),
+                  interpolation="nearest", vmin=0, vmax=m[k].max() or 1)
+        if masks is not None:
+            mk = _numpy(masks[k]).astype(float)
+            ax.contour(np.linspace(0, img.shape[1], mk.shape[1]), np.linspace(0, img.shape[0], mk.shape[0]), mk,
+                       levels=[0.5], colors="cyan", linewidths=0.8)
+        ax.set_title(titles[k] if titles else "", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig

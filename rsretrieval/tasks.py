@@ -94,14 +94,15 @@ def _embed_dim(model: nn.Module) -> int | None:
     return int(dim) if isinstance(dim, int) else None
 
 
-def _recycling(queue_size: int = 1024, weight: float = 1.0, dim: int | None = None, max_age: int | None = None,
+def _recycling(queue_size: int = 512, weight: float = 1.0, dim: int | None = None, max_age: int | None = None,
                **kwargs) -> TaskFactory:
     InfoNCELoss(**kwargs)  # fail on a bad keyword now, not at the first call of the factory
 
     # A queue is state: every task gets its own, so two runs built from one factory never share negatives.
     def factory(model: nn.Module) -> nn.Module:
-        return ContrastiveTask(model, RecyclingLoss(InfoNCELoss(**kwargs), queue_size=queue_size,
-                                                    dim=dim or _embed_dim(model), weight=weight, max_age=max_age))
+        loss = RecyclingLoss(InfoNCELoss(**kwargs), queue_size=queue_size, dim=dim or _embed_dim(model),
+                             weight=weight, max_age=max_age)
+        return ContrastiveTask(model, loss)
 
     return factory
 
@@ -115,7 +116,7 @@ def _default_tokenizer(model: nn.Module) -> Callable[[list[str]], torch.Tensor]:
 
 def _cmer(
     scenes=None,
-    queue_size: int = 1024,
+    queue_size: int = 512,
     queue_weight: float = 1.0,
     max_age: int | None = None,
     scene_prob: float = 0.5,
@@ -136,8 +137,8 @@ def _cmer(
     from rsretrieval.scene import SceneAugmentedTask
 
     if scenes is None:
-        raise ValueError("cmer needs the scene of every training image: get_loss('cmer', scenes=train.scenes) "
-                        "or get_loss('cmer', scenes=train)")
+        raise ValueError("cmer needs the scene of every training image: "
+                         "get_loss('cmer', scenes=train.scenes) or get_loss('cmer', scenes=train)")
     if isinstance(scenes, CaptionDataset):
         vocabulary = vocabulary if vocabulary is not None else scenes.name
         scenes = scenes.scenes
@@ -147,9 +148,9 @@ def _cmer(
     def factory(model: nn.Module) -> nn.Module:
         loss = RecyclingLoss(InfoNCELoss(**kwargs), queue_size=queue_size, dim=_embed_dim(model),
                              weight=queue_weight, max_age=max_age)
-        return SceneAugmentedTask(model, loss, scenes=scenes, tokenizer=tokenizer or _default_tokenizer(model),
-                                  prob=scene_prob, style=style, vocabulary=vocabulary,
-                                  scene_loss_weight=scene_loss_weight)
+        return SceneAugmentedTask(model, loss, scenes=scenes,
+                                  tokenizer=tokenizer or _default_tokenizer(model), prob=scene_prob,
+                                  style=style, vocabulary=vocabulary, scene_loss_weight=scene_loss_weight)
 
     return factory
 
@@ -159,7 +160,7 @@ LOSSES: dict[str, tuple[Callable[..., TaskFactory], str]] = {
     "infonce": (_infonce, "symmetric InfoNCE (CLIP) with same-image masking"),
     "vsepp": (_vsepp, "VSE++ hardest-negative hinge, margin 0.2, same-image masking"),
     "hmmc": (_hmmc, "PE-RSITR's HMMC: cross-modal + intra-image + intra-text hinges over two dropout views"),
-    "recycling": (_recycling, "InfoNCE + queues of past batches as extra negatives (our CMER reconstruction)"),
+    "recycling": (_recycling, "InfoNCE + queues of past batches as negatives (our CMER reconstruction)"),
     "cmer": (_cmer, "scene-prefixed captions + recycled negatives (our CMER reconstruction; needs scenes=)"),
 }
 
@@ -189,3 +190,19 @@ def get_loss(name: str, **kwargs) -> TaskFactory:
         return LOSSES[name][0](**kwargs)
     except TypeError as exc:
         raise ValueError(f"loss {name!r}: {exc}") from exc
+
+
+def build_task(name: str, model: nn.Module, train_data=None, **kwargs) -> nn.Module:
+    """The task of loss ``name`` for ``model``, given the training split when the loss needs data.
+
+    Losses whose builder takes ``scenes`` (``cmer``) receive ``train_data`` unless ``scenes`` is
+    given; the others ignore it. Callers that train on a dataset use this instead of
+    ``get_loss(name)(model)`` so they need not know which losses read metadata.
+    """
+    import inspect
+
+    if name in LOSSES and "scenes" in inspect.signature(LOSSES[name][0]).parameters and "scenes" not in kwargs:
+        if train_data is None:
+            raise ValueError(f"loss {name!r} needs the training split (its scenes): pass train_data")
+        kwargs["scenes"] = train_data
+    return get_loss(name, **kwargs)(model)

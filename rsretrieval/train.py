@@ -137,8 +137,39 @@ class _PreloadedPairs(torch.utils.data.Dataset):
         return {"image": self.pixels[i], "caption": self.data.captions[j], "image_index": i}
 
 
+class _IndexedPairs(torch.utils.data.Dataset):
+    """Pairs without pixels, for tasks that read cached features: items carry indices and the caption only."""
+
+    def __init__(self, data: CaptionDataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return self.data.num_captions
+
+    def __getitem__(self, j: int) -> dict[str, Any]:
+        return {"caption": self.data.captions[j], "image_index": self.data.text_to_image[j]}
+
+
+_PRELOADED: dict[tuple, torch.Tensor] = {}  # the last few preloads, for notebooks that train many runs
+
+
 def preload_images(data: CaptionDataset, transform: Callable, progress: bool = True) -> torch.Tensor:
-    """Apply ``transform`` to every image once: [n_images, 3, H, W]."""
+    """Apply ``transform`` to every image once: [n_images, 3, H, W].
+
+    The result is remembered for the same files and transform (two entries at most), so comparing
+    methods in one process decodes the training images once.
+    """
+    key = (tuple(map(str, data.image_paths)), repr(transform))
+    if key in _PRELOADED:
+        return _PRELOADED[key]
+    pixels = _preload(data, transform, progress)
+    while len(_PRELOADED) >= 2:
+        _PRELOADED.pop(next(iter(_PRELOADED)))
+    _PRELOADED[key] = pixels
+    return pixels
+
+
+def _preload(data: CaptionDataset, transform: Callable, progress: bool) -> torch.Tensor:
     first = transform(open_image(data.image_paths[0]))
     out = torch.empty((data.num_images, *first.shape), dtype=first.dtype)
     out[0] = first
@@ -271,7 +302,11 @@ def fit(
         val_data: validation split; the best epoch by its mR is saved as ``best.pt``.
             Never pass the test split here.
         val_transform: evaluation transform (defaults to ``transform``).
-        task: batch -> losses; defaults to :class:`ContrastiveTask` with InfoNCE.
+        task: batch -> losses; defaults to :class:`ContrastiveTask` with InfoNCE. It is called as
+            ``task(images, tokens, image_ids)``. Optional attributes change that: ``takes_indices =
+            True`` adds ``caption_ids=`` (the batch's caption indices in ``train_data``), and
+            ``needs_pixels = False`` / ``needs_tokens = False`` skip loading images / tokenising
+            and pass None instead (e.g. :class:`rsretrieval.cache.CachedSideBranchTask`).
 
     The model ends with the weights of the last step (``best.pt`` holds the best epoch's).
     """
@@ -285,8 +320,18 @@ def fit(
     trainable, total = count_parameters(task)
     _logger.info("trainable params: %s || all params: %s", f"{trainable:,}", f"{total:,}")
 
-    pairs = (_PreloadedPairs(train_data, preload_images(train_data, transform, cfg.progress))
-             if cfg.preload_images else train_data.pairs(transform))
+    # Tasks that read cached features (rsretrieval.cache.CachedSideBranchTask) say so with three optional
+    # attributes: needs_pixels / needs_tokens = False skip decoding / tokenising, takes_indices = True adds
+    # caption_ids= (dataset caption indices) to the call. Other tasks are called exactly as before.
+    needs_pixels = getattr(task, "needs_pixels", True)
+    needs_tokens = getattr(task, "needs_tokens", True)
+    takes_indices = getattr(task, "takes_indices", False)
+    if not needs_pixels:
+        pairs = _IndexedPairs(train_data)
+    elif cfg.preload_images:
+        pairs = _PreloadedPairs(train_data, preload_images(train_data, transform, cfg.progress))
+    else:
+        pairs = train_data.pairs(transform)
     steps_per_epoch = math.ceil(len(epoch_order(len(pairs), cfg.seed, 0, rank, world)) / cfg.batch_size)
     updates_per_epoch = math.ceil(steps_per_epoch / cfg.grad_accum)
     total_updates = updates_per_epoch * cfg.epochs
@@ -334,11 +379,12 @@ def fit(
                    disable=not cfg.progress or rank != 0, leave=False)
         for b in range(start_batch, len(batches)):
             items = [pairs[j] for j in batches[b]]
-            images = torch.stack([it["image"] for it in items]).to(device, non_blocking=True)
-            tokens = tokenizer([it["caption"] for it in items]).to(device, non_blocking=True)
+            images = torch.stack([it["image"] for it in items]).to(device, non_blocking=True) if needs_pixels else None
+            tokens = tokenizer([it["caption"] for it in items]).to(device, non_blocking=True) if needs_tokens else None
             ids = torch.tensor([it["image_index"] for it in items], device=device)
+            extra = {"caption_ids": torch.tensor(batches[b], device=device)} if takes_indices else {}
             with autocast(device, enabled=cfg.amp):
-                losses = runner(images, tokens, ids)
+                losses = runner(images, tokens, ids, **extra)
                 loss = sum(v for k, v in losses.items() if k.endswith("_loss"))
             scaler.scale(loss / cfg.grad_accum).backward()
             loss_sum, n_loss, seen = loss_sum + loss.item(), n_loss + 1, seen + len(items)

@@ -24,6 +24,12 @@ GPU = os.environ.get("RSR_TEST_GPU") == "1"
 EXPECTED_RECORDS = {
     "00_datasets": {"n_train_images": (1, 1e6), "n_test_images": (1, 1e6), "n_scenes": (2, 1000)},
     "01_zero_shot": {"zero_shot_mr": (0, 100), "n_test_images": (1, 1e6), "chance_mr": (0, 100)},
+    "02_full_vs_petl": {"full_minus_best_petl_mr": (-100, 100)},
+    "03_focus_adapter": {"focus_share_after": (0, 1), "focus_lift_after": (0, 100), "uniform_share": (0, 1)},
+    "04_scene_and_negatives": {"cmer_minus_side_branch_mr": (-100, 100)},
+    "05_resource_efficiency": {"focus_vs_mrs_throughput": (0, 1e4), "focus_vs_mrs_memory": (0, 100),
+                               "cache_speedup": (0, 1e6)},
+    "06_search_engine": {"n_indexed": (1, 1e8), "faiss_recall_at_k": (0, 1), "faiss_p50_ms": (0, 1e5)},
 }
 
 

@@ -47,7 +47,8 @@ class AdapterConfig(MethodConfig):
     positions: tuple[str, ...] = field(
         default=POSITIONS, metadata={"help": "after which sub-layers: 'attn' and/or 'mlp' (Houlsby: both)"}
     )
-    activation: str = field(default="relu", metadata={"help": f"nonlinearity: {sorted(ACTIVATIONS)}"})
+    # GELU, not ReLU: with a 2-wide bottleneck one dead ReLU unit silences half the adapter for good
+    activation: str = field(default="gelu", metadata={"help": f"nonlinearity: {sorted(ACTIVATIONS)}"})
     dropout: float = field(default=0.0, metadata={"help": "dropout on the bottleneck, training only"})
     towers: tuple[str, ...] = field(default=("visual", "text"), metadata={"help": "towers to adapt"})
 

@@ -7,6 +7,7 @@ tag (``openai``, ``laion2b_s34b_b79k``, ...), a local file, or one of our shippe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from dataclasses import dataclass
@@ -84,6 +85,22 @@ class ModelBundle:
         return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
+@contextlib.contextmanager
+def _quiet_random_init(active: bool):
+    """Drop open_clip's "initialized randomly" warning when our own weights are loaded right after."""
+    def drop(record: logging.LogRecord) -> bool:
+        return "Model initialized randomly" not in record.getMessage()
+
+    root = logging.getLogger()
+    if active:
+        root.addFilter(drop)
+    try:
+        yield
+    finally:
+        if active:
+            root.removeFilter(drop)
+
+
 def _is_open_clip_tag(name: str, tag: str) -> bool:
     known = {tuple(p) for p in open_clip.list_pretrained()}
     return (name, tag) in known or (f"{name}-quickgelu", tag) in known
@@ -158,10 +175,11 @@ def create_model(
             raise ModelNotFoundError(f"unknown weights {tag!r} for {name}: {hint}")
     arch = _resolve_name(name, tag, quick_gelu)
     try:
-        model, train_tf, val_tf = open_clip.create_model_and_transforms(
-            arch, pretrained=weights, device=device, precision=precision, cache_dir=cache_dir,
-            weights_only=True, **kwargs,
-        )
+        with _quiet_random_init(compact is not None):
+            model, train_tf, val_tf = open_clip.create_model_and_transforms(
+                arch, pretrained=weights, device=device, precision=precision, cache_dir=cache_dir,
+                weights_only=True, **kwargs,
+            )
     except (RuntimeError, AssertionError, KeyError) as exc:
         # open_clip signals a misfit by RuntimeError (size mismatch, keys) or a bare assert (pos embeds)
         if weights is None or not Path(weights).is_file():

@@ -1,0 +1,175 @@
+"""The frozen-feature cache and training a side branch from it."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rsretrieval.cache import CachedSideBranchTask, build_cache, cache_key, clear_cache, open_cache, time_epochs
+from rsretrieval.methods import apply_method
+from rsretrieval.train import ContrastiveTask, TrainConfig, fit
+
+
+@pytest.fixture
+def model(tiny_bundle):
+    torch.manual_seed(0)
+    return apply_method(copy.deepcopy(tiny_bundle.model), "focus_adapter")
+
+
+@pytest.fixture
+def cache_dir(tmp_path):
+    return tmp_path / "cache"  # tmp_path also holds colour_data's images
+
+
+class BackboneCalls:
+    """Counts forward passes of both frozen towers."""
+
+    def __init__(self, model):
+        self.n = 0
+        self.handles = [model.visual.register_forward_hook(self._hook),
+                        model.transformer.register_forward_hook(self._hook)]
+
+    def _hook(self, *args):
+        self.n += 1
+
+
+def build(model, data, tiny_bundle, cache_dir):
+    return build_cache(model, data, tiny_bundle.transform, tiny_bundle.tokenizer, cache_dir=cache_dir,
+                       batch_size=8, progress=False)
+
+
+def test_built_once_then_a_hit(model, colour_data, tiny_bundle, cache_dir):
+    calls = BackboneCalls(model)
+    cache = build(model, colour_data, tiny_bundle, cache_dir)
+    assert not cache.hit and calls.n == 2 + 4  # 16 images / 8 + 32 captions / 8
+    assert cache.num_images == 16 and cache.num_captions == 32
+    assert cache.arrays["image_tokens"].shape == (16, 2, 17, 64) and cache.arrays["image_tokens"].dtype == np.float16
+    assert isinstance(cache.arrays["image_tokens"], np.memmap)
+    again = build(model, colour_data, tiny_bundle, cache_dir)
+    assert again.hit and calls.n == 6 and again.path == cache.path
+    # the stored features are the model's own
+    model.eval()
+    emb, taps = model.frozen_image_features(torch.stack([colour_data.images(tiny_bundle.transform)[3]["image"]]))
+    c_emb, c_taps = cache.image_features([3])
+    assert torch.allclose(c_emb, emb, atol=1e-6) and torch.allclose(c_taps[1].float(), taps[1], atol=1e-2)
+    tokens = tiny_bundle.tokenizer([colour_data.captions[5]])
+    t_emb, t_taps, eot = model.frozen_text_features(tokens)
+    c_emb, c_taps, c_eot = cache.text_features([5])
+    assert torch.equal(c_eot, eot) and torch.allclose(c_emb, t_emb, atol=1e-6)
+    assert torch.allclose(c_taps[0][:, :int(eot) + 1].float(), t_taps[0], atol=1e-2)
+
+
+def test_invalidated_by_captions_files_model_and_layers(model, colour_data, tiny_bundle, cache_dir):
+    key = cache_key(model, colour_data, tiny_bundle.transform, tiny_bundle.tokenizer)[0]
+    first = build(model, colour_data, tiny_bundle, cache_dir)
+    assert first.key == key
+
+    edited = copy.deepcopy(colour_data)
+    edited.captions[0] = "a completely different caption"
+    assert not build(model, edited, tiny_bundle, cache_dir).hit
+
+    img = colour_data.image_paths[2]
+    Image.new("RGB", (40, 40), (1, 2, 3)).save(img)  # a changed file: other size and mtime
+    os.utime(img, ns=(1, 1))
+    changed = build(model, colour_data, tiny_bundle, cache_dir)
+    assert not changed.hit and changed.key != key
+    key = changed.key
+
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.visual.conv1.weight[0, 0, 0, 0] += 1e-3  # one frozen weight
+    assert cache_key(other, colour_data, tiny_bundle.transform, tiny_bundle.tokenizer)[0] != key
+
+    fewer = apply_method(copy.deepcopy(tiny_bundle.model), "focus_adapter", layers=(-1,))
+    assert cache_key(fewer, colour_data, tiny_bundle.transform, tiny_bundle.tokenizer)[0] != key
+    # trained branch weights do not change what the backbone computes: same key
+    with torch.no_grad():
+        model.focus_adapter.image.gate.fill_(1.0)
+    assert cache_key(model, colour_data, tiny_bundle.transform, tiny_bundle.tokenizer)[0] == key
+    assert len(clear_cache(cache_dir)) == 3 and not any(cache_dir.iterdir())
+
+
+def test_interrupted_build_leaves_no_cache(model, colour_data, tiny_bundle, cache_dir, monkeypatch):
+    def boom(tokens):
+        raise KeyboardInterrupt  # e.g. the user stops the notebook while captions are encoded
+
+    with monkeypatch.context() as m:
+        m.setattr(model, "frozen_text_features", boom)
+        with pytest.raises(KeyboardInterrupt):
+            build(model, colour_data, tiny_bundle, cache_dir)
+    assert list(cache_dir.iterdir()) == []  # image arrays were written, but only in the removed temp dir
+    # a build killed outright leaves its temp dir: never read as a cache, removed by the next build
+    (cache_dir / ".tmp-999999999-x").mkdir()
+    key = cache_key(model, colour_data, tiny_bundle.transform, tiny_bundle.tokenizer)[0]
+    (cache_dir / key).mkdir()  # an entry without meta.json is not complete
+    with pytest.raises(FileNotFoundError):
+        open_cache(cache_dir / key)
+    calls = BackboneCalls(model)
+    cache = build(model, colour_data, tiny_bundle, cache_dir)
+    assert not cache.hit and calls.n > 0
+    assert sorted(p.name for p in cache_dir.iterdir()) == [key]
+
+
+class Recording:
+    """Mixin that records each step's loss."""
+
+    def forward(self, *args, **kwargs):
+        out = super().forward(*args, **kwargs)
+        self.losses.append(out["contrastive_loss"].item())
+        return out
+
+
+class RecordingTask(Recording, ContrastiveTask):
+    losses: list
+
+
+class RecordingCachedTask(Recording, CachedSideBranchTask):
+    losses: list
+
+
+def test_cached_training_matches_uncached(model, colour_data, tiny_bundle, cache_dir):
+    plain, cached = copy.deepcopy(model), copy.deepcopy(model)
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=1e-3, warmup_steps=1, progress=False, eval_every=0)
+    task_a = RecordingTask(plain)
+    task_a.losses = []
+    fit(plain, tiny_bundle.tokenizer, colour_data, tiny_bundle.transform, cfg, task=task_a)
+    cache = build(cached, colour_data, tiny_bundle, cache_dir)
+    calls = BackboneCalls(cached)
+    task_b = RecordingCachedTask(cached, cache)
+    task_b.losses = []
+    fit(cached, tiny_bundle.tokenizer, colour_data, tiny_bundle.transform, cfg, task=task_b)
+    assert calls.n == 0  # training from the cache never runs the backbone
+    assert len(task_a.losses) == len(task_b.losses) == 4
+    assert task_a.losses[0] == pytest.approx(task_b.losses[0], abs=1e-6)  # step 0: frozen embeddings, fp32
+    assert np.allclose(task_a.losses, task_b.losses, atol=2e-3)  # later steps: fp16 tokens
+    pa, pb = dict(plain.named_parameters()), dict(cached.named_parameters())
+    assert max((pa[n] - pb[n]).abs().max().item() for n in pa) < 2e-3
+
+
+def test_cached_task_refuses_misuse(model, colour_data, tiny_bundle, cache_dir):
+    cache = build(model, colour_data, tiny_bundle, cache_dir)
+    task = CachedSideBranchTask(model, cache)
+    with pytest.raises(ValueError, match="needs caption_ids"):
+        task(None, None, torch.tensor([0, 1]))
+    with pytest.raises(IndexError, match="beyond the cache"):
+        task(None, None, torch.tensor([0, 99]), caption_ids=torch.tensor([0, 1]))
+    fewer = apply_method(copy.deepcopy(tiny_bundle.model), "focus_adapter", layers=(-1,))
+    with pytest.raises(ValueError, match="holds layers"):
+        CachedSideBranchTask(fewer, cache)
+    with pytest.raises(TypeError, match="no side branch"):
+        build(copy.deepcopy(tiny_bundle.model), colour_data, tiny_bundle, cache_dir)
+
+
+def test_time_epochs_reports_both_runs(model, colour_data, tiny_bundle, cache_dir):
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    out = time_epochs(model, tiny_bundle.tokenizer, colour_data, tiny_bundle.transform, epochs=2, batch_size=8,
+                      cache_dir=cache_dir)
+    assert len(out["uncached_seconds"]) == len(out["cached_seconds"]) == 2
+    assert out["speedup"] > 0 and out["cache_build_seconds"] > 0 and not out["cache_hit"]
+    assert np.allclose(out["uncached_loss"], out["cached_loss"], atol=2e-3)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # trains copies only
