@@ -40,6 +40,7 @@ PRETRAINED = "synthrs"
 EPOCHS = 1
 BATCH_SIZE = 64
 SEED = 0
+STEPS = 40  # optimizer steps per run (None: EPOCHS full epochs); 40 x 64 pairs is half an epoch
 N_SEEDS = 2
 OUTPUT_DIR = ""
 LR = 1e-3
@@ -65,7 +66,7 @@ cfg = setup(device=DEVICE, dataset=DATASET, data_dir=DATA_DIR, output_dir=OUTPUT
 splits = load_splits(cfg, DATASET)
 train, val, test = splits["train"], splits["val"], splits["test"]
 seeds = [SEED + k for k in range(N_SEEDS)]
-max_steps = 1 if SMOKE else None
+max_steps = 1 if SMOKE else STEPS  # smoke runs only check that the pieces fit together
 cfg
 
 # %% [markdown]

@@ -1,3 +1,4 @@
+import copy
 import os
 
 if os.environ.get("RSR_TEST_GPU") != "1":
@@ -43,3 +44,13 @@ def tiny_bundle():
     from rsretrieval.models import create_model
 
     return create_model("tiny")
+
+
+@pytest.fixture
+def tiny(tiny_bundle):
+    """A fresh copy of the tiny CLIP with a batch of 4 images and 4 captions (two of one colour)."""
+    torch.manual_seed(0)
+    model = copy.deepcopy(tiny_bundle.model)
+    images = torch.randn(4, 3, 32, 32)
+    tokens = tiny_bundle.tokenizer(["a red field", "a blue lake", "a red field again", "green trees"])
+    return model, images, tokens

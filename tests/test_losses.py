@@ -62,15 +62,6 @@ def test_hmmc_loss_by_hand():
     _close(weighted["intra_text_loss"], 0.56)
 
 
-@pytest.fixture
-def tiny(tiny_bundle):
-    torch.manual_seed(0)
-    model = copy.deepcopy(tiny_bundle.model)
-    images = torch.randn(4, 3, 32, 32)
-    tokens = tiny_bundle.tokenizer(["a red field", "a blue lake", "a red field again", "green trees"])
-    return model, images, tokens
-
-
 def test_hmmc_second_view_differs_only_in_train_mode_and_hooks_go_away(tiny):
     model, images, tokens = tiny
     hooked = [model.visual.transformer, model.transformer]

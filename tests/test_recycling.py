@@ -210,15 +210,6 @@ def test_helpers():
 
 # ---------------------------------------------------------------------------------- registry and training
 
-@pytest.fixture
-def tiny(tiny_bundle):
-    torch.manual_seed(0)
-    model = copy.deepcopy(tiny_bundle.model)
-    images = torch.randn(4, 3, 32, 32)
-    tokens = tiny_bundle.tokenizer(["a red field", "a blue lake", "a red field again", "green trees"])
-    return model, images, tokens
-
-
 def test_recycling_task_from_the_registry(tiny):
     model, images, tokens = tiny
     factory = get_loss("recycling", queue_size=6, weight=0.5)

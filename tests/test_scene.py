@@ -94,15 +94,6 @@ def test_token_level_prefix_equals_tokenizing_the_rewritten_caption(tiny_bundle)
 
 # ------------------------------------------------------------------------------------------ the training task
 
-@pytest.fixture
-def tiny(tiny_bundle):
-    torch.manual_seed(0)
-    model = copy.deepcopy(tiny_bundle.model)
-    images = torch.randn(4, 3, 32, 32)
-    tokens = tiny_bundle.tokenizer(["a red field", "a blue lake", "a red field again", "green trees"])
-    return model, images, tokens
-
-
 def test_scene_task_prefixes_deterministically_under_the_seed(tiny, tiny_bundle):
     model, images, tokens = tiny
     scenes = ["airport", "forest", "unknown"]
