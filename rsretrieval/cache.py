@@ -141,8 +141,8 @@ def cache_key(model: nn.Module, data: CaptionDataset, transform: Callable, token
 def _tapped_layers(model: nn.Module) -> dict[str, tuple[int, ...]]:
     layers = getattr(model, "tapped_layers", None)
     if layers is None:
-        raise TypeError(f"{type(model).__name__} has no side branch to cache features for: apply a side-branch "
-                        "method first, e.g. apply_method(model, 'focus_adapter')")
+        raise TypeError(f"{type(model).__name__} has no side branch to cache features for: apply a "
+                        "side-branch method first, e.g. apply_method(model, 'focus_adapter')")
     return dict(layers)
 
 
@@ -197,7 +197,7 @@ class FeatureCache:
 
     def text_features(self, index: torch.Tensor | Sequence[int], device: torch.device | str = "cpu"
                       ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        """Frozen embeddings [B, E], per-layer tokens (list of [B, L, D]) and EOT positions [B] of captions ``index``."""
+        """Frozen embeddings [B, E], per-layer tokens (list of [B, L, D]) and EOT positions [B]."""
         emb = torch.from_numpy(self._rows(self.arrays["text_embeds"], index)).to(device)
         tok = torch.from_numpy(self._rows(self.arrays["text_tokens"], index)).to(device)  # [B, layers, L, D]
         eot = torch.from_numpy(self._rows(self.arrays["text_eot"], index)).to(device)
@@ -217,7 +217,8 @@ def open_cache(path: str | Path, hit: bool = True) -> FeatureCache:
     for name in _FILES:
         arr = np.load(path / f"{name}.npy", mmap_mode="r")
         if list(arr.shape) != meta["shapes"][name]:
-            raise FileNotFoundError(f"{path}/{name}.npy has shape {arr.shape}, meta.json says {meta['shapes'][name]}")
+            raise FileNotFoundError(f"{path}/{name}.npy has shape {arr.shape}, meta.json says "
+                                    f"{meta['shapes'][name]}")
         arrays[name] = arr
     return FeatureCache(path, meta["key"], meta, arrays, hit)
 
@@ -226,7 +227,7 @@ def _remove_stale_tmp(cache_dir: Path) -> None:
     """Delete temporary build directories whose builder process no longer runs."""
     for tmp in cache_dir.glob(f"{_TMP_PREFIX}*"):
         try:
-            pid = int(tmp.name.split("-")[2])
+            pid = int(tmp.name[len(_TMP_PREFIX):].split("-")[0])  # .tmp-<pid>-<random>
             os.kill(pid, 0)  # raises if no such process
             if pid == os.getpid():
                 raise ProcessLookupError  # left by an earlier, interrupted build of this process
@@ -280,8 +281,8 @@ def build_cache(
     tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", dir=cache_dir))
     try:
         t0 = time.perf_counter()
-        shapes = _write_features(model, data, transform, tokens, tmp, batch_size, device, np.dtype(token_dtype),
-                                 progress)
+        shapes = _write_features(model, data, transform, tokens, tmp, batch_size, device,
+                                 np.dtype(token_dtype), progress)
         meta = {"format": FORMAT_VERSION, "key": key, "complete": True, "parts": parts, "shapes": shapes,
                 "build_seconds": time.perf_counter() - t0, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -296,8 +297,8 @@ def build_cache(
     return open_cache(final, hit=False)
 
 
-def _write_features(model: nn.Module, data: CaptionDataset, transform: Callable, tokens: torch.Tensor, out: Path,
-                    batch_size: int, device: str | torch.device | None, token_dtype: np.dtype,
+def _write_features(model: nn.Module, data: CaptionDataset, transform: Callable, tokens: torch.Tensor,
+                    out: Path, batch_size: int, device: str | torch.device | None, token_dtype: np.dtype,
                     progress: bool) -> dict[str, list[int]]:
     """Run the frozen backbone over every image and caption and fill the arrays in ``out``."""
     from numpy.lib.format import open_memmap
@@ -331,14 +332,14 @@ def _write_features(model: nn.Module, data: CaptionDataset, transform: Callable,
         eot_all = tokens.argmax(dim=-1)  # open_clip's argmax pooling: EOT has the highest id
         length = int(eot_all.max()) + 1
         n_layers = len(layers.get("text", ()))
-        for start in tqdm(range(0, data.num_captions, batch_size), desc="cache captions", disable=not progress,
-                          leave=False):
+        starts = range(0, data.num_captions, batch_size)
+        for start in tqdm(starts, desc="cache captions", disable=not progress, leave=False):
             end = min(start + batch_size, data.num_captions)
             emb, taps, eot = model.frozen_text_features(tokens[start:end].to(dev))
             if "text_tokens" not in arrays:
                 width = taps[0].shape[-1] if taps else 0
-                arrays["text_tokens"] = open_memmap(out / "text_tokens.npy", "w+", token_dtype,
-                                                    (data.num_captions, n_layers, length if n_layers else 0, width))
+                shape = (data.num_captions, n_layers, length if n_layers else 0, width)
+                arrays["text_tokens"] = open_memmap(out / "text_tokens.npy", "w+", token_dtype, shape)
                 arrays["text_embeds"] = open_memmap(out / "text_embeds.npy", "w+", np.float32,
                                                     (data.num_captions, emb.shape[1]))
                 arrays["text_eot"] = open_memmap(out / "text_eot.npy", "w+", np.int64, (data.num_captions,))
@@ -377,7 +378,7 @@ def clear_cache(cache_dir: str | Path | None = None, keep: Sequence[str] = ()) -
 # ----------------------------------------------------------------------------- training from the cache
 
 class CachedSideBranchTask(nn.Module):
-    """Model + cache + loss: trains a side branch from cached frozen features, with :func:`~rsretrieval.train.fit`.
+    """Model + cache + loss: trains a side branch from cached frozen features, with ``fit``.
 
     It computes what :class:`~rsretrieval.train.ContrastiveTask` computes for the same batch (the
     branch reads the same frozen features, only from disk and rounded to float16), without running
@@ -404,8 +405,8 @@ class CachedSideBranchTask(nn.Module):
         super().__init__()
         layers = _tapped_layers(model)
         if {k: tuple(v) for k, v in layers.items()} != cache.layers:
-            raise ValueError(f"the cache holds layers {cache.layers}, the model taps {layers}: build the cache "
-                             "with this model")
+            raise ValueError(f"the cache holds layers {cache.layers}, the model taps {layers}: build the "
+                             "cache with this model")
         if cache.meta["parts"]["weights"] != frozen_weights_digest(model):
             raise ValueError("the cache was built from other frozen weights than this model's: rebuild it "
                              "with build_cache(model, ...)")
@@ -418,16 +419,17 @@ class CachedSideBranchTask(nn.Module):
         """Losses of a batch given by dataset indices: ``image_ids`` [B] (rows of the cache's images)
         and ``caption_ids`` [B] (rows of its captions); ``images`` and ``tokens`` are ignored."""
         if caption_ids is None:
-            raise ValueError("CachedSideBranchTask needs caption_ids: train it with rsretrieval.train.fit, which "
-                             "passes them to tasks with takes_indices = True")
+            raise ValueError("CachedSideBranchTask needs caption_ids: train it with rsretrieval.train.fit, "
+                             "which passes them to tasks with takes_indices = True")
         if len(image_ids) and (int(image_ids.max()) >= self.cache.num_images
                                or int(caption_ids.max()) >= self.cache.num_captions):
-            raise IndexError(f"indices beyond the cache ({self.cache.num_images} images, {self.cache.num_captions} "
-                             "captions): was it built on another split?")
+            raise IndexError(f"indices beyond the cache ({self.cache.num_images} images, "
+                             f"{self.cache.num_captions} captions): was it built on another split?")
         dev = self.model.logit_scale.device
         img_emb, img_taps = self.cache.image_features(image_ids, dev)
         txt_emb, txt_taps, eot = self.cache.text_features(caption_ids, dev)
-        txt_taps = [t[:, :int(eot.max()) + 1] for t in txt_taps]  # as the uncached path: up to the batch's last EOT
+        # as the uncached path: tokens up to the batch's last EOT
+        txt_taps = [t[:, :int(eot.max()) + 1] for t in txt_taps]
         img = F.normalize(self.model.branch_image(img_emb, img_taps), dim=-1)
         txt = F.normalize(self.model.branch_text(txt_emb, txt_taps, eot), dim=-1)
         return self.loss(img, txt, self.model.logit_scale.exp().clamp(max=100), image_ids)

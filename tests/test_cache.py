@@ -10,7 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from rsretrieval.cache import CachedSideBranchTask, build_cache, cache_key, clear_cache, open_cache, time_epochs
+from rsretrieval.cache import (
+    CachedSideBranchTask,
+    build_cache,
+    cache_key,
+    clear_cache,
+    open_cache,
+    time_epochs,
+)
 from rsretrieval.methods import apply_method
 from rsretrieval.train import ContrastiveTask, TrainConfig, fit
 
@@ -48,13 +55,15 @@ def test_built_once_then_a_hit(model, colour_data, tiny_bundle, cache_dir):
     cache = build(model, colour_data, tiny_bundle, cache_dir)
     assert not cache.hit and calls.n == 2 + 4  # 16 images / 8 + 32 captions / 8
     assert cache.num_images == 16 and cache.num_captions == 32
-    assert cache.arrays["image_tokens"].shape == (16, 2, 17, 64) and cache.arrays["image_tokens"].dtype == np.float16
+    tokens_img = cache.arrays["image_tokens"]
+    assert tokens_img.shape == (16, 2, 17, 64) and tokens_img.dtype == np.float16
     assert isinstance(cache.arrays["image_tokens"], np.memmap)
     again = build(model, colour_data, tiny_bundle, cache_dir)
     assert again.hit and calls.n == 6 and again.path == cache.path
     # the stored features are the model's own
     model.eval()
-    emb, taps = model.frozen_image_features(torch.stack([colour_data.images(tiny_bundle.transform)[3]["image"]]))
+    image = colour_data.images(tiny_bundle.transform)[3]["image"]
+    emb, taps = model.frozen_image_features(image[None])
     c_emb, c_taps = cache.image_features([3])
     assert torch.allclose(c_emb, emb, atol=1e-6) and torch.allclose(c_taps[1].float(), taps[1], atol=1e-2)
     tokens = tiny_bundle.tokenizer([colour_data.captions[5]])
@@ -105,6 +114,8 @@ def test_interrupted_build_leaves_no_cache(model, colour_data, tiny_bundle, cach
     assert list(cache_dir.iterdir()) == []  # image arrays were written, but only in the removed temp dir
     # a build killed outright leaves its temp dir: never read as a cache, removed by the next build
     (cache_dir / ".tmp-999999999-x").mkdir()
+    live = cache_dir / f".tmp-{os.getppid()}-y_1"  # another process still building: left alone
+    live.mkdir()
     key = cache_key(model, colour_data, tiny_bundle.transform, tiny_bundle.tokenizer)[0]
     (cache_dir / key).mkdir()  # an entry without meta.json is not complete
     with pytest.raises(FileNotFoundError):
@@ -112,7 +123,7 @@ def test_interrupted_build_leaves_no_cache(model, colour_data, tiny_bundle, cach
     calls = BackboneCalls(model)
     cache = build(model, colour_data, tiny_bundle, cache_dir)
     assert not cache.hit and calls.n > 0
-    assert sorted(p.name for p in cache_dir.iterdir()) == [key]
+    assert sorted(p.name for p in cache_dir.iterdir()) == sorted([key, live.name])
 
 
 class Recording:
@@ -147,8 +158,15 @@ def test_cached_training_matches_uncached(model, colour_data, tiny_bundle, cache
     assert len(task_a.losses) == len(task_b.losses) == 4
     assert task_a.losses[0] == pytest.approx(task_b.losses[0], abs=1e-6)  # step 0: frozen embeddings, fp32
     assert np.allclose(task_a.losses, task_b.losses, atol=2e-3)  # later steps: fp16 tokens
-    pa, pb = dict(plain.named_parameters()), dict(cached.named_parameters())
-    assert max((pa[n] - pb[n]).abs().max().item() for n in pa) < 2e-3
+    # the trained models agree too (compared by what they compute: Adam moves a parameter whose gradient
+    # is ~0 by up to lr per step in either direction, so single weights are not comparable)
+    images = torch.stack([colour_data.images(tiny_bundle.transform)[i]["image"] for i in range(8)])
+    tokens = tiny_bundle.tokenizer(colour_data.captions[:8])
+    plain.eval(), cached.eval()
+    with torch.no_grad():
+        for a, b in [(plain.encode_image(images, normalize=True), cached.encode_image(images, normalize=True)),
+                     (plain.encode_text(tokens, normalize=True), cached.encode_text(tokens, normalize=True))]:
+            assert torch.allclose(a, b, atol=1e-4)
 
 
 def test_cached_task_refuses_misuse(model, colour_data, tiny_bundle, cache_dir):
@@ -167,8 +185,8 @@ def test_cached_task_refuses_misuse(model, colour_data, tiny_bundle, cache_dir):
 
 def test_time_epochs_reports_both_runs(model, colour_data, tiny_bundle, cache_dir):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    out = time_epochs(model, tiny_bundle.tokenizer, colour_data, tiny_bundle.transform, epochs=2, batch_size=8,
-                      cache_dir=cache_dir)
+    out = time_epochs(model, tiny_bundle.tokenizer, colour_data, tiny_bundle.transform, epochs=2,
+                      batch_size=8, cache_dir=cache_dir)
     assert len(out["uncached_seconds"]) == len(out["cached_seconds"]) == 2
     assert out["speedup"] > 0 and out["cache_build_seconds"] > 0 and not out["cache_hit"]
     assert np.allclose(out["uncached_loss"], out["cached_loss"], atol=2e-3)

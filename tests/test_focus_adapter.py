@@ -61,6 +61,17 @@ def test_step_zero_is_frozen_clip_and_re_classes(name, base, images, tokens):
     assert model.tapped_layers == {"visual": (0, 1), "text": (0, 1)}  # tiny: 2 blocks per tower, all tapped
 
 
+def test_outlier_init_tilts_the_focus_but_keeps_frozen_clip(base, images, tokens):
+    ref = embeddings(copy.deepcopy(base), images, tokens)
+    model = apply_method(base, "focus_adapter", outlier_init=1.0)
+    got = embeddings(model, images, tokens)
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])  # the zero gate hides the branch
+    maps = model.focus_map(images).flatten(1)
+    outlier = model.focus_map(images, kind="outlier").flatten(1)
+    assert not torch.allclose(maps, torch.full_like(maps, 1 / 16))
+    assert torch.equal(maps.argmax(1), outlier.argmax(1))  # the most outlying patch weighs most
+
+
 def test_only_branch_trains_and_backbone_is_untouched(base, images, tokens):
     model = apply_method(base, "focus_adapter")
     names = set(get_applied_method(model).param_names)
@@ -112,6 +123,19 @@ def test_no_autograd_graph_through_the_backbone(base, images, tokens):
     full_t = _saved_tensors(lambda: model.encode_text(tokens))
     branch_t = _saved_tensors(lambda: model.focus_adapter.text_from_features(t_frozen, t_taps, eot))
     assert full_t == branch_t > 0
+
+
+def test_frozen_micro_batches_change_nothing(base, images, tokens):
+    whole = apply_method(copy.deepcopy(base), "focus_adapter", frozen_batch=0)
+    small = apply_method(copy.deepcopy(base), "focus_adapter", frozen_batch=3)  # 4 samples: chunks of 3 and 1
+    assert small.focus_adapter.frozen_batch(images) == 3 and whole.focus_adapter.frozen_batch(images) == 4
+    assert apply_method(copy.deepcopy(base), "focus_adapter").focus_adapter.frozen_batch(images) == 16  # CPU
+    pairs = [(whole.frozen_image_features(images), small.frozen_image_features(images)),
+             (whole.frozen_text_features(tokens)[:2], small.frozen_text_features(tokens)[:2])]
+    for (a, ta), (b, tb) in pairs:  # the same up to float rounding: kernels block a smaller batch differently
+        assert torch.allclose(a, b, atol=1e-5)
+        assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(ta, tb))
+        assert [x.shape for x in ta] == [y.shape for y in tb]
 
 
 def test_focus_weights_shape_sum_and_start_uniform(base, images):
@@ -193,6 +217,8 @@ def test_image_only_branch(base, images, tokens):
     ({"layers": ()}, "empty"),
     ({"bottleneck": 0}, "must be > 0"),
     ({"focus_temperature": 0.0}, "must be > 0"),
+    ({"layers": True}, "int or a sequence"),
+    ({"frozen_batch": -1}, "frozen_batch"),
 ])
 def test_config_validation(overrides, match):
     with pytest.raises(ValueError, match=match):

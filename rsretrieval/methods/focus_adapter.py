@@ -23,8 +23,12 @@ How it works (both towers, one branch each)::
                             normalise as CLIP does
 
 Only the branch is back-propagated: training memory is the frozen forward plus a small network,
-and step 0 is exactly frozen CLIP (the gate starts at 0). Because the backbone sees no gradient,
-what the branch reads can be computed once and cached (:mod:`rsretrieval.cache`).
+and step 0 is exactly frozen CLIP (the gate starts at 0: e = e_frozen bit for bit). Because the
+backbone sees no gradient, what the branch reads can be computed once and cached
+(:mod:`rsretrieval.cache`). Two details keep
+the peak low: the frozen forward runs in micro-batches (``frozen_batch``; the same numbers up to
+float rounding), and each tap's LayerNorm + down projection is recomputed in backward instead of
+storing its full-width output (the same numbers exactly).
 
 The **focus layer** (:class:`FocusPool`) weights patch tokens before pooling. reference.md §6
 measured that a naive learned softmax scorer did *worse* than mean pooling (34.6 vs 39.9 mR), so
@@ -59,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from rsretrieval.methods.base import (
     AdapterModule,
@@ -97,21 +102,33 @@ class FocusAdapterConfig(MethodConfig):
                 "when the tower has <= n), or explicit block indices (negative ones count from the end)"})
     bottleneck: int = field(default=64, metadata={
         "help": "r: width of the side branch (capped at half the tower's width)"})
-    mlp_ratio: float = field(default=1.0, metadata={"help": "hidden width of the residual MLP, as a multiple of r"})
+    mlp_ratio: float = field(default=1.0, metadata={
+        "help": "hidden width of the residual MLP, as a multiple of r"})
     dropout: float = field(default=0.0, metadata={"help": "dropout inside the residual MLP, training only"})
     pooling: str = field(default="focus", metadata={
         "help": "image pooling: focus (class token + focus-weighted patches), mean (class token + mean of "
                 "patches), cls (class token only)"})
-    focus_temperature: float = field(default=0.1, metadata={
-        "help": "tau of the focus softmax: logits are divided by it. The logits start at 0, so tau does not change "
-                "step 0; a small tau lets the few focus parameters move the weights within a short run"})
+    focus_temperature: float = field(default=0.3, metadata={
+        "help": "tau of the focus softmax: logits are divided by it. The logits start at 0, so tau does "
+                "not change step 0; a small tau lets the few focus parameters move the weights in a short "
+                "run"})
+    outlier_init: float = field(default=0.0, metadata={
+        "help": "initial beta of the focus layer's outlier prior. 0: the focus starts as mean pooling; "
+                "> 0: it starts tilted towards outlier patches (step 0 stays frozen CLIP either way: the "
+                "gate is 0)"})
     text_pooling: str = field(default="mean", metadata={
-        "help": "text pooling: mean over the caption's tokens (SOT excluded, EOT included) or eot (the EOT token)"})
+        "help": "text pooling: mean over the caption's tokens (SOT excluded, EOT included) or eot (the EOT "
+                "token)"})
     towers: tuple[str, ...] = field(default=("visual", "text"), metadata={"help": "towers that get a branch"})
+    frozen_batch: int | None = field(default=None, metadata={
+        "help": "micro-batch of the frozen forward (same numbers up to float rounding, lower peak memory). "
+                "None: 16 on CPU, the whole batch on GPU; 0: always the whole batch"})
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
         self.towers = check_towers(self.towers, owner)
+        if self.frozen_batch is not None and self.frozen_batch < 0:
+            raise ValueError(f"{owner}.frozen_batch={self.frozen_batch}: use None, 0 or a positive size")
         if isinstance(self.layers, bool) or not isinstance(self.layers, (int, list, tuple)):
             raise ValueError(f"{owner}.layers={self.layers!r}: use an int or a sequence of block indices")
         if isinstance(self.layers, int):
@@ -140,7 +157,8 @@ class CMERConfig(FocusAdapterConfig):
     """
 
 
-def resolve_layers(spec: int | Sequence[int], depth: int, owner: str = "FocusAdapterConfig") -> tuple[int, ...]:
+def resolve_layers(spec: int | Sequence[int], depth: int,
+                   owner: str = "FocusAdapterConfig") -> tuple[int, ...]:
     """Block indices to tap in a tower of ``depth`` blocks.
 
     Args:
@@ -185,6 +203,10 @@ class ResidualMLP(nn.Module):
         return x + self.fc2(self.dropout(self.act(self.fc1(self.norm(x)))))
 
 
+def _norm_down(x: torch.Tensor, norm: nn.LayerNorm, down: nn.Linear, dtype: torch.dtype) -> torch.Tensor:
+    return down(norm(x.to(dtype)))  # [N, T, D] -> [N, T, r]
+
+
 class SideBranch(nn.Module):
     """One tower's branch: tapped tokens -> bottleneck tokens, and pooled bottleneck -> embedding offset.
 
@@ -221,7 +243,13 @@ class SideBranch(nn.Module):
         if len(taps) != len(self.downs):
             raise ValueError(f"the branch reads {len(self.downs)} tapped blocks, got {len(taps)}")
         dtype = self.downs[0].weight.dtype
-        h = sum(down(norm(x.to(dtype))) for x, norm, down in zip(taps, self.norms, self.downs))
+        if torch.is_grad_enabled():
+            # recompute LayerNorm + down in backward instead of keeping each tap's full-width normalised copy
+            # (~20 MB per image tap at ViT-B-32, batch 32); autograd keeps the taps themselves anyway
+            h = sum(checkpoint(_norm_down, x, norm, down, dtype, use_reentrant=False)
+                    for x, norm, down in zip(taps, self.norms, self.downs))
+        else:
+            h = sum(_norm_down(x, norm, down, dtype) for x, norm, down in zip(taps, self.norms, self.downs))
         return self.block(h)
 
     def fuse(self, frozen: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
@@ -241,7 +269,10 @@ class FocusPool(nn.Module):
 
     ``beta`` (scalar) and ``s`` ([r]) start at 0, so every logit is 0 and ``w_i = 1/P``: the layer
     *is* mean pooling at step 0, and any focus it ends with was learned because it lowered the
-    loss. ``beta`` decides how much "being unlike the background" counts (CMER's intuition: small
+    loss. (``outlier_init`` > 0 starts ``beta`` there instead, for the ablation "start focused on
+    outliers"; the model still starts as frozen CLIP, because the branch's gate is 0.)
+
+    ``beta`` decides how much "being unlike the background" counts (CMER's intuition: small
     targets are outliers against a dominant background); ``s`` learns which deviations matter (a
     car vs. a shadow). The LayerNorm has no affine parameters: ``s`` already scales it, and a
     parameter behind the zero ``s`` would get no gradient in the first steps. Weights below 1/P
@@ -251,11 +282,11 @@ class FocusPool(nn.Module):
     detached values for plotting (:meth:`FocusAdapterCLIP.focus_map`).
     """
 
-    def __init__(self, bottleneck: int, temperature: float) -> None:
+    def __init__(self, bottleneck: int, temperature: float, outlier_init: float = 0.0) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(bottleneck, elementwise_affine=False)
         self.score = nn.Parameter(torch.zeros(bottleneck))  # s
-        self.outlier_weight = nn.Parameter(torch.zeros(()))  # beta
+        self.outlier_weight = nn.Parameter(torch.full((), float(outlier_init)))  # beta
         self.temperature = temperature
         self.last_weights: torch.Tensor | None = None
         self.last_outlier: torch.Tensor | None = None
@@ -286,21 +317,28 @@ class FocusAdapter(AdapterModule):
         focus: the :class:`FocusPool` (None unless ``pooling="focus"``).
     """
 
-    def __init__(self, config: FocusAdapterConfig, widths: dict[str, int], depths: dict[str, int], embed_dim: int,
-                 grid: tuple[int, int]) -> None:
+    def __init__(self, config: FocusAdapterConfig, widths: dict[str, int], depths: dict[str, int],
+                 embed_dim: int, grid: tuple[int, int]) -> None:
         super().__init__()
         self.config = config
         self.layers = {t: resolve_layers(config.layers, depths[t]) for t in config.towers}
         self.grid = grid
-        # a bottleneck as wide as the stream would not be one: r = min(bottleneck, width // 2) (only tiny hits it)
+        # a bottleneck as wide as the stream would not be one: r = min(bottleneck, width // 2) (tiny hits it)
         self.bottleneck = {t: max(1, min(config.bottleneck, widths[t] // 2)) for t in config.towers}
-        branches = {t: SideBranch(widths[t], len(self.layers[t]), self.bottleneck[t], embed_dim, config.mlp_ratio,
-                                  config.dropout) for t in config.towers}
+        branches = {t: SideBranch(widths[t], len(self.layers[t]), self.bottleneck[t], embed_dim,
+                                  config.mlp_ratio, config.dropout) for t in config.towers}
         self.image = branches.get("visual")
         self.text = branches.get("text")
-        self.focus = (FocusPool(self.bottleneck["visual"], config.focus_temperature)
+        self.focus = (FocusPool(self.bottleneck["visual"], config.focus_temperature, config.outlier_init)
                       if config.pooling == "focus" and self.image is not None else None)
         self.last_weights: torch.Tensor | None = None  # image focus weights of the last forward, [N, P]
+
+    def frozen_batch(self, x: torch.Tensor) -> int:
+        """Micro-batch size of the frozen forward for input ``x`` (``FocusAdapterConfig.frozen_batch``)."""
+        size = self.config.frozen_batch
+        if size is None:
+            size = 16 if x.device.type == "cpu" else 0
+        return size if size > 0 else max(1, len(x))
 
     # the two halves the cache also calls (rsretrieval.cache.CachedSideBranchTask)
     def image_from_features(self, frozen: torch.Tensor, taps: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -319,7 +357,8 @@ class FocusAdapter(AdapterModule):
             self.last_weights = torch.full(patches.shape[:2], 1 / patches.shape[1], device=h.device)
         return self.image.fuse(frozen, pooled)
 
-    def text_from_features(self, frozen: torch.Tensor, taps: Sequence[torch.Tensor], eot: torch.Tensor) -> torch.Tensor:
+    def text_from_features(self, frozen: torch.Tensor, taps: Sequence[torch.Tensor],
+                           eot: torch.Tensor) -> torch.Tensor:
         """Frozen text embedding [N, E] + tapped blocks (each [N, L, D]) + EOT positions [N] -> [N, E].
 
         ``L`` may be shorter than the context as long as it reaches every EOT: the branch is
@@ -333,7 +372,8 @@ class FocusAdapter(AdapterModule):
             pooled = h[torch.arange(len(h), device=h.device), eot]
         else:
             pos = torch.arange(h.shape[1], device=h.device)
-            mask = ((pos[None, :] >= 1) & (pos[None, :] <= eot[:, None])).to(h.dtype)  # [N, L]: SOT out, EOT in
+            # [N, L]: SOT out, EOT in
+            mask = ((pos[None, :] >= 1) & (pos[None, :] <= eot[:, None])).to(h.dtype)
             pooled = (h * mask.unsqueeze(-1)).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1)
         return self.text.fuse(frozen, pooled)
 
@@ -373,28 +413,48 @@ class FocusAdapterCLIP(CLIP):
 
     focus_adapter: FocusAdapter
 
+    def _frozen(self, encode: Any, blocks: nn.ModuleList, layers: Sequence[int], x: torch.Tensor,
+                length: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run a frozen tower (``encode``) under no_grad in micro-batches, collecting tapped block outputs.
+
+        Each sample is computed on its own in every layer, so micro-batches give the same numbers
+        as one pass up to float rounding (~1e-6: matrix kernels block a smaller batch differently;
+        CLIP's own outputs vary as much with the batch size) with smaller transient activations: on
+        CPU, ViT-B-32 at batch 32 peaks ~60 MB lower in 16s, for ~1% of the time. The branch gets
+        exactly what frozen CLIP computes for each micro-batch. ``length`` cuts tapped tokens
+        after that position (and copies them, so the full-context tensors are freed).
+        """
+        size = self.focus_adapter.frozen_batch(x)
+        embeds: list[torch.Tensor] = []
+        parts: list[list[torch.Tensor]] = [[] for _ in layers]
+        for chunk in x.split(size) if len(x) else [x]:
+            with torch.no_grad(), tap_blocks(blocks, layers) as taps:
+                embeds.append(encode(self, chunk))
+            for part, tap in zip(parts, taps):
+                part.append(tap if length is None else tap[:, :length].contiguous())
+        cat = (lambda ts: ts[0] if len(ts) == 1 else torch.cat(ts))  # noqa: E731
+        return cat(embeds), [cat(p) for p in parts]
+
     def frozen_image_features(self, image: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Frozen CLIP's image embedding [N, E] (not normalised) and the tapped blocks' tokens.
 
         Taps are [N, 1+P, D] each (batch-first, class token first). No autograd graph is built.
         """
         layers = self.focus_adapter.layers.get("visual", ())
-        with torch.no_grad(), tap_blocks(self.visual.transformer.resblocks, layers) as taps:
-            frozen = CLIP.encode_image(self, image)
-        return frozen, taps
+        return self._frozen(CLIP.encode_image, self.visual.transformer.resblocks, layers, image)
 
-    def frozen_text_features(self, text: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        """Frozen text embedding [N, E], tapped tokens (each [N, L, D], cut after the batch's last EOT), EOT [N].
+    def frozen_text_features(self, text: torch.Tensor
+                             ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """Frozen text embedding [N, E], tapped tokens (each [N, L, D], up to the batch's last EOT), EOT [N].
 
         EOT positions follow open_clip's ``argmax`` pooling: the EOT token has the highest id.
+        Tokens after the batch's last EOT are never pooled, so they are not kept.
         """
         layers = self.focus_adapter.layers.get("text", ())
-        with torch.no_grad(), tap_blocks(self.transformer.resblocks, layers) as taps:
-            frozen = CLIP.encode_text(self, text)
         eot = text.argmax(dim=-1)
         length = int(eot.max()) + 1 if len(eot) else 0
-        # tokens after the batch's last EOT are never pooled; copy the cut so the full-context tensors are freed
-        return frozen, [t[:, :length].contiguous() for t in taps], eot
+        frozen, taps = self._frozen(CLIP.encode_text, self.transformer.resblocks, layers, text, length)
+        return frozen, taps, eot
 
     def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         frozen, taps = self.frozen_image_features(image)
@@ -439,7 +499,8 @@ class FocusAdapterCLIP(CLIP):
         """Cached frozen features -> adapted image embedding (not normalised)."""
         return self.focus_adapter.image_from_features(frozen, taps)
 
-    def branch_text(self, frozen: torch.Tensor, taps: Sequence[torch.Tensor], eot: torch.Tensor) -> torch.Tensor:
+    def branch_text(self, frozen: torch.Tensor, taps: Sequence[torch.Tensor],
+                    eot: torch.Tensor) -> torch.Tensor:
         """Cached frozen features -> adapted text embedding (not normalised)."""
         return self.focus_adapter.text_from_features(frozen, taps, eot)
 
@@ -452,13 +513,15 @@ def _embed_dim(model: nn.Module) -> int:
 
 
 def inject_focus_adapter(model: nn.Module, config: FocusAdapterConfig) -> None:
-    """Attach a :class:`FocusAdapter` as ``model.focus_adapter`` and re-class the model to :class:`FocusAdapterCLIP`."""
+    """Attach a :class:`FocusAdapter` as ``model.focus_adapter``; re-class the model to FocusAdapterCLIP."""
     if type(model) is not CLIP:
-        raise UnsupportedModelError(f"the Focus-Adapter re-classes open_clip's CLIP; got {type(model).__name__}. "
-                                    "Build the model with rsretrieval.models.create_model.")
+        raise UnsupportedModelError(f"the Focus-Adapter re-classes open_clip's CLIP; got "
+                                    f"{type(model).__name__}. Build the model with "
+                                    "rsretrieval.models.create_model.")
     visual = model.visual
     if getattr(visual, "attn_pool", None) is not None or not hasattr(visual, "grid_size"):
-        raise UnsupportedModelError("the Focus-Adapter needs a ViT image tower with a class token and no attention pool")
+        raise UnsupportedModelError("the Focus-Adapter needs a ViT image tower with a class token and no "
+                                    "attention pool")
     widths = {t: tower_width(model, t) for t in config.towers}
     depths = {t: len(tower_resblocks(model, t)[1]) for t in config.towers}
     for t in config.towers:  # validate before editing anything
@@ -502,7 +565,8 @@ def object_masks(data: Any, image_indices: Sequence[int] | None = None) -> np.nd
 
     objects_file = data.metadata.get("objects_file") if hasattr(data, "metadata") else None
     if not objects_file:
-        raise FileNotFoundError(f"{data!r} has no metadata['objects_file']: object masks exist for SynthRS only")
+        raise FileNotFoundError(f"{data!r} has no metadata['objects_file']: object masks exist for SynthRS "
+                                "only")
     objects = json.loads(Path(objects_file).read_text())
     mask_dir = Path(objects_file).parent / "masks"
     out = []
@@ -549,7 +613,8 @@ def focus_mass_on_objects(focus_maps: torch.Tensor | np.ndarray, masks: torch.Te
                          f"and {tuple(m.shape)}")
     if (w < 0).any():
         raise ValueError("focus maps must be non-negative weights")
-    fraction = F.adaptive_avg_pool2d(m.unsqueeze(1), w.shape[-2:]).squeeze(1)  # [N, h, w] object pixels per patch
+    # [N, h, w]: the share of object pixels in each patch
+    fraction = F.adaptive_avg_pool2d(m.unsqueeze(1), w.shape[-2:]).squeeze(1)
     has_object = (fraction > min_fraction).float()
     mass = (w * has_object).flatten(1).sum(1)  # [N]
     total = w.flatten(1).sum(1)
