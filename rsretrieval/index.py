@@ -73,7 +73,10 @@ class Encoder:
         from rsretrieval.methods import load_method, wrap_tokenizer
         from rsretrieval.models import create_model, select_device
 
+        from rsretrieval.models import seed_everything
+
         self.device = select_device(device)
+        seed_everything(0)  # without weights, the random init is the identity: make it the same every time
         bundle = create_model(model, pretrained)
         net = bundle.model
         self.adapter_sha256 = None

@@ -71,3 +71,23 @@ def test_bench_writes_ratios(tmp_path, capsys):
 def test_unknown_dataset_root_is_required():
     with pytest.raises(SystemExit, match="--root is required"):
         main(["eval", "--dataset", "rsitmd", "--model", "tiny"])
+
+
+def test_index_build_and_search_from_the_command_line(synth_root, tmp_path, capsys):
+    import shutil
+
+    archive = tmp_path / "archive"
+    (archive / "sub").mkdir(parents=True)
+    for k, path in enumerate(sorted((synth_root / "images").glob("*.png"))[:8]):
+        shutil.copy(path, archive / ("sub" if k % 2 else "") / path.name)
+    (archive / "broken.jpg").write_bytes(b"garbage")
+    index = tmp_path / "index"
+    assert main(["index", "build", "--images", str(archive), "--out", str(index), "--model", "tiny",
+                 "--pretrained", "", "--scene-from-prefix", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped broken.jpg" in err
+    manifest = json.loads((index / "manifest.json").read_text())
+    assert len(manifest["paths"]) == 8 and manifest["skipped"][0]["path"] == "broken.jpg"
+    assert main(["search", str(index), "white planes", "-k", "3", "--json", "--device", "cpu"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert [h["rank"] for h in hits] == [1, 2, 3] and hits[0]["score"] >= hits[-1]["score"]

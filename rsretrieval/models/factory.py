@@ -157,7 +157,8 @@ def create_model(
     _register_configs()
     if name not in open_clip.list_models():
         raise ModelNotFoundError(f"unknown model {name!r}. Available: {', '.join(list_models())}")
-    tag = str(pretrained) if pretrained is not None else None
+    # "", "none" (command lines, papermill parameters) mean random weights, like None
+    tag = str(pretrained) if pretrained is not None and str(pretrained).lower() not in ("", "none") else None
     weights: str | None = tag
     compact: Path | None = None
     if tag is not None:
