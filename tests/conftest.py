@@ -43,6 +43,7 @@ def colour_data(tmp_path):
 def tiny_bundle():
     from rsretrieval.models import create_model
 
+    torch.manual_seed(0)  # the same random weights whatever ran before (tests run in any order)
     return create_model("tiny")
 
 
