@@ -2,8 +2,9 @@
 
 No pretrained CLIP can be downloaded on the course's machines, yet every chapter is about
 transferring a pretrained model. So we pretrain the ``mini`` architecture (13.2M parameters) on
-SynthRS's object-centred *source* domain -- photos of objects on varied backgrounds with simple
-captions -- and transfer it to the top-down *rs* domain, as OpenAI's CLIP was pretrained on web
+SynthRS's object-centred *source* domain -- photos of objects on coloured backdrops or named
+grounds, sometimes beside a road, river or runway, with web-like captions that also say where
+("a busy airport with two white planes") -- and transfer it to the top-down *rs* domain, as OpenAI's CLIP was pretrained on web
 photos and transferred to aerial images. Whether transfer happens at all is decided by the
 source domain's design (shared vocabulary, shared visual statistics): see reference.md §6.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +43,7 @@ class PretrainConfig:
     seed: int = 0
     device: str = "auto"
     eval_root: str = "data/synthrs"  # the rs domain: zero-shot on its test split is reported
+    eval_images: int = 1500  # size of that rs dataset (the course's default)
     progress: bool = True
 
 
@@ -58,7 +61,7 @@ def pretrain(cfg: PretrainConfig | None = None, out: str | Path | None = None) -
     from rsretrieval.evaluate import evaluate
     from rsretrieval.models.compact import save_compact
     from rsretrieval.models.utils import select_device
-    from rsretrieval.train import TrainConfig, fit
+    from rsretrieval.train import StaleRunError, TrainConfig, check_resumable, fit
 
     cfg = cfg or PretrainConfig()
     target = Path(out) if out else local_pretrained_path(cfg.model, cfg.tag)
@@ -77,6 +80,11 @@ def pretrain(cfg: PretrainConfig | None = None, out: str | Path | None = None) -
     train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
                             warmup_steps=cfg.warmup_steps, seed=cfg.seed, device=cfg.device, eval_every=0,
                             output_dir=str(run_dir), progress=cfg.progress, checkpoint_every_steps=100)
+    try:
+        check_resumable(train_cfg, source)
+    except StaleRunError as err:  # the run folder is ours: a run of other settings or data is restarted
+        _logger.warning("%s Starting afresh.", err)
+        shutil.rmtree(run_dir)
     history = fit(bundle.model, bundle.tokenizer, source, bundle.transform, train_cfg)
     t_train = time.perf_counter() - t0 - t_data
 
@@ -91,7 +99,7 @@ def pretrain(cfg: PretrainConfig | None = None, out: str | Path | None = None) -
 
     # Zero-shot on the rs domain, measured on the weights as shipped (reloaded from the file).
     eval_root = _abs(cfg.eval_root)
-    generate_synthrs(eval_root, progress=cfg.progress)
+    generate_synthrs(eval_root, n_images=cfg.eval_images, progress=cfg.progress)
     test = load_dataset("synthrs", eval_root, "test")
     shipped = create_model(cfg.model, cfg.tag) if out is None else _load_file(cfg.model, target)
     device = select_device(cfg.device)

@@ -15,6 +15,7 @@ and lets rank 0 alone evaluate and write checkpoints.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -64,6 +65,51 @@ class TrainConfig:
     output_dir: str | None = None  # where last.pt / best.pt / history.json go (None: nothing written)
     resume: bool = True  # continue from output_dir/last.pt when it exists
     progress: bool = True
+
+
+# TrainConfig fields that may differ between a run and its resumption: they do not change what is computed.
+_FREE_ON_RESUME = frozenset({"device", "amp", "num_workers", "preload_images", "eval_every", "eval_batch_size",
+                             "checkpoint_every_steps", "output_dir", "resume", "progress"})
+
+
+class StaleRunError(CheckpointError):
+    """``output_dir/last.pt`` was written by a run with other settings or other training data."""
+
+
+def run_key(config: TrainConfig, train_data: CaptionDataset) -> dict[str, Any]:
+    """What a checkpoint must share with a run to be resumed by it: the settings that change the
+    computation, and a digest of the training pairs (captions, their images' file names)."""
+    h = hashlib.sha256()
+    for image, text in zip(train_data.text_to_image, train_data.captions):
+        h.update(f"{int(image)}\t{text}\n".encode())
+    for path in train_data.image_paths:
+        h.update(f"{Path(path).name}\n".encode())
+    settings = {k: v for k, v in asdict(config).items() if k not in _FREE_ON_RESUME}
+    return {"config": settings, "data": h.hexdigest()[:16]}
+
+
+def check_resumable(config: TrainConfig, train_data: CaptionDataset) -> Path | None:
+    """The checkpoint ``fit`` would resume from (None: it starts afresh); raise if it belongs to another run."""
+    if not (config.output_dir and config.resume):
+        return None
+    last = Path(config.output_dir) / "last.pt"
+    if not last.exists():
+        return None
+    stored = _load_checkpoint(last).get("key")
+    key = run_key(config, train_data)
+    if stored is None:
+        diffs = ["it has no run key (written before rsretrieval checked runs), so its settings and data cannot be checked"]
+    else:
+        stored = json.loads(stored)
+        diffs = [f"{k}: {stored['config'].get(k)!r} -> {v!r}" for k, v in key["config"].items()
+                 if stored["config"].get(k) != v]
+        if stored["data"] != key["data"]:
+            diffs.append("the training pairs (captions or image names) changed")
+    if diffs:
+        raise StaleRunError(f"{last} belongs to another run ({'; '.join(diffs)}). Resuming it would mix two "
+                            f"runs: delete {last.parent} or choose another output_dir to start afresh, or "
+                            "restore the original settings and data to resume.")
+    return last
 
 
 @dataclass
@@ -347,7 +393,8 @@ def fit(
 
     history, start_epoch, start_batch, updates = History(), 0, 0, 0
     last = out / "last.pt" if out else None
-    if last is not None and cfg.resume and last.exists():
+    key = json.dumps(run_key(cfg, train_data))
+    if check_resumable(cfg, train_data) is not None:
         ck = _load_checkpoint(last)
         load_trainable_state_dict(task, ck["trainable"], source=str(last))
         opt.load_state_dict(ck["optimizer"])
@@ -364,7 +411,7 @@ def fit(
         atomic_save({
             "trainable": trainable_state_dict(task), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "scaler": scaler.state_dict(), "rng": _rng_state(), "epoch": epoch, "batch": batch, "updates": updates,
-            "history": json.dumps(history.to_dict()), "config": json.dumps(asdict(cfg)),
+            "history": json.dumps(history.to_dict()), "config": json.dumps(asdict(cfg)), "key": key,
         }, last)
 
     done = cfg.max_steps is not None and updates >= cfg.max_steps

@@ -93,7 +93,7 @@ def test_layout_and_splits(rs_root):
     images, objects = _load(rs_root)
     assert len(images) == 360
     meta = json.loads((rs_root / "synthrs.json").read_text())
-    assert meta["params"]["n_images"] == 360 and meta["params"]["version"] == synthrs.VERSION
+    assert meta["params"]["n_images"] == 360 and meta["params"]["version"] == synthrs.VERSIONS["rs"]
     sentids = set()
     per_scene: dict[str, Counter] = defaultdict(Counter)
     for k, rec in enumerate(images):
@@ -193,19 +193,26 @@ def test_caption_claims_parse():
 
 def test_source_domain(source_root):
     images, objects = _load(source_root)
-    areas = []
+    areas, named_places = [], set()
     for rec in images:
         label = NAME.match(rec["filename"])[1]
         assert label in SOURCE_SCENES
         objs = objects[rec["filename"]]
         assert any(o["class"] == label for o in objs)
-        assert all(o["kind"] == "object" and o["ground"].endswith("background") for o in objs)
+        things = [o for o in objs if o["kind"] == "object"]
+        assert all(o["ground"].endswith("background") or o["ground"] in synthrs._SOURCE_GROUNDS for o in things)
+        assert all(o["class"] in ("road", "river", "runway") for o in objs if o["kind"] != "object")
         for s in rec["sentences"]:
-            _check_claims(s["raw"], objs)
-        areas += [o["area_fraction"] for o in objs]
+            _check_claims(s["raw"], things)
+            words = s["raw"].lower()
+            named_places.update(scene for scene in SCENES if synthrs._mentions(words, SCENE_INFO[scene].nouns))
+        areas += [o["area_fraction"] for o in things]
     assert min(areas) < 0.01 and max(areas) > 0.15  # small to large objects
-    bgs = {objs[0]["ground"] for objs in objects.values()}
-    assert len(bgs) >= 6  # backgrounds vary in colour
+    grounds = {o["ground"] for objs in objects.values() for o in objs if o["kind"] == "object"}
+    assert len({g for g in grounds if g.endswith("background")}) >= 6  # backdrops vary in colour
+    assert len(grounds & set(synthrs._SOURCE_GROUNDS)) >= 5  # and real grounds are named
+    assert any(o["kind"] == "landmark" for objs in objects.values() for o in objs)
+    assert len(named_places) >= 12  # captions teach most scene words, as web captions say where
 
 
 def test_deterministic_and_order_free(tmp_path):

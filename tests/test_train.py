@@ -6,10 +6,13 @@ import torch
 from rsretrieval.errors import CheckpointError
 from rsretrieval.losses import InfoNCELoss, same_image_mask
 from rsretrieval.models import create_model, freeze
+from rsretrieval.data.dataset import CaptionDataset
 from rsretrieval.train import (
     ContrastiveTask,
+    StaleRunError,
     TrainConfig,
     atomic_save,
+    check_resumable,
     epoch_order,
     fit,
     load_trainable_state_dict,
@@ -89,6 +92,24 @@ def test_resume_after_interruption_is_exact(tmp_path, colour_data):
         assert torch.equal(pa, pb), name
     assert [r["epoch"] for r in history.records] == [1, 2]
     assert history.records[-1]["updates"] == 16
+
+
+def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path, colour_data):
+    torch.manual_seed(0)
+    base = create_model("tiny")
+    cfg = _cfg(tmp_path, epochs=1)
+    fit(copy.deepcopy(base.model), base.tokenizer, colour_data, base.transform, cfg)
+    assert check_resumable(cfg, colour_data) == tmp_path / "last.pt"
+    # settings that do not change the computation may differ
+    assert check_resumable(_cfg(tmp_path, epochs=1, device="cpu", eval_every=3, progress=True), colour_data)
+
+    with pytest.raises(StaleRunError, match=r"lr: 0\.001 -> 0\.01.*delete"):
+        fit(copy.deepcopy(base.model), base.tokenizer, colour_data, base.transform, _cfg(tmp_path, epochs=1, lr=1e-2))
+    edited = CaptionDataset(colour_data.name, colour_data.split, colour_data.image_paths, colour_data.scenes,
+                            ["a new caption"] + colour_data.captions[1:], colour_data.text_to_image)
+    with pytest.raises(StaleRunError, match="training pairs"):
+        check_resumable(cfg, edited)
+    assert check_resumable(_cfg(tmp_path, epochs=1, resume=False), edited) is None  # resume=False starts afresh
 
 
 def test_training_lowers_loss_and_frozen_stays(tmp_path, colour_data):

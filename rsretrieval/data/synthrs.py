@@ -58,8 +58,10 @@ from PIL import Image, ImageDraw
 
 from rsretrieval.errors import RSRetrievalError
 
-VERSION = "1.0"
 DOMAINS = ("rs", "source")
+# Generator version per domain, so a change to one does not invalidate the other's datasets.
+# source 1.1: names grounds, landmarks and places.
+VERSIONS: Mapping[str, str] = MappingProxyType({"rs": "1.0", "source": "1.1"})
 Colour = tuple[int, int, int]
 
 
@@ -1013,9 +1015,42 @@ _RS_SCENES: Mapping[str, Callable[[_Canvas], None]] = MappingProxyType({
 # ----------------------------------------------------------------------------- source domain
 
 
-def _source(cv: _Canvas, label: str) -> None:
-    """An object-centred image: the label's objects, maybe a distractor, on a named textured background."""
+# Web photos are taken on real ground as often as on studio backdrops, and web captions say where
+# ("a plane at the airport"). Naming grounds, landmarks and places here gives MiniCLIP the words rs
+# captions are made of; version 1.0 of the source domain had none of them, and 16% of the rs test
+# captions' words were tokens MiniCLIP had never seen.
+_SOURCE_GROUNDS: Mapping[str, tuple[Callable[[np.random.Generator, int], np.ndarray], tuple[str, ...]]] = \
+    MappingProxyType({
+        "grass": (lambda rng, S: _paint(_fbm(rng, S), "grass"), ("green grass", "the grass")),
+        "sand": (lambda rng, S: _paint(_fbm(rng, S, (4, 20), 0.08), "sand"), ("yellow sand", "the sand")),
+        "water": (_water, ("dark water", "the water")),
+        "asphalt": (lambda rng, S: _paint(_fbm(rng, S, (3, 16)), "asphalt"), ("gray asphalt", "the asphalt")),
+        "concrete": (lambda rng, S: _paint(_fbm(rng, S, (3, 16)), "concrete"), ("gray concrete", "the concrete")),
+        "bare ground": (lambda rng, S: _paint(_fbm(rng, S, (3, 18), 0.15), "soil"),
+                        ("bare brown ground", "the bare ground")),
+        "fields": (_fields, ("fields of different colours", "the fields")),
+    })
+# Places a web caption may name for an object, or for a ground: always scene words of SCENE_INFO.
+_OBJECT_PLACES: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "plane": ("airport",), "car": ("parking", "denseresidential"), "truck": ("parking", "industrial"),
+    "boat": ("port", "river", "beach"), "tank": ("storagetanks", "industrial"),
+    "building": ("denseresidential", "sparseresidential", "industrial", "church"),
+    "tree": ("forest", "meadow", "sparseresidential"), "court": ("playground", "sparseresidential"),
+    "pool": ("sparseresidential", "denseresidential"),
+})
+_GROUND_PLACES: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "grass": ("meadow", "baseballfield", "playground"), "sand": ("desert", "beach"),
+    "water": ("pond", "river", "port"), "fields": ("farmland",), "asphalt": ("parking",),
+    "concrete": ("industrial", "church"), "bare ground": ("storagetanks", "desert"),
+})
+
+
+def _source_background(cv: _Canvas, label: str) -> tuple[np.ndarray, str]:
+    """A coloured, textured backdrop ("an orange background") or, half of the time, a named ground."""
     S, rng = cv.S, cv.rng
+    if rng.random() < 0.5:
+        ground = _pick(rng, tuple(g for g in _SOURCE_GROUNDS if g != "water" or label == "boat"))
+        return _SOURCE_GROUNDS[ground][0](rng, S), ground
     bg = _pick(rng, tuple(PALETTE))
     base = np.array(PALETTE[bg], np.float32)
     x, y = _coords(S)
@@ -1032,12 +1067,43 @@ def _source(cv: _Canvas, label: str) -> None:
         field = 0.35 + 0.4 * blobs + 0.1 * rng.random((S, S), dtype=np.float32)
     else:  # fine grain and a gradient
         field = 0.3 + 0.4 * (x * 0.5 + y * 0.5) + 0.35 * rng.random((S, S), dtype=np.float32)
-    cv.start(_paint(field, (tuple(base * 0.7), tuple(np.minimum(255, base * 1.15 + 18)))), f"{bg} background")
+    return _paint(field, (tuple(base * 0.7), tuple(np.minimum(255, base * 1.15 + 18)))), f"{bg} background"
+
+
+def _source_landmark(cv: _Canvas, label: str, img: np.ndarray, ground: str) -> tuple[np.ndarray, str, np.ndarray]:
+    """A straight road, river or (behind planes) runway across the picture, off-centre."""
+    S, rng = cv.S, cv.rng
+    name = "runway" if label == "plane" and rng.random() < 0.6 else _pick(rng, ("road", "river"))
+    if name == "river" and ground == "water":
+        name = "road"
+    zone = _band(S, rng.uniform(0, math.pi), _pick(rng, (-1, 1)) * rng.uniform(0.25, 0.38),
+                 rng.uniform(0.12, 0.2))
+    if name == "river":
+        band = _water(rng, S)
+    else:
+        band = _paint(_fbm(rng, S, (3, 16)), "asphalt")
+        if name == "runway":
+            band = (band * 0.8).astype(np.uint8)
+    return np.where(zone[..., None], band, img), name, zone
+
+
+def _source(cv: _Canvas, label: str) -> None:
+    """An object-centred image: the label's objects, maybe a distractor and a landmark, on a backdrop or ground."""
+    rng = cv.rng
+    img, ground = _source_background(cv, label)
+    landmark = None
+    if rng.random() < 0.3:
+        img, name, zone = _source_landmark(cv, label, img, ground)
+        landmark = (name, zone)
+    cv.start(img, ground)
+    if landmark:
+        cv.landmark(landmark[0], "blue" if landmark[0] == "river" else "gray", landmark[1])
     cv.sun = (cv.sun[0] * 0.6, cv.sun[1] * 0.6)
+    bg = ground.removesuffix(" background")
     others = [c for c in PALETTE if c != bg]
     allowed = {"tree": ("green", "yellow", "orange", "brown", "red"), "pool": ("blue", "white")}
     palette = [c for c in allowed.get(label, others) if c != bg] or others
-    size = math.exp(rng.uniform(math.log(0.07), math.log(0.7)))
+    size = math.exp(rng.uniform(math.log(0.07), math.log(0.7 if landmark is None else 0.45)))
     if size > 0.42:  # big objects come alone or in pairs, small ones in groups of up to six
         n = 1
     elif size > 0.25:
@@ -1306,20 +1372,26 @@ def _a(phrase: str) -> str:
 
 def _source_captions(rng: np.random.Generator, objects: Sequence[dict[str, Any]], n: int) -> list[str]:
     groups = _groups(objects)
-    bg = _a(groups[0][0]["ground"])  # "an orange background"
+    marks = {o["id"]: o for o in objects if o["kind"] == "landmark"}
+    ground = groups[0][0]["ground"]
+    named = ground in _SOURCE_GROUNDS
+    label = groups[0][0]["class"]
+    places = _OBJECT_PLACES[label] + (_GROUND_PLACES[ground] if named else ())
+    place = _pick(rng, places) if rng.random() < 0.7 else None  # one place per image, as one web page has
     out: list[str] = []
     for attempt in range(300):
         if len(out) == n:
             break
+        bg = _pick(rng, _SOURCE_GROUNDS[ground][1]) if named else _a(ground)  # "green grass", "an orange background"
         a = groups[0] if rng.random() < 0.7 else groups[int(rng.integers(len(groups)))]  # mostly the label
         np_a, pl = _np(rng, a, sizes=True)
-        places = _places(rng, a, {})
-        t = int(rng.integers(7)) if attempt < 150 else 7
+        wheres = _places(rng, a, marks)
+        t = int(rng.integers(10)) if attempt < 150 else 10
         s: str | None = None
         if t == 0:
             s = f"{np_a} on {bg}"
-        elif t == 1 and places:
-            s = f"{np_a} {_pick(rng, places)}"
+        elif t == 1 and wheres:
+            s = f"{np_a} {_pick(rng, wheres)}"
         elif t == 2:
             s = f"there {_be(np_a, pl)} {np_a} on {bg}"
         elif t == 3 and len(groups) > 1:
@@ -1330,11 +1402,23 @@ def _source_captions(rng: np.random.Generator, objects: Sequence[dict[str, Any]]
                 s = f"{np_a} {_pick(rng, _NEAR) if rel == 'near' else rel} {_np(rng, b, True)[0]}"
         elif t == 4 and len(groups) > 1:
             s = f"{_join([_np(rng, g, True)[0] for g in groups])} on {bg}"
-        elif t == 5 and places:
-            s = f"{np_a} {_verb(rng, a[0]['class'], pl)} {_pick(rng, places)}"
+        elif t == 5 and wheres:
+            s = f"{np_a} {_verb(rng, a[0]['class'], pl)} {_pick(rng, wheres)}"
+        elif t == 6 and named and rng.random() < 0.4:
+            s = f"{np_a} on the ground covered with {_SOURCE_GROUNDS[ground][1][0]}"
         elif t == 6:
             s = f"{bg} with {_with(rng, groups, True)}"
-        elif t == 7:  # rare: the templates ran out of distinct sentences
+        elif t in (7, 8) and place:
+            info = SCENE_INFO[place]
+            noun = _pick(rng, info.nouns)
+            if t == 7:
+                s = f"{np_a} {_verb(rng, a[0]['class'], pl)} {info.prep or _pick(rng, _NEAR)} the {noun}"
+            else:
+                adj = _pick(rng, [w for w in info.adjectives if w not in noun] or [""])
+                s = f"{_a(f'{adj} {noun}'.strip())} with {np_a}"
+        elif t == 9:
+            s = f"{_join([_np(rng, g)[0] for g in groups])} can be seen " + _pick(rng, (f"on {bg}", "from above", ""))
+        elif t == 10:  # rare: the templates ran out of distinct sentences
             s = _pick(rng, (f"{np_a} seen from above on {bg}", f"an image of {np_a}", f"a picture of {np_a}",
                             f"a view of {np_a} on {bg}"))
         if s and _finish(s) not in out:
@@ -1377,7 +1461,7 @@ def _params(n_images: int, image_size: int, seed: int, domain: str,
     if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1) > 1e-6:
         raise ValueError(f"split_fractions must be three non-negative numbers (train, val, test) "
                          f"summing to 1, not {fr}")
-    return {"version": VERSION, "n_images": int(n_images), "image_size": int(image_size), "seed": int(seed),
+    return {"version": VERSIONS[domain], "n_images": int(n_images), "image_size": int(image_size), "seed": int(seed),
             "domain": domain, "split_fractions": fr}
 
 
