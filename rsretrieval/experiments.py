@@ -40,17 +40,24 @@ def run_method(
     from rsretrieval.methods import apply_method, save_method, wrap_tokenizer
     from rsretrieval.models import count_parameters, create_model, seed_everything, select_device
     from rsretrieval.tasks import build_task
-    from rsretrieval.train import fit, load_best
+    from rsretrieval.train import clear_run, fit, load_best
 
     run_dir = Path(run_dir)
     cfg = replace(config, output_dir=str(run_dir))
     identity = {"model": model, "pretrained": pretrained, "method": method, "loss": loss,
                 "method_kwargs": method_kwargs or {}, "loss_kwargs": loss_kwargs or {}, "config": asdict(cfg), "train_images": train.num_images}
-    done = run_dir / "results.json"
-    if done.exists():
-        previous = json.loads(done.read_text())
-        if previous.get("identity") == json.loads(json.dumps(identity)):
-            return previous
+    wanted = json.loads(json.dumps(identity))
+    done, started = run_dir / "results.json", run_dir / "identity.json"
+    if done.exists() and json.loads(done.read_text()).get("identity") == wanted:
+        return json.loads(done.read_text())
+    if not started.exists() or json.loads(started.read_text()) != wanted:
+        # run_dir holds nothing, or a run of other settings (method, loss, data, config): start afresh;
+        # only an interrupted run of exactly this identity is resumed.
+        clear_run(run_dir)
+        done.unlink(missing_ok=True)
+        (run_dir / "method.pt").unlink(missing_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        started.write_text(json.dumps(wanted, indent=1))
     seed_everything(cfg.seed)  # method init (and random base weights, if any) follow the run's seed
     bundle = create_model(model, pretrained)
     net = apply_method(bundle.model, method, **(method_kwargs or {}))

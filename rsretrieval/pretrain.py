@@ -4,16 +4,16 @@ No pretrained CLIP can be downloaded on the course's machines, yet every chapter
 transferring a pretrained model. So we pretrain the ``mini`` architecture (13.2M parameters) on
 SynthRS's object-centred *source* domain -- photos of objects on coloured backdrops or named
 grounds, sometimes beside a road, river or runway, with web-like captions that also say where
-("a busy airport with two white planes") -- and transfer it to the top-down *rs* domain, as OpenAI's CLIP was pretrained on web
-photos and transferred to aerial images. Whether transfer happens at all is decided by the
-source domain's design (shared vocabulary, shared visual statistics): see reference.md §6.
+("a busy airport with two white planes") -- and transfer it to the top-down *rs* domain, as
+OpenAI's CLIP was pretrained on web photos and transferred to aerial images. Whether transfer
+happens at all is decided by the source domain's design (shared vocabulary, shared visual
+statistics): see reference.md §6.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -61,7 +61,7 @@ def pretrain(cfg: PretrainConfig | None = None, out: str | Path | None = None) -
     from rsretrieval.evaluate import evaluate
     from rsretrieval.models.compact import save_compact
     from rsretrieval.models.utils import select_device
-    from rsretrieval.train import StaleRunError, TrainConfig, check_resumable, fit
+    from rsretrieval.train import StaleRunError, TrainConfig, check_resumable, clear_run, fit
 
     cfg = cfg or PretrainConfig()
     target = Path(out) if out else local_pretrained_path(cfg.model, cfg.tag)
@@ -84,7 +84,7 @@ def pretrain(cfg: PretrainConfig | None = None, out: str | Path | None = None) -
         check_resumable(train_cfg, source)
     except StaleRunError as err:  # the run folder is ours: a run of other settings or data is restarted
         _logger.warning("%s Starting afresh.", err)
-        shutil.rmtree(run_dir)
+        clear_run(run_dir)
     history = fit(bundle.model, bundle.tokenizer, source, bundle.transform, train_cfg)
     t_train = time.perf_counter() - t0 - t_data
 

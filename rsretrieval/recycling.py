@@ -44,13 +44,10 @@ is almost as far from its current self as from a different image. Hence the defa
 and ``max_age`` to bound staleness independently of the pool size. Warm-up and cosine decay in
 :func:`~rsretrieval.train.fit` make the real drift smaller than this constant-lr measurement.
 
-Checkpoints: the queues live in registered buffers, so ``task.state_dict()`` contains them and
-:meth:`torch.nn.Module.load_state_dict` restores them exactly. :func:`rsretrieval.train.fit`,
-however, saves only trainable *parameters* (plus optimizer and RNG state). After a resume from
-``last.pt`` the queues therefore start **empty** and refill within ``ceil(queue_size /
-batch_size)`` steps; until then ``L_queue`` sees fewer negatives, so a resumed run is close to,
-but not bit-identical with, an uninterrupted one. Runs that need exact resume with queues must
-save and restore ``task.state_dict()`` (buffers included) themselves.
+Checkpoints: the queues live in registered buffers and flag themselves ``resumable_state``, so
+:func:`rsretrieval.train.fit` stores them in ``last.pt`` beside the trainable parameters and a
+resumed run continues with the same queues, bit-identical with an uninterrupted one (tested).
+``method.pt`` files (:func:`~rsretrieval.methods.save_method`) hold the model only, no queues.
 
 Under DDP nothing is all-gathered: with its default ``broadcast_buffers=True`` DDP copies rank 0's
 buffers to every rank before each forward, so all ranks use rank 0's queue (give ``dim`` up front,
@@ -88,6 +85,8 @@ class EmbeddingQueue(nn.Module):
         >>> q.valid, q.image_ids.tolist()
         (2, [4, 5])
     """
+
+    resumable_state = True  # rsretrieval.train.fit saves and restores it with its checkpoints
 
     def __init__(self, size: int, dim: int | None = None) -> None:
         super().__init__()

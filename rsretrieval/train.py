@@ -5,8 +5,10 @@ trainable, which modules were injected) and, optionally, in the *task*: the obje
 a batch into a dict of losses. The loop itself never branches on a method or loss name.
 
 Exact resume: the order of pairs in epoch ``e`` comes from a generator seeded with
-``(seed, e)``; a checkpoint stores the trainable weights, optimizer, scheduler, RNG states and
-the position inside the epoch, so an interrupted run continues to bit-identical weights on CPU.
+``(seed, e)``; a checkpoint stores the trainable weights, the training state of the task (e.g.
+recycling queues), optimizer, scheduler, RNG states and the position inside the epoch, so an
+interrupted run continues to bit-identical weights on CPU. A checkpoint of another run (other
+settings or training data) is refused, not resumed.
 
 Multi-GPU: launch the same script with ``torchrun --nproc_per_node=N``; :func:`fit` notices the
 ``torch.distributed`` environment, wraps the task in DDP, shards every epoch's order by rank,
@@ -98,7 +100,7 @@ def check_resumable(config: TrainConfig, train_data: CaptionDataset) -> Path | N
     stored = _load_checkpoint(last).get("key")
     key = run_key(config, train_data)
     if stored is None:
-        diffs = ["it has no run key (written before rsretrieval checked runs), so its settings and data cannot be checked"]
+        diffs = ["it has no run key (written before rsretrieval checked runs): its settings and data are unknown"]
     else:
         stored = json.loads(stored)
         diffs = [f"{k}: {stored['config'].get(k)!r} -> {v!r}" for k, v in key["config"].items()
@@ -110,6 +112,15 @@ def check_resumable(config: TrainConfig, train_data: CaptionDataset) -> Path | N
                             f"runs: delete {last.parent} or choose another output_dir to start afresh, or "
                             "restore the original settings and data to resume.")
     return last
+
+
+RUN_FILES = ("last.pt", "best.pt", "history.json")  # what fit writes into output_dir
+
+
+def clear_run(output_dir: str | Path) -> None:
+    """Delete the files :func:`fit` wrote into ``output_dir`` (nothing else), so the next run starts afresh."""
+    for name in RUN_FILES:
+        (Path(output_dir) / name).unlink(missing_ok=True)
 
 
 @dataclass
@@ -255,6 +266,24 @@ def load_trainable_state_dict(module: nn.Module, state: dict[str, torch.Tensor],
             p.copy_(state[n])
 
 
+def resumable_state_dict(module: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+    """State that training changes besides parameters (recycling queues, ...): submodules that set
+    ``resumable_state = True``, by module name, so a resumed run continues with the same state."""
+    return {name: {k: v.detach().clone() for k, v in m.state_dict().items()}
+            for name, m in module.named_modules() if getattr(m, "resumable_state", False)}
+
+
+def load_resumable_state_dict(module: nn.Module, state: dict[str, dict[str, torch.Tensor]],
+                              source: str = "checkpoint") -> None:
+    """Load what :func:`resumable_state_dict` saved; the set of stateful submodules must match."""
+    modules = {name: m for name, m in module.named_modules() if getattr(m, "resumable_state", False)}
+    if set(modules) != set(state):
+        raise CheckpointError(f"{source} holds training state of {sorted(state)}, but this task has "
+                              f"{sorted(modules)}. Resume with the same method and loss that wrote it.")
+    for name, m in modules.items():
+        m.load_state_dict(state[name])
+
+
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to a temporary file, then rename: a crash never leaves half a checkpoint."""
     path = Path(path)
@@ -397,6 +426,7 @@ def fit(
     if check_resumable(cfg, train_data) is not None:
         ck = _load_checkpoint(last)
         load_trainable_state_dict(task, ck["trainable"], source=str(last))
+        load_resumable_state_dict(task, ck["state"], source=str(last))
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         scaler.load_state_dict(ck["scaler"])
@@ -409,7 +439,8 @@ def fit(
         if last is None or rank != 0:
             return
         atomic_save({
-            "trainable": trainable_state_dict(task), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "trainable": trainable_state_dict(task), "state": resumable_state_dict(task),
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "scaler": scaler.state_dict(), "rng": _rng_state(), "epoch": epoch, "batch": batch, "updates": updates,
             "history": json.dumps(history.to_dict()), "config": json.dumps(asdict(cfg)), "key": key,
         }, last)

@@ -94,6 +94,46 @@ def test_resume_after_interruption_is_exact(tmp_path, colour_data):
     assert history.records[-1]["updates"] == 16
 
 
+class Crashing(torch.nn.Module):
+    """Wraps any task and raises after a number of calls (the same wrapper keeps parameter names equal)."""
+
+    def __init__(self, task, crash_after=None):
+        super().__init__()
+        self.task, self.calls, self.crash_after = task, 0, crash_after
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        if self.crash_after is not None and self.calls > self.crash_after:
+            raise _Crash
+        return self.task(*args, **kwargs)
+
+
+def test_resume_restores_recycling_queues_exactly(tmp_path, colour_data):
+    from rsretrieval.tasks import get_loss
+
+    torch.manual_seed(0)
+    base = create_model("tiny")
+    tf, tok = base.transform, base.tokenizer
+    make = get_loss("recycling", queue_size=12)
+    model_a = copy.deepcopy(base.model)
+    task_a = Crashing(make(model_a))
+    fit(model_a, tok, colour_data, tf, _cfg(tmp_path / "a"), task=task_a)
+
+    cfg_b = _cfg(tmp_path / "b", checkpoint_every_steps=3)
+    model_b = copy.deepcopy(base.model)
+    with pytest.raises(_Crash):
+        fit(model_b, tok, colour_data, tf, cfg_b, task=Crashing(make(model_b), crash_after=11))
+    fresh = copy.deepcopy(base.model)
+    task_b = Crashing(make(fresh))
+    fit(fresh, tok, colour_data, tf, cfg_b, task=task_b)
+    for (name, pa), (_, pb) in zip(model_a.named_parameters(), fresh.named_parameters()):
+        assert torch.equal(pa, pb), name
+    queues_a, queues_b = task_a.state_dict(), task_b.state_dict()
+    assert any("queue" in k for k in queues_a)
+    for k in queues_a:
+        assert torch.equal(queues_a[k], queues_b[k]), k
+
+
 def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path, colour_data):
     torch.manual_seed(0)
     base = create_model("tiny")
