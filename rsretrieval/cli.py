@@ -90,18 +90,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rsretrieval.methods import apply_method, save_method, wrap_tokenizer
     from rsretrieval.models import create_model, print_trainable_parameters, seed_everything, select_device
     from rsretrieval.tasks import build_task
-    from rsretrieval.train import TrainConfig, fit, load_best
+    from rsretrieval.train import TrainConfig, fit, init_distributed, load_best
 
+    rank, world = init_distributed()  # under torchrun: one process per rank, rank 0 reports
     seed_everything(args.seed)
     bundle = create_model(args.model, args.pretrained, device="cpu")
     model = apply_method(bundle.model, args.method)
     tokenizer = wrap_tokenizer(model, bundle.tokenizer)  # CoOp writes placeholders; identity otherwise
-    print_trainable_parameters(model)
+    if rank == 0:
+        print_trainable_parameters(model)
     cfg_fields = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in cfg_fields and v is not None})
     train, val = _load(args, "train"), _load(args, "val")
     history = fit(model, tokenizer, train, bundle.transform, cfg,
                   val_data=val, val_transform=bundle.transform, task=build_task(args.loss, model, train))
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+        if rank != 0:
+            return 0
     best = load_best(model, cfg.output_dir)
     # full fine-tuning's best.pt already holds every weight; other methods also get a small portable file
     method_file = (save_method(model, Path(cfg.output_dir) / "method.pt", base_name=bundle.name)

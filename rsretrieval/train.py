@@ -10,9 +10,9 @@ recycling queues), optimizer, scheduler, RNG states and the position inside the 
 interrupted run continues to bit-identical weights on CPU. A checkpoint of another run (other
 settings or training data) is refused, not resumed.
 
-Multi-GPU: launch the same script with ``torchrun --nproc_per_node=N``; :func:`fit` notices the
-``torch.distributed`` environment, wraps the task in DDP, shards every epoch's order by rank,
-and lets rank 0 alone evaluate and write checkpoints.
+Several processes: launch the same script with ``torchrun --nproc_per_node=N``; :func:`fit` joins
+the process group torchrun describes (NCCL on GPUs, gloo on CPU), wraps the task in DDP, shards
+every epoch's order by rank, and lets rank 0 alone evaluate and write checkpoints.
 """
 
 from __future__ import annotations
@@ -236,10 +236,14 @@ def _preload(data: CaptionDataset, transform: Callable, progress: bool) -> torch
 
 
 def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[int]:
-    """The order of pairs in an epoch: a permutation seeded by (seed, epoch), sharded by rank."""
+    """The order of pairs in an epoch: a permutation seeded by (seed, epoch), sharded by rank.
+
+    With several ranks the last ``n % world`` pairs of the permutation are left out of that epoch,
+    so every rank takes the same number of steps (DDP would wait forever for a missing one).
+    """
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(n, generator=g).tolist()
-    return order[rank::world]
+    return order[: n - n % world][rank::world]
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -355,6 +359,20 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
+def init_distributed() -> tuple[int, int]:
+    """Join the process group that ``torchrun`` describes in the environment; return (rank, world size).
+
+    Without torchrun (no ``WORLD_SIZE`` > 1) this is a no-op returning (0, 1). NCCL on CUDA (each
+    process on GPU ``LOCAL_RANK``), gloo on CPU. Calling it again is harmless.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and torch.distributed.is_available() \
+            and not torch.distributed.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return _dist_info()
+
+
 def fit(
     model: nn.Module,
     tokenizer: Callable,
@@ -386,8 +404,10 @@ def fit(
     The model ends with the weights of the last step (``best.pt`` holds the best epoch's).
     """
     cfg = config or TrainConfig()
+    rank, world = init_distributed()
     device = select_device(cfg.device)
-    rank, world = _dist_info()
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # under torchrun: this rank's GPU
     seed_everything(cfg.seed)
     out = Path(cfg.output_dir) if cfg.output_dir else None
     task = task or ContrastiveTask(model)
@@ -506,6 +526,8 @@ def fit(
         save(epoch + 1, 0)
         if out is not None and rank == 0:
             (out / "history.json").write_text(json.dumps(history.to_dict(), indent=1))
+    if world > 1:
+        torch.distributed.barrier()  # every rank returns after rank 0 wrote its last files
     return history
 
 

@@ -54,6 +54,29 @@ def test_train_then_eval_run(synth_root, tmp_path, method, capsys):
     assert again["mr"] == pytest.approx(results["test"]["metrics"]["mr"], abs=1e-6)
 
 
+def test_train_under_torchrun_shards_the_epoch(synth_root, tmp_path):
+    """Two CPU processes (gloo) under torchrun: each takes half of every epoch, rank 0 writes."""
+    import math
+    import os
+    import subprocess
+    import sys
+
+    from rsretrieval.data import load_dataset
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "rsretrieval",
+           "train", "--dataset", "synthrs", "--root", str(synth_root), "--model", "tiny", "--epochs", "1",
+           "--batch-size", "8", "--method", "adapter", "--out", str(out), "--no-progress", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    pairs = load_dataset("synthrs", synth_root, "train").num_captions
+    assert results["history"]["records"][-1]["updates"] == math.ceil(pairs // 2 / 8)  # half the steps of one process
+    assert (out / "best.pt").exists() and (out / "method.pt").exists()
+    assert done.stdout.count("trainable params") == 1  # rank 0 alone reports
+
+
 def test_bench_writes_ratios(tmp_path, capsys):
     path = tmp_path / "bench.json"
     assert main(["bench", "--model", "tiny", "--methods", "full,mrs_adapter", "--batch-size", "4", "--steps", "1",

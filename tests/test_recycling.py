@@ -261,19 +261,26 @@ def test_max_age_leaves_out_stale_entries():
         RecyclingLoss(max_age=-1)
 
 
-def test_fit_resume_rebuilds_the_queue(colour_data, tiny_bundle, tmp_path):
-    # fit's checkpoints hold trainable parameters, optimizer and RNG, not buffers: after a resume the
-    # queue starts empty and refills (documented in rsretrieval.recycling)
-    cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-3, warmup_steps=1, max_steps=2, progress=False, eval_every=0,
-                      output_dir=str(tmp_path / "run"))
+def test_fit_resume_restores_the_queue(colour_data, tiny_bundle, tmp_path):
+    # fit's checkpoints hold the queues (resumable_state), so a resumed run continues with them
+    # (bit-exactness against an uninterrupted run: tests/test_train.py)
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-3, warmup_steps=1, max_steps=6, progress=False, eval_every=0,
+                      checkpoint_every_steps=2, output_dir=str(tmp_path / "run"))
     torch.manual_seed(0)
     model = copy.deepcopy(tiny_bundle.model)
     first = get_loss("recycling", queue_size=16)(model)
-    fit(model, tiny_bundle.tokenizer, colour_data, tiny_bundle.transform, cfg, task=first)
-    assert first.loss.image_queue.calls == 2
+    calls = {"n": 0}
+
+    def crash(*_):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # the third step never ends; the checkpoint after step 2 survives
+
+    first.register_forward_pre_hook(crash)
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, tiny_bundle.tokenizer, colour_data, tiny_bundle.transform, cfg, task=first)
     model = copy.deepcopy(tiny_bundle.model)
     second = get_loss("recycling", queue_size=16)(model)
-    history = fit(model, tiny_bundle.tokenizer, colour_data, tiny_bundle.transform,
-                  TrainConfig(**{**cfg.__dict__, "max_steps": 6}), task=second)
+    history = fit(model, tiny_bundle.tokenizer, colour_data, tiny_bundle.transform, cfg, task=second)
     assert history.records[-1]["updates"] == 6
-    assert second.loss.image_queue.calls == 4 and second.loss.image_queue.valid == 16  # only post-resume steps
+    assert second.loss.image_queue.calls == 6 and second.loss.image_queue.valid == 16  # 2 restored + 4 new
