@@ -45,10 +45,11 @@ def embeddings(model, images, tokens):
         return model.encode_image(images, normalize=True), model.encode_text(tokens, normalize=True)
 
 
-def open_gates(model, value=1.0):
+def open_branch(model, std=0.1):
+    """Give the zero-initialised up projections weights, as training would (global RNG: seed before)."""
     with torch.no_grad():
         for branch in (model.focus_adapter.image, model.focus_adapter.text):
-            branch.gate.fill_(value)
+            branch.up.weight.normal_(0.0, std)
 
 
 @pytest.mark.parametrize("name", ["focus_adapter", "cmer"])
@@ -61,11 +62,23 @@ def test_step_zero_is_frozen_clip_and_re_classes(name, base, images, tokens):
     assert model.tapped_layers == {"visual": (0, 1), "text": (0, 1)}  # tiny: 2 blocks per tower, all tapped
 
 
+def test_either_zero_init_starts_at_frozen_clip(base, images, tokens):
+    ref = embeddings(copy.deepcopy(base), images, tokens)
+    for zero in ("up", "gate"):
+        model = apply_method(copy.deepcopy(base), "focus_adapter", zero_init=zero)
+        branch = model.focus_adapter.image
+        assert (not branch.up.weight.any()) == (zero == "up") and (not branch.gate.any()) == (zero == "gate")
+        got = embeddings(model, images, tokens)
+        assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+    with pytest.raises(ValueError, match="zero_init"):
+        apply_method(copy.deepcopy(base), "focus_adapter", zero_init="both")
+
+
 def test_outlier_init_tilts_the_focus_but_keeps_frozen_clip(base, images, tokens):
     ref = embeddings(copy.deepcopy(base), images, tokens)
     model = apply_method(base, "focus_adapter", outlier_init=1.0)
     got = embeddings(model, images, tokens)
-    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])  # the zero gate hides the branch
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])  # the zero up projection hides the branch
     maps = model.focus_map(images).flatten(1)
     outlier = model.focus_map(images, kind="outlier").flatten(1)
     assert not torch.allclose(maps, torch.full_like(maps, 1 / 16))
@@ -80,7 +93,7 @@ def test_only_branch_trains_and_backbone_is_untouched(base, images, tokens):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     task = ContrastiveTask(model).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
-    for _ in range(2):  # step 1 moves the zero gate, step 2 everything behind it
+    for _ in range(2):  # step 1 moves the zero up projection, step 2 everything behind it
         opt.zero_grad()
         sum(task(images, tokens, IDS).values()).backward()
         opt.step()
@@ -107,7 +120,7 @@ def _saved_tensors(fn) -> int:
 
 def test_no_autograd_graph_through_the_backbone(base, images, tokens):
     model = apply_method(base, "focus_adapter").train()
-    open_gates(model)
+    open_branch(model)
     frozen, taps = model.frozen_image_features(images)
     assert frozen.grad_fn is None and not frozen.requires_grad
     assert len(taps) == 2 and all(t.grad_fn is None and not t.requires_grad for t in taps)
@@ -157,7 +170,7 @@ def test_focus_pooling_starts_as_mean_pooling(base, images):
     for pooling in ("focus", "mean", "cls"):
         torch.manual_seed(0)  # same branch weights for each pooling: the focus layer draws no random numbers
         model = apply_method(copy.deepcopy(base), "focus_adapter", pooling=pooling)
-        open_gates(model)
+        open_branch(model)
         with torch.no_grad():
             outs[pooling] = model.encode_image(images)
     assert torch.allclose(outs["focus"], outs["mean"], atol=1e-6)
@@ -189,7 +202,7 @@ def test_text_pooling_and_tapped_layers(base, images, tokens):
     eot = apply_method(copy.deepcopy(base), "focus_adapter", text_pooling="eot", layers=(-1,))
     assert eot.tapped_layers == {"visual": (1,), "text": (1,)}
     for m in (mean, eot):
-        open_gates(m)
+        open_branch(m)
     with torch.no_grad():
         assert not torch.allclose(mean.encode_text(tokens), eot.encode_text(tokens), atol=1e-4)
         # padding after the EOT never matters: the same caption in a batch of longer ones
@@ -203,9 +216,8 @@ def test_image_only_branch(base, images, tokens):
     ref = embeddings(copy.deepcopy(base), images, tokens)
     model = apply_method(base, "focus_adapter", towers=("visual",))
     assert model.focus_adapter.text is None and model.tapped_layers["text"] == ()
-    open_gates_image = model.focus_adapter.image.gate
     with torch.no_grad():
-        open_gates_image.fill_(1.0)
+        model.focus_adapter.image.up.weight.normal_(0.0, 0.1)
     got = embeddings(model, images, tokens)
     assert torch.equal(got[1], ref[1]) and not torch.allclose(got[0], ref[0], atol=1e-4)
 
