@@ -98,7 +98,7 @@ def test_invalidated_by_captions_files_model_and_layers(model, colour_data, tiny
     assert cache_key(fewer, colour_data, tiny_bundle.transform, tiny_bundle.tokenizer)[0] != key
     # trained branch weights do not change what the backbone computes: same key
     with torch.no_grad():
-        model.focus_adapter.image.up.weight.fill_(1.0)
+        model.focus_adapter.image.gate.fill_(1.0)
     assert cache_key(model, colour_data, tiny_bundle.transform, tiny_bundle.tokenizer)[0] == key
     assert len(clear_cache(cache_dir)) == 3 and not any(cache_dir.iterdir())
 

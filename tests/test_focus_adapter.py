@@ -45,11 +45,10 @@ def embeddings(model, images, tokens):
         return model.encode_image(images, normalize=True), model.encode_text(tokens, normalize=True)
 
 
-def open_branch(model, std=0.1):
-    """Give the zero-initialised up projections weights, as training would (global RNG: seed before)."""
+def open_gates(model, value=1.0):
     with torch.no_grad():
         for branch in (model.focus_adapter.image, model.focus_adapter.text):
-            branch.up.weight.normal_(0.0, std)
+            branch.gate.fill_(value)
 
 
 @pytest.mark.parametrize("name", ["focus_adapter", "cmer"])
@@ -62,23 +61,29 @@ def test_step_zero_is_frozen_clip_and_re_classes(name, base, images, tokens):
     assert model.tapped_layers == {"visual": (0, 1), "text": (0, 1)}  # tiny: 2 blocks per tower, all tapped
 
 
-def test_either_zero_init_starts_at_frozen_clip(base, images, tokens):
+def test_gate_scale_keeps_step_zero_and_multiplies_the_gate(base, images, tokens):
     ref = embeddings(copy.deepcopy(base), images, tokens)
-    for zero in ("up", "gate"):
-        model = apply_method(copy.deepcopy(base), "focus_adapter", zero_init=zero)
-        branch = model.focus_adapter.image
-        assert (not branch.up.weight.any()) == (zero == "up") and (not branch.gate.any()) == (zero == "gate")
+    offsets = {}
+    for scale in (1.0, 64.0):
+        torch.manual_seed(0)  # the same branch weights for both scales
+        model = apply_method(copy.deepcopy(base), "focus_adapter", gate_scale=scale)
         got = embeddings(model, images, tokens)
-        assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
-    with pytest.raises(ValueError, match="zero_init"):
-        apply_method(copy.deepcopy(base), "focus_adapter", zero_init="both")
+        assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])  # the zero gate hides the branch
+        with torch.no_grad():
+            model.focus_adapter.image.gate.fill_(0.01)
+            frozen, taps = model.frozen_image_features(images)
+            offsets[scale] = model.focus_adapter.image_from_features(frozen, taps) - frozen
+    assert torch.allclose(offsets[64.0], 64 * offsets[1.0], rtol=1e-3, atol=1e-5)
+    assert offsets[1.0].abs().max() > 1e-3
+    with pytest.raises(ValueError, match="gate_scale"):
+        apply_method(copy.deepcopy(base), "focus_adapter", gate_scale=0.0)
 
 
 def test_outlier_init_tilts_the_focus_but_keeps_frozen_clip(base, images, tokens):
     ref = embeddings(copy.deepcopy(base), images, tokens)
     model = apply_method(base, "focus_adapter", outlier_init=1.0)
     got = embeddings(model, images, tokens)
-    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])  # the zero up projection hides the branch
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])  # the zero gate hides the branch
     maps = model.focus_map(images).flatten(1)
     outlier = model.focus_map(images, kind="outlier").flatten(1)
     assert not torch.allclose(maps, torch.full_like(maps, 1 / 16))
@@ -93,7 +98,7 @@ def test_only_branch_trains_and_backbone_is_untouched(base, images, tokens):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     task = ContrastiveTask(model).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
-    for _ in range(2):  # step 1 moves the zero up projection, step 2 everything behind it
+    for _ in range(2):  # step 1 moves the zero gate, step 2 everything behind it
         opt.zero_grad()
         sum(task(images, tokens, IDS).values()).backward()
         opt.step()
@@ -120,7 +125,7 @@ def _saved_tensors(fn) -> int:
 
 def test_no_autograd_graph_through_the_backbone(base, images, tokens):
     model = apply_method(base, "focus_adapter").train()
-    open_branch(model)
+    open_gates(model)
     frozen, taps = model.frozen_image_features(images)
     assert frozen.grad_fn is None and not frozen.requires_grad
     assert len(taps) == 2 and all(t.grad_fn is None and not t.requires_grad for t in taps)
@@ -170,7 +175,7 @@ def test_focus_pooling_starts_as_mean_pooling(base, images):
     for pooling in ("focus", "mean", "cls"):
         torch.manual_seed(0)  # same branch weights for each pooling: the focus layer draws no random numbers
         model = apply_method(copy.deepcopy(base), "focus_adapter", pooling=pooling)
-        open_branch(model)
+        open_gates(model)
         with torch.no_grad():
             outs[pooling] = model.encode_image(images)
     assert torch.allclose(outs["focus"], outs["mean"], atol=1e-6)
@@ -202,7 +207,7 @@ def test_text_pooling_and_tapped_layers(base, images, tokens):
     eot = apply_method(copy.deepcopy(base), "focus_adapter", text_pooling="eot", layers=(-1,))
     assert eot.tapped_layers == {"visual": (1,), "text": (1,)}
     for m in (mean, eot):
-        open_branch(m)
+        open_gates(m)
     with torch.no_grad():
         assert not torch.allclose(mean.encode_text(tokens), eot.encode_text(tokens), atol=1e-4)
         # padding after the EOT never matters: the same caption in a batch of longer ones
@@ -216,8 +221,9 @@ def test_image_only_branch(base, images, tokens):
     ref = embeddings(copy.deepcopy(base), images, tokens)
     model = apply_method(base, "focus_adapter", towers=("visual",))
     assert model.focus_adapter.text is None and model.tapped_layers["text"] == ()
+    open_gates_image = model.focus_adapter.image.gate
     with torch.no_grad():
-        model.focus_adapter.image.up.weight.normal_(0.0, 0.1)
+        open_gates_image.fill_(1.0)
     got = embeddings(model, images, tokens)
     assert torch.equal(got[1], ref[1]) and not torch.allclose(got[0], ref[0], atol=1e-4)
 

@@ -19,11 +19,11 @@ How it works (both towers, one branch each)::
                             p = pool(h)                               [N, r]
                                                        |   image: class token + focus-pooled patches
                                                        |   text:  masked mean (or EOT token)
-                            e = e_frozen + gate * Linear_up(p)       [N, E], Linear_up zero-initialised
+                            e = e_frozen + s * gate * Linear_up(p)   [N, E], gate zero-initialised
                             normalise as CLIP does
 
 Only the branch is back-propagated: training memory is the frozen forward plus a small network,
-and step 0 is exactly frozen CLIP (the up projection starts at 0: e = e_frozen bit for bit). Because the
+and step 0 is exactly frozen CLIP (the gate starts at 0: e = e_frozen bit for bit). Because the
 backbone sees no gradient, what the branch reads can be computed once and cached
 (:mod:`rsretrieval.cache`). Two details keep
 the peak low: the frozen forward runs in micro-batches (``frozen_batch``; the same numbers up to
@@ -92,7 +92,7 @@ class FocusAdapterConfig(MethodConfig):
     Per tower: LayerNorm + Linear (width -> ``bottleneck``) on each tapped block output, summed;
     one residual MLP block; pooling (image: class token + focus-weighted patch tokens; text: masked
     mean over the caption's tokens or its EOT token); Linear up to the embedding; added to the
-    frozen embedding through a zero-initialised up projection and a per-dimension gate (starts at 1). The
+    frozen embedding through a zero-initialised per-dimension gate, scaled by ``gate_scale``. The
     backbone runs under
     ``torch.no_grad``. With ``layers=4``: every block of ``mini``/``tiny``, blocks 2, 5, 8, 11 of
     ViT-B-32.
@@ -116,15 +116,15 @@ class FocusAdapterConfig(MethodConfig):
     outlier_init: float = field(default=0.0, metadata={
         "help": "initial beta of the focus layer's outlier prior. 0: the focus starts as mean pooling; "
                 "> 0: it starts tilted towards outlier patches (step 0 stays frozen CLIP either way: the "
-                "up projection is 0)"})
+                "gate is 0)"})
     text_pooling: str = field(default="mean", metadata={
         "help": "text pooling: mean over the caption's tokens (SOT excluded, EOT included) or eot (the EOT "
                 "token)"})
     towers: tuple[str, ...] = field(default=("visual", "text"), metadata={"help": "towers that get a branch"})
-    zero_init: str = field(default="up", metadata={
-        "help": "which factor of gate * up(p) starts at 0 (both keep step 0 equal to frozen CLIP): up "
-                "(default; gate starts at 1) or gate (our first version, up random: learns far slower "
-                "in short runs, kept for the ablation)"})
+    gate_scale: float = field(default=64.0, metadata={
+        "help": "s in e_frozen + s * gate * up(p), gate zero-initialised: Adam moves the gate by ~lr per step, "
+                "so the branch's share grows by ~s * lr per step. 1 is a plain zero gate (our first version: "
+                "nearly silent in a 40-step run); 64 matches the default bottleneck r"})
     frozen_batch: int | None = field(default=None, metadata={
         "help": "micro-batch of the frozen forward (same numbers up to float rounding, lower peak memory). "
                 "None: 16 on CPU, the whole batch on GPU; 0: always the whole batch"})
@@ -143,14 +143,12 @@ class FocusAdapterConfig(MethodConfig):
             if not self.layers:
                 raise ValueError(f"{owner}.layers is empty: tap at least one block")
         check_positive(owner, bottleneck=self.bottleneck, mlp_ratio=self.mlp_ratio,
-                       focus_temperature=self.focus_temperature)
+                       focus_temperature=self.focus_temperature, gate_scale=self.gate_scale)
         check_probability(owner, dropout=self.dropout)
         if self.pooling not in POOLINGS:
             raise ValueError(f"{owner}.pooling={self.pooling!r}: use one of {POOLINGS}")
         if self.text_pooling not in TEXT_POOLINGS:
             raise ValueError(f"{owner}.text_pooling={self.text_pooling!r}: use one of {TEXT_POOLINGS}")
-        if self.zero_init not in ("up", "gate"):
-            raise ValueError(f"{owner}.zero_init={self.zero_init!r}: use 'up' or 'gate'")
 
 
 @dataclass
@@ -218,17 +216,17 @@ class SideBranch(nn.Module):
     """One tower's branch: tapped tokens -> bottleneck tokens, and pooled bottleneck -> embedding offset.
 
     Initialisation: down projections kaiming-uniform(a=sqrt 5) with zero bias (as the repo's other
-    adapters), the **up projection zero** (as LoRA's B and the adapters' up projections) and the
-    per-dimension gate one. The up projection gets a gradient at step 0 and every other parameter
-    from step 1 on. Zero one factor only: a zero gate as well would leave the up projection without
-    gradient at step 0.
+    adapters), the up projection keeps torch's default (random) init and the **gate** is zero. The
+    gate, not the up projection, is the zero: then the gate gets a gradient at step 0 and every other
+    parameter from step 1 on. (Zeroing more than one factor in a chain would leave the rest without
+    gradient for longer: e.g. a zero ``fc2`` in the MLP as well would freeze ``fc1`` for two steps.)
 
-    Why not a zero gate and a random up projection (this branch's first version)? Both start as
-    frozen CLIP, but Adam moves each parameter by about lr per step, and a zero gate must grow
-    from 0 by ~lr per step while the offset it scales is ~|up(p)|: after 40 steps at lr 1e-3 the
-    branch adds at most ~0.04 of it. A zero up projection is a full r x E matrix whose every
-    entry moves, so the offset grows ~r times faster. ``zero_init="gate"`` keeps the first version;
-    notebook 03 trains both.
+    The gate is used as ``gate_scale * gate``. Adam moves every parameter by about lr per step,
+    whatever its scale, so a plain zero gate (``gate_scale=1``, this branch's first version) reaches
+    only ~40 * lr = 0.04 after 40 steps at lr 1e-3 and keeps the branch nearly silent in a short
+    run. Scaling it by s is a per-parameter learning rate s * lr for the gate that still starts at
+    exactly 0; s = r makes the branch's share grow about as fast as a zero-initialised r x E up
+    projection would. Notebook 03 trains both scales.
 
     Args:
         width: D, the tower's residual width.
@@ -237,23 +235,19 @@ class SideBranch(nn.Module):
         embed_dim: E, the joint embedding width.
         mlp_ratio: hidden width of the residual MLP / r.
         dropout: dropout in the MLP.
-        zero_init: ``"up"`` (default) or ``"gate"``: the factor that starts at zero.
+        gate_scale: s, the gate's multiplier.
     """
 
     def __init__(self, width: int, n_taps: int, bottleneck: int, embed_dim: int, mlp_ratio: float,
-                 dropout: float, zero_init: str = "up") -> None:
+                 dropout: float, gate_scale: float = 1.0) -> None:
         super().__init__()
+        self.gate_scale = gate_scale
         self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(n_taps))
         self.downs = nn.ModuleList(nn.Linear(width, bottleneck) for _ in range(n_taps))
         self.block = ResidualMLP(bottleneck, max(1, round(mlp_ratio * bottleneck)), dropout)
         self.up = nn.Linear(bottleneck, embed_dim)
-        self.gate = nn.Parameter(torch.ones(embed_dim))  # e = e_frozen + gate * up(p); up = 0 keeps frozen CLIP
+        self.gate = nn.Parameter(torch.zeros(embed_dim))  # e = e_frozen + gate * up(p): 0 keeps frozen CLIP
         with torch.no_grad():
-            if zero_init == "up":
-                nn.init.zeros_(self.up.weight)
-                nn.init.zeros_(self.up.bias)
-            else:  # the first version: random up projection, zero gate
-                self.gate.zero_()
             for lin in self.downs:
                 nn.init.kaiming_uniform_(lin.weight, a=5**0.5)
                 nn.init.zeros_(lin.bias)
@@ -273,8 +267,8 @@ class SideBranch(nn.Module):
         return self.block(h)
 
     def fuse(self, frozen: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        """``e_frozen + gate * up(pooled)``: [N, E] + [E] * [N, E]."""
-        return frozen.to(self.gate.dtype) + self.gate * self.up(pooled)
+        """``e_frozen + s * gate * up(pooled)``: [N, E] + [E] * [N, E]."""
+        return frozen.to(self.gate.dtype) + (self.gate_scale * self.gate) * self.up(pooled)
 
 
 class FocusPool(nn.Module):
@@ -290,7 +284,7 @@ class FocusPool(nn.Module):
     ``beta`` (scalar) and ``s`` ([r]) start at 0, so every logit is 0 and ``w_i = 1/P``: the layer
     *is* mean pooling at step 0, and any focus it ends with was learned because it lowered the
     loss. (``outlier_init`` > 0 starts ``beta`` there instead, for the ablation "start focused on
-    outliers"; the model still starts as frozen CLIP, because the branch's up projection is 0.)
+    outliers"; the model still starts as frozen CLIP, because the branch's gate is 0.)
 
     ``beta`` decides how much "being unlike the background" counts (CMER's intuition: small
     targets are outliers against a dominant background); ``s`` learns which deviations matter (a
@@ -346,7 +340,7 @@ class FocusAdapter(AdapterModule):
         # a bottleneck as wide as the stream would not be one: r = min(bottleneck, width // 2) (tiny hits it)
         self.bottleneck = {t: max(1, min(config.bottleneck, widths[t] // 2)) for t in config.towers}
         branches = {t: SideBranch(widths[t], len(self.layers[t]), self.bottleneck[t], embed_dim,
-                                  config.mlp_ratio, config.dropout, config.zero_init) for t in config.towers}
+                                  config.mlp_ratio, config.dropout, config.gate_scale) for t in config.towers}
         self.image = branches.get("visual")
         self.text = branches.get("text")
         self.focus = (FocusPool(self.bottleneck["visual"], config.focus_temperature, config.outlier_init)
