@@ -48,8 +48,8 @@ def run_method(
                 "method_kwargs": method_kwargs or {}, "loss_kwargs": loss_kwargs or {}, "config": asdict(cfg), "train_images": train.num_images}
     wanted = json.loads(json.dumps(identity))
     done, started = run_dir / "results.json", run_dir / "identity.json"
-    if done.exists() and json.loads(done.read_text()).get("identity") == wanted:
-        return json.loads(done.read_text())
+    if done.exists() and (previous := json.loads(done.read_text())).get("identity") == wanted:
+        return previous
     if not started.exists() or json.loads(started.read_text()) != wanted:
         # run_dir holds nothing, or a run of other settings (method, loss, data, config): start afresh;
         # only an interrupted run of exactly this identity is resumed.

@@ -92,13 +92,19 @@ def run_key(config: TrainConfig, train_data: CaptionDataset) -> dict[str, Any]:
 
 def check_resumable(config: TrainConfig, train_data: CaptionDataset) -> Path | None:
     """The checkpoint ``fit`` would resume from (None: it starts afresh); raise if it belongs to another run."""
+    found = _resume_checkpoint(config, run_key(config, train_data))
+    return found[0] if found else None
+
+
+def _resume_checkpoint(config: TrainConfig, key: dict[str, Any]) -> tuple[Path, dict[str, Any]] | None:
+    """``(path, checkpoint)`` of the ``last.pt`` a run of ``key`` resumes, loaded once; None: start afresh."""
     if not (config.output_dir and config.resume):
         return None
     last = Path(config.output_dir) / "last.pt"
     if not last.exists():
         return None
-    stored = _load_checkpoint(last).get("key")
-    key = run_key(config, train_data)
+    ck = _load_checkpoint(last)
+    stored = ck.get("key")
     if stored is None:
         diffs = ["it has no run key (written before rsretrieval checked runs): its settings and data are unknown"]
     else:
@@ -111,7 +117,7 @@ def check_resumable(config: TrainConfig, train_data: CaptionDataset) -> Path | N
         raise StaleRunError(f"{last} belongs to another run ({'; '.join(diffs)}). Resuming it would mix two "
                             f"runs: delete {last.parent} or choose another output_dir to start afresh, or "
                             "restore the original settings and data to resume.")
-    return last
+    return last, ck
 
 
 RUN_FILES = ("last.pt", "best.pt", "history.json")  # what fit writes into output_dir
@@ -270,17 +276,21 @@ def load_trainable_state_dict(module: nn.Module, state: dict[str, torch.Tensor],
             p.copy_(state[n])
 
 
+def _stateful_modules(module: nn.Module) -> dict[str, nn.Module]:
+    return {name: m for name, m in module.named_modules() if getattr(m, "resumable_state", False)}
+
+
 def resumable_state_dict(module: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
     """State that training changes besides parameters (recycling queues, ...): submodules that set
     ``resumable_state = True``, by module name, so a resumed run continues with the same state."""
     return {name: {k: v.detach().clone() for k, v in m.state_dict().items()}
-            for name, m in module.named_modules() if getattr(m, "resumable_state", False)}
+            for name, m in _stateful_modules(module).items()}
 
 
 def load_resumable_state_dict(module: nn.Module, state: dict[str, dict[str, torch.Tensor]],
                               source: str = "checkpoint") -> None:
     """Load what :func:`resumable_state_dict` saved; the set of stateful submodules must match."""
-    modules = {name: m for name, m in module.named_modules() if getattr(m, "resumable_state", False)}
+    modules = _stateful_modules(module)
     if set(modules) != set(state):
         raise CheckpointError(f"{source} holds training state of {sorted(state)}, but this task has "
                               f"{sorted(modules)}. Resume with the same method and loss that wrote it.")
@@ -442,9 +452,10 @@ def fit(
 
     history, start_epoch, start_batch, updates = History(), 0, 0, 0
     last = out / "last.pt" if out else None
-    key = json.dumps(run_key(cfg, train_data))
-    if check_resumable(cfg, train_data) is not None:
-        ck = _load_checkpoint(last)
+    key = run_key(cfg, train_data)
+    found = _resume_checkpoint(cfg, key)
+    if found is not None:
+        ck = found[1]
         load_trainable_state_dict(task, ck["trainable"], source=str(last))
         load_resumable_state_dict(task, ck["state"], source=str(last))
         opt.load_state_dict(ck["optimizer"])
@@ -462,7 +473,7 @@ def fit(
             "trainable": trainable_state_dict(task), "state": resumable_state_dict(task),
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "scaler": scaler.state_dict(), "rng": _rng_state(), "epoch": epoch, "batch": batch, "updates": updates,
-            "history": json.dumps(history.to_dict()), "config": json.dumps(asdict(cfg)), "key": key,
+            "history": json.dumps(history.to_dict()), "config": json.dumps(asdict(cfg)), "key": json.dumps(key),
         }, last)
 
     done = cfg.max_steps is not None and updates >= cfg.max_steps
