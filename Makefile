@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rsretrieval-installed
-EXTRAS := notebook,test,faiss
+
 
 # Course parameters, passed through to every notebook (e.g. make course DATASET=rsitmd DATA_DIR=~/data/RSITMD)
 DATASET ?=
@@ -17,28 +17,38 @@ COURSE_OUT ?= build/course
 COURSE_ARGS = $(if $(DATASET),-p DATASET=$(DATASET)) $(if $(DATA_DIR),-p DATA_DIR=$(DATA_DIR)) \
 	$(if $(DEVICE),-p DEVICE=$(DEVICE)) $(if $(MODEL),-p MODEL=$(MODEL)) $(if $(PRETRAINED),-p PRETRAINED=$(PRETRAINED))
 
-.PHONY: env test test-gpu course notebooks clean help
+.PHONY: env lock test test-gpu course notebooks clean help
 
 help:
 	@echo "make course   run every notebook offline into $(COURSE_OUT) (creates .venv if missing)"
 	@echo "make test     run the test suite, notebooks included (creates .venv if missing)"
-	@echo "make env      create or update .venv"
+	@echo "make env      create or update .venv with the exact versions of requirements-lock.txt"
+	@echo "make lock     rewrite requirements-lock.txt from what .venv holds"
 	@echo "make notebooks  re-pair notebooks/*.ipynb from their py:percent sources"
 
 env: $(STAMP)
 
-# uv installs the pinned torch stack in a fraction of pip's time; pip is the fallback.
-$(STAMP): pyproject.toml
+# The exact versions of requirements-lock.txt (uv pip sync: nothing more, nothing less), then the package
+# itself without dependencies. pip is the fallback where uv cannot be installed.
+$(STAMP): pyproject.toml requirements-lock.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install -q --disable-pip-version-check uv >/dev/null 2>&1 || true
+	@$(PY) -m pip install -q --disable-pip-version-check uv==0.13.9 >/dev/null 2>&1 || true
 	@if [ -x $(VENV)/bin/uv ]; then \
-		$(VENV)/bin/uv pip install --quiet --python $(PY) -e ".[$(EXTRAS)]"; \
+		$(VENV)/bin/uv pip sync --quiet --python $(PY) requirements-lock.txt && \
+		$(VENV)/bin/uv pip install --quiet --python $(PY) --no-deps -e .; \
 	else \
-		$(PY) -m pip install -q -e ".[$(EXTRAS)]"; \
+		$(PY) -m pip install -q -r requirements-lock.txt && $(PY) -m pip install -q --no-deps -e .; \
 	fi
 	@$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@touch $(STAMP)
 	@echo "environment ready in $(VENV)"
+
+# Re-lock the course environment from what .venv holds now (after a deliberate upgrade there).
+lock: env
+	@{ sed -n '1,/^# Re-lock/p' requirements-lock.txt; \
+	   $(VENV)/bin/uv pip freeze --python $(PY) --exclude-editable \
+	   | sed -E 's/^((nvidia-[^=]+|triton)==.*)$$/\1 ; sys_platform == "linux" and platform_machine == "x86_64"/'; \
+	 } > requirements-lock.txt.new && mv requirements-lock.txt.new requirements-lock.txt
 
 test: env
 	$(PY) -m pytest -q

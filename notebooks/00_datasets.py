@@ -107,15 +107,16 @@ print(get_dataset_info("rsicd").layout())
 # %% [markdown]
 # ### What is on your disk?
 # If you have downloaded any of them, point `DATA_DIR` at it and set `DATASET`; this cell checks
-# the default places under `data/` and reports what it finds, and what is missing, exactly.
+# the default places under the data home (`data/` in a checkout; see `rsretrieval.paths`) and
+# reports what it finds, and what is missing, exactly.
 
 # %%
 from rsretrieval.data import check_dataset
 from rsretrieval.errors import DatasetNotFoundError
-from rsretrieval.models.factory import REPO_ROOT
+from rsretrieval.paths import data_dir
 
 for name in ("rsitmd", "rsicd", "ucm", "sydney"):
-    root = REPO_ROOT / "data" / name
+    root = data_dir(name)
     try:
         report = check_dataset(name, root)
         print(f"{name}: {report}")

@@ -42,8 +42,8 @@ OUTPUT_DIR = ""
 import torch
 from IPython.display import display
 
-from rsretrieval.evaluate import encode_images, encode_texts, evaluate_features, format_metrics
-from rsretrieval.metrics import retrieval_metrics
+from rsretrieval.evaluation import encode_images, encode_texts, evaluate_features, format_metrics
+from rsretrieval.evaluation.metrics import retrieval_metrics
 from rsretrieval.models import create_model, print_trainable_parameters
 from rsretrieval.notebook import load_splits, record, setup
 from rsretrieval.plots import plot_per_scene, plot_recall_bars, plot_retrieval_grid, plot_similarity
@@ -199,7 +199,7 @@ plot_recall_bars(prompt_results)
 # are context, not a target.
 
 # %%
-from rsretrieval.evaluate import compare_table
+from rsretrieval.evaluation import compare_table
 
 PAPER_ZERO_SHOT_MR = {"rsitmd": 23.89, "rsicd": 15.04, "ucm": 33.08}  # PE-RSITR, Table (zero-shot CLIP ViT-B/32)
 ours = {f"zero-shot {MODEL}/{cfg.pretrained} on {DATASET}": result.metrics}

@@ -60,7 +60,7 @@ from rsretrieval.methods import apply_method, list_methods
 from rsretrieval.models import create_model, print_trainable_parameters
 from rsretrieval.notebook import load_splits, record, setup
 from rsretrieval.plots import plot_score_vs_params
-from rsretrieval.train import TrainConfig
+from rsretrieval.training import TrainConfig
 
 cfg = setup(device=DEVICE, dataset=DATASET, data_dir=DATA_DIR, output_dir=OUTPUT_DIR, model=MODEL,
             pretrained=PRETRAINED, smoke=SMOKE, seed=SEED, notebook="02_full_vs_petl")
@@ -217,16 +217,18 @@ print_trainable_parameters(lib_model);
 # image share a batch).
 
 # %%
-from rsretrieval.tasks import get_loss
+from rsretrieval.training import Batch, build_task
 
 batch = [train.pairs(bundle.transform)[j] for j in range(8)]
 images = torch.stack([b["image"] for b in batch])
 tokens = bundle.tokenizer([b["caption"] for b in batch])
 ids = torch.tensor([b["image_index"] for b in batch])
+batch = Batch(image_ids=ids, caption_ids=torch.arange(len(ids)), captions=[b["caption"] for b in batch],
+              pixels=images, tokens=tokens)
 fresh = apply_method(create_model(MODEL, cfg.pretrained).model, "mrs_adapter").train()
 torch.manual_seed(SEED)
 for name in ("infonce", "vsepp", "hmmc"):
-    losses = get_loss(name)(fresh)(images, tokens, ids)
+    losses = build_task(name, fresh)(batch)
     print(f"{name:8s}", {k: round(float(v), 3) for k, v in losses.items()})
 
 # %% [markdown]

@@ -55,11 +55,12 @@ from IPython.display import display
 from rsretrieval.data.dataset import open_image
 from rsretrieval.experiments import format_summary, run_method, summarize
 from rsretrieval.methods import apply_method
-from rsretrieval.methods.focus_adapter import FocusPool, focus_mass_on_objects, object_masks
+from rsretrieval.cmer import FocusPool, focus_mass_on_objects
+from rsretrieval.data.synthrs import object_masks
 from rsretrieval.models import create_model, print_trainable_parameters
 from rsretrieval.notebook import load_splits, record, setup
 from rsretrieval.plots import plot_focus_maps
-from rsretrieval.train import TrainConfig
+from rsretrieval.training import TrainConfig
 
 cfg = setup(device=DEVICE, dataset=DATASET, data_dir=DATA_DIR, output_dir=OUTPUT_DIR, model=MODEL,
             pretrained=PRETRAINED, smoke=SMOKE, seed=SEED, notebook="03_focus_adapter")
@@ -80,13 +81,13 @@ cfg
 # Count what autograd saves for one training step of a batch, with hooks on the saved tensors:
 
 # %%
-from rsretrieval.tasks import get_loss
+from rsretrieval.training import Batch, build_task
 
 
 def saved_for_backward_mb(method: str, batch: int = 32) -> float:
     bundle = create_model(MODEL, cfg.pretrained)
     model = apply_method(bundle.model, method)
-    task = get_loss("infonce")(model).train()
+    task = build_task("infonce", model).train()
     images = torch.randn(batch, 3, bundle.image_size, bundle.image_size)
     tokens = bundle.tokenizer(["two white planes are parked beside the terminal"] * batch)
     total = 0
@@ -97,7 +98,8 @@ def saved_for_backward_mb(method: str, batch: int = 32) -> float:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        losses = task(images, tokens, torch.arange(batch))
+        losses = task(Batch(image_ids=torch.arange(batch), caption_ids=torch.arange(batch), captions=[],
+                            pixels=images, tokens=tokens))
     sum(losses.values()).backward()
     return total / 2**20
 

@@ -55,14 +55,12 @@ import random
 
 import torch
 
-from rsretrieval.evaluate import encode_images, encode_texts
+from rsretrieval.cmer import effective_negatives, scene_caption, scene_protocols, steps_held
 from rsretrieval.experiments import format_summary, run_method, summarize
 from rsretrieval.methods import load_method
 from rsretrieval.models import create_model
 from rsretrieval.notebook import load_splits, record, setup
-from rsretrieval.recycling import effective_negatives, steps_held
-from rsretrieval.scene import choose_weight_on_val, evaluate_with_scenes, scene_caption
-from rsretrieval.train import TrainConfig
+from rsretrieval.training import TrainConfig
 
 cfg = setup(device=DEVICE, dataset=DATASET, data_dir=DATA_DIR, output_dir=OUTPUT_DIR, model=MODEL,
             pretrained=PRETRAINED, smoke=SMOKE, seed=SEED, notebook="04_scene_and_negatives")
@@ -113,19 +111,14 @@ for j in range(0, 15, 5):
 # protocol and is labelled so.
 
 # %%
-def scene_protocols(model, tokenizer, transform, label):
-    feats = {}
-    for name, data in (("val", val), ("test", test)):
-        feats[name] = (encode_images(model, data, transform=transform, device=cfg.device, progress=False),
-                       encode_texts(model, data.captions, tokenizer=tokenizer, device=cfg.device, progress=False))
-    weight, _ = choose_weight_on_val(*feats["val"], val, train.scene_names, model, tokenizer)
-    result = evaluate_with_scenes(*feats["test"], test, train.scene_names, model, tokenizer, weight=weight)
-    print(f"--- {label} (soft-mode weight {weight} chosen on val)\n{result.table()}")
+def report_scene_protocols(model, tokenizer, transform, label):
+    result = scene_protocols(model, tokenizer, transform, val, test, train.scene_names, device=cfg.device)
+    print(f"--- {label} (soft-mode weight {result.weight} chosen on val)\n{result.table()}")
     return result
 
 
 zs = create_model(MODEL, cfg.pretrained, device=cfg.device)
-zero_shot_scenes = scene_protocols(zs.model, zs.tokenizer, zs.transform, "zero-shot")
+zero_shot_scenes = report_scene_protocols(zs.model, zs.tokenizer, zs.transform, "zero-shot")
 
 # %% [markdown]
 # ## 3. Recycled negatives
@@ -222,7 +215,7 @@ print("\nCMER (paper): +2 to +5 mR over recent methods on RSITMD; memory -49%; t
 cmer_run = cfg.output_dir / "runs" / f"cmer-b{BATCH_SIZE}-s{seeds[0]}" / "method.pt"
 base_bundle = create_model(MODEL, cfg.pretrained)
 cmer_model = load_method(base_bundle.model, cmer_run).to(cfg.device).eval()
-cmer_scenes = scene_protocols(cmer_model, base_bundle.tokenizer, base_bundle.transform, "CMER (ours), seed 0")
+cmer_scenes = report_scene_protocols(cmer_model, base_bundle.tokenizer, base_bundle.transform, "CMER (ours), seed 0")
 
 # %% [markdown]
 # Reading the ablation honestly: a component earns its place only if its row beats the side
@@ -249,7 +242,7 @@ record(cfg.output_dir, seeds=seeds,
 # 1. Set the scene-prefix probability to 1.0 (`loss_kwargs={"scene_prob": 1.0}`). Why does
 #    retrieval of plain captions suffer?
 # 2. Raise the learning rate to 1e-2 with a 2048-entry queue. Measure the drift of queued
-#    embeddings (`rsretrieval.recycling.embedding_drift`) and relate it to the result.
+#    embeddings (`rsretrieval.cmer.recycling.embedding_drift`) and relate it to the result.
 # 3. Use keyword scene prediction for text queries (`text_source="words"` in
 #    `evaluate_with_scenes`). When does it beat the zero-shot prediction?
 # 4. The oracle row is not a valid protocol. Construct a case where it misleads: a query whose

@@ -49,7 +49,7 @@ import json
 from matplotlib.figure import Figure
 
 from rsretrieval.bench import bench, format_table
-from rsretrieval.cache import time_epochs
+from rsretrieval.cmer.cache import time_epochs
 from rsretrieval.methods import apply_method
 from rsretrieval.models import create_model
 from rsretrieval.notebook import load_splits, record, setup

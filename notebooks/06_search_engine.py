@@ -52,8 +52,8 @@ from pathlib import Path
 import numpy as np
 from IPython.display import display
 
-from rsretrieval.ann import bench_search, format_bench
-from rsretrieval.index import Encoder, ImageIndex, find_images
+from rsretrieval.search.vectors import bench_search, format_bench
+from rsretrieval.search import Encoder, ImageIndex, find_images
 from rsretrieval.notebook import load_splits, record, setup
 from rsretrieval.plots import plot_search_results
 

@@ -55,7 +55,7 @@ def measure(model_name: str, method: str, *, batch_size: int = 32, steps: int = 
     """Time ``steps`` training iterations of ``method`` in this process (no peak memory on CPU)."""
     from rsretrieval.methods import apply_method, wrap_tokenizer
     from rsretrieval.models import autocast, count_parameters, create_model, select_device
-    from rsretrieval.tasks import get_loss
+    from rsretrieval.training.tasks import Batch, build_task
 
     if threads:
         torch.set_num_threads(threads)
@@ -64,14 +64,16 @@ def measure(model_name: str, method: str, *, batch_size: int = 32, steps: int = 
     bundle = create_model(model_name)
     model = apply_method(bundle.model, method)
     tokenizer = wrap_tokenizer(model, bundle.tokenizer)
-    task = get_loss(loss)(model).to(dev).train()
+    task = build_task(loss, model).to(dev).train()
     trainable, total = count_parameters(task)
     opt = torch.optim.AdamW([p for p in task.parameters() if p.requires_grad], lr=1e-5)
     images, tokens, ids = _random_batch(model, tokenizer, batch_size, dev)
+    batch = Batch(image_ids=ids, caption_ids=torch.arange(batch_size, device=dev), captions=[], pixels=images,
+                  tokens=tokens)
 
     def step() -> None:
         with autocast(dev):
-            losses = task(images, tokens, ids)
+            losses = task(batch)
             total_loss = sum(v for k, v in losses.items() if k.endswith("_loss"))
         total_loss.backward()
         opt.step()

@@ -10,16 +10,14 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-DEFAULT_SYNTHRS_ROOT = "data/synthrs"
-
-
 def _add_data_args(p: argparse.ArgumentParser, split: str | None = None) -> None:
     p.add_argument("--dataset", default="synthrs", help="rsitmd, rsicd, ucm, sydney, synthrs, karpathy, precomp")
-    p.add_argument("--root", default=None, help=f"dataset folder (default for synthrs: {DEFAULT_SYNTHRS_ROOT})")
+    p.add_argument("--root", default=None,
+                   help="dataset folder (synthrs: default <data home>/synthrs, generated on first use)")
     if split is not None:
         p.add_argument("--split", default=split, help="train, val, test or all")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of train carved out as val if none")
@@ -29,14 +27,6 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="mini", help="architecture: tiny, mini, ViT-B-32, ...")
     p.add_argument("--pretrained", default=None, help="weights tag (openai, synthrs) or a state-dict file")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-
-
-def _root(args: argparse.Namespace) -> str:
-    if args.root:
-        return args.root
-    if args.dataset == "synthrs":
-        return DEFAULT_SYNTHRS_ROOT
-    raise SystemExit(f"--root is required for dataset {args.dataset!r}")
 
 
 def _json_out(obj: Any, path: str | None) -> None:
@@ -51,8 +41,9 @@ def _json_out(obj: Any, path: str | None) -> None:
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from rsretrieval.data.synthrs import generate_synthrs
+    from rsretrieval.paths import data_dir
 
-    root = generate_synthrs(args.root, n_images=args.n_images, image_size=args.image_size, seed=args.seed,
+    root = generate_synthrs(args.root or data_dir("synthrs"), n_images=args.n_images, image_size=args.image_size, seed=args.seed,
                             domain=args.domain, overwrite=args.overwrite)
     print(f"SynthRS ({args.domain}) ready in {root}")
     return 0
@@ -82,46 +73,25 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace, split: str):
     from rsretrieval.data import load_dataset
 
-    return load_dataset(args.dataset, _root(args), split, val_fraction=args.val_fraction, seed=args.seed)
+    return load_dataset(args.dataset, args.root or None, split, val_fraction=args.val_fraction, seed=args.seed)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from rsretrieval.evaluate import evaluate
-    from rsretrieval.methods import apply_method, save_method, wrap_tokenizer
-    from rsretrieval.models import create_model, print_trainable_parameters, seed_everything, select_device
-    from rsretrieval.tasks import build_task
-    from rsretrieval.train import TrainConfig, fit, init_distributed, load_best
+    from rsretrieval.experiments import run_method
+    from rsretrieval.training import TrainConfig
 
-    rank, world = init_distributed()  # under torchrun: one process per rank, rank 0 reports
-    seed_everything(args.seed)
-    bundle = create_model(args.model, args.pretrained, device="cpu")
-    model = apply_method(bundle.model, args.method)
-    tokenizer = wrap_tokenizer(model, bundle.tokenizer)  # CoOp writes placeholders; identity otherwise
-    if rank == 0:
-        print_trainable_parameters(model)
     cfg_fields = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in cfg_fields and v is not None})
-    train, val = _load(args, "train"), _load(args, "val")
-    history = fit(model, tokenizer, train, bundle.transform, cfg,
-                  val_data=val, val_transform=bundle.transform, task=build_task(args.loss, model, train))
-    if world > 1:
-        import torch.distributed as dist
+    train, val, test = _load(args, "train"), _load(args, "val"), _load(args, "test")
+    results = run_method(args.model, args.pretrained, args.method, train, val, test, cfg, loss=args.loss,
+                         run_dir=cfg.output_dir, per_scene=True, verbose=True)
+    import torch.distributed as dist
 
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-        if rank != 0:
-            return 0
-    best = load_best(model, cfg.output_dir)
-    # full fine-tuning's best.pt already holds every weight; other methods also get a small portable file
-    method_file = (save_method(model, Path(cfg.output_dir) / "method.pt", base_name=bundle.name)
-                   if args.method != "full" else Path(cfg.output_dir) / "best.pt")
-    test = _load(args, "test")
-    result = evaluate(model, test, transform=bundle.transform, tokenizer=tokenizer,
-                      device=select_device(cfg.device), progress=cfg.progress)
-    summary = {"config": asdict(cfg), "method": args.method, "loss": args.loss, "method_file": str(method_file),
-               "best_epoch": best["epoch"], "val": best["metrics"],
-               "test": result.to_dict(), "history": history.to_dict()}
-    _json_out({"best_epoch": best["epoch"], "test": result.metrics}, None)
-    Path(cfg.output_dir, "results.json").write_text(json.dumps(summary, indent=2, default=str))
+    if "rank" in results:  # another torchrun rank: rank 0 reports
+        return 0
+    _json_out({"best_epoch": results["best_epoch"], "loss": results["loss"], "test": results["test"]}, None)
     return 0
 
 
@@ -155,10 +125,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_index_build(args: argparse.Namespace) -> int:
-    from rsretrieval.index import Encoder, ImageIndex
+    from rsretrieval.search import Encoder, ImageIndex
 
     from rsretrieval.data.readers import prefix_scene
-    from rsretrieval.index import find_images
+    from rsretrieval.search import find_images
 
     encoder = Encoder(args.model, args.pretrained, args.adapter, args.device)
     root = Path(args.images).resolve()
@@ -172,7 +142,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from rsretrieval.index import Encoder, ImageIndex
+    from rsretrieval.search import Encoder, ImageIndex
 
     manifest = json.loads((Path(args.index) / "manifest.json").read_text())
     enc = manifest["encoder"]
@@ -191,7 +161,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_search(args: argparse.Namespace) -> int:
-    from rsretrieval.ann import bench_search, format_bench
+    from rsretrieval.search.vectors import bench_search, format_bench
 
     result = bench_search(args.vectors, args.dim, args.queries, args.k, uniform=args.uniform, pq_m=args.pq_m,
                           seed=args.seed)
@@ -203,10 +173,10 @@ def cmd_bench_search(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rsretrieval.evaluate import evaluate
+    from rsretrieval.evaluation import evaluate
     from rsretrieval.methods import load_method, wrap_tokenizer
     from rsretrieval.models import create_model, seed_everything, select_device
-    from rsretrieval.train import load_best
+    from rsretrieval.training import load_best
 
     device = select_device(args.device)
     seed_everything(args.seed)  # random base weights (no --pretrained) must be the ones `train` used
@@ -283,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="datasets: generate SynthRS, check a dataset on disk, show layouts")
     dsub = data.add_subparsers(dest="data_command", required=True)
     p = dsub.add_parser("synth", help="generate the offline SynthRS dataset")
-    p.add_argument("--root", default=DEFAULT_SYNTHRS_ROOT)
+    p.add_argument("--root", default=None, help="default: <data home>/synthrs (see rsretrieval.paths)")
     p.add_argument("--domain", default="rs", choices=["rs", "source"])
     p.add_argument("--n-images", type=int, default=1500)
     p.add_argument("--image-size", type=int, default=224)
@@ -312,8 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", default="full",
                    help="transfer method (see `params --method all`): full, linear_probe, adapter, lora, vpt, coop, "
-                        "clip_adapter, adaptformer, mrs_adapter")
-    p.add_argument("--loss", default="infonce", help="training loss: infonce, vsepp, hmmc")
+                        "clip_adapter, adaptformer, mrs_adapter, focus_adapter, cmer")
+    p.add_argument("--loss", default=None,
+                   help="training loss: infonce, vsepp, hmmc, recycling, cmer (default: the method's own, "
+                        "e.g. cmer for --method cmer, else infonce)")
     p.add_argument("--out", dest="output_dir", required=True,
                    help="run folder: checkpoints, history, results, method.pt")
     p.add_argument("--no-resume", dest="resume", action="store_false")

@@ -14,19 +14,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rsretrieval.models.factory import REPO_ROOT
+from rsretrieval.errors import NotebookFailed
+from rsretrieval.files import atomic_write_json
+from rsretrieval.paths import checkout_root
 
 _logger = logging.getLogger(__name__)
 
-NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+_ROOT = checkout_root()
+NOTEBOOK_DIR = _ROOT / "notebooks" if _ROOT is not None else None  # the notebooks live in the checkout
 
 
-class NotebookFailed(RuntimeError):
-    """A notebook raised; the message names the notebook, the cell and the error."""
-
-
-def list_notebooks(folder: str | Path = NOTEBOOK_DIR) -> list[Path]:
-    """The course notebooks, in order (``NN_name.ipynb``)."""
+def list_notebooks(folder: str | Path | None = None) -> list[Path]:
+    """The course notebooks, in order (``NN_name.ipynb``); default: the checkout's ``notebooks/``."""
+    if folder is None:
+        if NOTEBOOK_DIR is None:
+            raise FileNotFoundError("the course notebooks ship with the source checkout, not the package: "
+                                    "clone the repository and run `make course` there")
+        folder = NOTEBOOK_DIR
     return sorted(p for p in Path(folder).glob("[0-9][0-9]_*.ipynb"))
 
 
@@ -130,6 +134,4 @@ def run_course(
 
 
 def _write(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, default=str)

@@ -35,6 +35,34 @@ class CheckpointError(RSRetrievalError, ValueError):
     """A checkpoint does not fit the model it is loaded into."""
 
 
+class StaleRunError(CheckpointError):
+    """A run folder's ``last.pt`` was written by a run with other settings or other training data."""
+
+
+class MethodNotFoundError(RSRetrievalError, ValueError):
+    """An unknown method name, or a config class no method registered."""
+
+
+class NoTargetMatchedError(RSRetrievalError, ValueError):
+    """A method's target patterns matched no module: the method would silently do nothing."""
+
+
+class UnsupportedModelError(RSRetrievalError, TypeError):
+    """The model does not have the open_clip ``CLIP`` layout a method injects into."""
+
+
+class SearchIndexError(RSRetrievalError, ValueError):
+    """An index that is empty, damaged, or built with another model."""
+
+
+class SynthRSExistsError(RSRetrievalError, FileExistsError):
+    """The target folder already holds something other than the requested SynthRS dataset."""
+
+
+class NotebookFailed(RSRetrievalError, RuntimeError):
+    """A notebook raised; the message names the notebook, the cell and the error."""
+
+
 class DependencyNotFoundError(RSRetrievalError, ModuleNotFoundError):
     """An optional package is needed and not installed."""
 

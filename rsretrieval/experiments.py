@@ -12,8 +12,14 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from rsretrieval.data.dataset import CaptionDataset
-from rsretrieval.train import TrainConfig
+from rsretrieval.files import atomic_write_json
+from rsretrieval.training import TrainConfig
+
+
+RESULTS_VERSION = 2  # the schema of results.json (below)
 
 
 def run_method(
@@ -25,62 +31,90 @@ def run_method(
     test: CaptionDataset,
     config: TrainConfig,
     *,
-    loss: str = "infonce",
+    loss: str | None = None,
     method_kwargs: dict[str, Any] | None = None,
     loss_kwargs: dict[str, Any] | None = None,
     run_dir: str | Path,
+    per_scene: bool = False,
+    verbose: bool = False,
 ) -> dict[str, Any]:
-    """Train ``method`` on ``train``, keep its best epoch on ``val``, evaluate on ``test``.
+    """Train ``method`` on ``train``, keep its best epoch on ``val``, score ``test`` once; the one pipeline
+    behind ``python -m rsretrieval train``, the notebooks and the benchmark runs.
+
+    A finished run of the same identity is read back instead of retrained; an interrupted one resumes;
+    a folder holding a run of other settings starts afresh (``config.resume=False`` always does).
+
+    Args:
+        model, pretrained: the base model (:func:`rsretrieval.models.create_model`).
+        method: a registered method; ``method_kwargs`` set its config fields.
+        train, val, test: the splits. Checkpoints are chosen on ``val`` only.
+        config: the training settings; ``output_dir`` is set to ``run_dir``.
+        loss: a training loss (:func:`rsretrieval.training.list_losses`); None: the method's default.
+        run_dir: the run folder.
+        per_scene: also score ``test`` per scene.
+        verbose: print the trainable-parameter line (rank 0 only).
 
     Returns:
-        ``{"method", "loss", "seed", "trainable", "total", "test": metrics, "val_mr", "best_epoch",
-        "seconds_per_epoch", "samples_per_s", "history"}``; also written to ``run_dir/results.json``.
+        The ``results.json`` written to ``run_dir``: ``identity``, ``method``, ``loss``, ``seed``,
+        ``trainable``, ``total``, ``method_file``, ``best_epoch``, ``val`` (metrics of the best epoch),
+        ``val_mr``, ``test`` (metrics), ``test_per_scene``, ``seconds_per_epoch``, ``samples_per_s``,
+        ``history``. Under torchrun, ranks other than 0 return ``{"rank": rank}`` after training.
     """
-    from rsretrieval.evaluate import evaluate
-    from rsretrieval.methods import apply_method, save_method, wrap_tokenizer
-    from rsretrieval.models import count_parameters, create_model, seed_everything, select_device
-    from rsretrieval.tasks import build_task
-    from rsretrieval.train import clear_run, fit, load_best
+    from rsretrieval.evaluation import evaluate
+    from rsretrieval.methods import apply_method, get_method, save_method, wrap_tokenizer
+    from rsretrieval.models import count_parameters, create_model, print_trainable_parameters, seed_everything
+    from rsretrieval.models import select_device
+    from rsretrieval.training import build_task, clear_run, fit, init_distributed, load_best
 
+    rank, world = init_distributed()  # under torchrun: one process per rank, rank 0 reports and writes
+    loss = loss or get_method(method).default_loss
     run_dir = Path(run_dir)
     cfg = replace(config, output_dir=str(run_dir))
     identity = {"model": model, "pretrained": pretrained, "method": method, "loss": loss,
-                "method_kwargs": method_kwargs or {}, "loss_kwargs": loss_kwargs or {}, "config": asdict(cfg), "train_images": train.num_images}
+                "method_kwargs": method_kwargs or {}, "loss_kwargs": loss_kwargs or {}, "config": asdict(cfg),
+                "train_images": train.num_images, "results_version": RESULTS_VERSION}
     wanted = json.loads(json.dumps(identity))
     done, started = run_dir / "results.json", run_dir / "identity.json"
-    if done.exists() and (previous := json.loads(done.read_text())).get("identity") == wanted:
+    if cfg.resume and done.exists() and (previous := json.loads(done.read_text())).get("identity") == wanted:
         return previous
-    if not started.exists() or json.loads(started.read_text()) != wanted:
+    if rank == 0 and (not cfg.resume or not started.exists() or json.loads(started.read_text()) != wanted):
         # run_dir holds nothing, or a run of other settings (method, loss, data, config): start afresh;
         # only an interrupted run of exactly this identity is resumed.
         clear_run(run_dir)
         done.unlink(missing_ok=True)
         (run_dir / "method.pt").unlink(missing_ok=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        started.write_text(json.dumps(wanted, indent=1))
+        atomic_write_json(started, wanted)
+    if world > 1:
+        torch.distributed.barrier()  # the folder is ready before any rank looks into it
     seed_everything(cfg.seed)  # method init (and random base weights, if any) follow the run's seed
     bundle = create_model(model, pretrained)
     net = apply_method(bundle.model, method, **(method_kwargs or {}))
-    tokenizer = wrap_tokenizer(net, bundle.tokenizer)
+    tokenizer = wrap_tokenizer(net, bundle.tokenizer)  # CoOp writes placeholders; identity otherwise
     trainable, total = count_parameters(net)
+    if rank == 0 and verbose:
+        print_trainable_parameters(net)
     history = fit(net, tokenizer, train, bundle.transform, cfg, val_data=val, val_transform=bundle.transform,
                   task=build_task(loss, net, train, **(loss_kwargs or {})))
+    if rank != 0:
+        return {"rank": rank}
     best = load_best(net, run_dir)
     device = select_device(cfg.device)
     result = evaluate(net.to(device), test, transform=bundle.transform, tokenizer=tokenizer, device=device,
-                      batch_size=cfg.eval_batch_size, per_scene=False, progress=False)
-    if method != "full":
-        save_method(net, run_dir / "method.pt", base_name=bundle.name)
+                      batch_size=cfg.eval_batch_size, per_scene=per_scene, progress=False)
+    # full fine-tuning's best.pt holds every weight; other methods also get a small portable file
+    method_file = save_method(net, run_dir / "method.pt", base_name=bundle.name) if method != "full" \
+        else run_dir / "best.pt"
     epochs = [r for r in history.records if r.get("seconds")]
     out = {
         "identity": identity, "method": method, "loss": loss, "seed": cfg.seed, "trainable": trainable,
-        "total": total, "test": result.metrics, "val_mr": best["metrics"]["mr"], "best_epoch": best["epoch"],
+        "total": total, "method_file": str(method_file), "best_epoch": best["epoch"], "val": best["metrics"],
+        "val_mr": best["metrics"]["mr"], "test": result.metrics, "test_per_scene": result.to_dict()["per_scene"],
         "seconds_per_epoch": statistics.mean(r["seconds"] for r in epochs),
         "samples_per_s": statistics.mean(r["samples_per_s"] for r in epochs),
         "history": history.to_dict(),
     }
-    done.write_text(json.dumps(out, indent=1))
-    return out
+    atomic_write_json(done, out, default=float)
+    return json.loads(done.read_text())
 
 
 def summarize(runs: list[dict[str, Any]], key: str = "mr", group: str = "method") -> list[dict[str, Any]]:

@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from rsretrieval.models.factory import REPO_ROOT
+from rsretrieval.files import atomic_write_text
+from rsretrieval import paths
 
 
 @dataclass
@@ -34,7 +35,7 @@ def setup(*, device: str, dataset: str, data_dir: str | None, output_dir: str | 
           pretrained: str | None, smoke: bool, seed: int, notebook: str) -> Setup:
     """Resolve a notebook's parameters: pick the device, find the data, make the output folder, seed.
 
-    ``data_dir`` None (or empty) means the offline default for SynthRS, ``data/synthrs``.
+    ``data_dir`` None (or empty) means the offline default for SynthRS, ``<data home>/synthrs``.
     """
     from rsretrieval.models.utils import seed_everything, select_device
 
@@ -43,10 +44,10 @@ def setup(*, device: str, dataset: str, data_dir: str | None, output_dir: str | 
     if not data_dir:
         if dataset != "synthrs":
             raise ValueError(f"DATASET={dataset!r} needs DATA_DIR: the folder where you put it (see README)")
-        data = REPO_ROOT / "data" / ("synthrs-smoke" if smoke else "synthrs")
+        data = paths.data_dir("synthrs-smoke" if smoke else "synthrs")
     else:
         data = Path(data_dir).expanduser()
-    out = Path(output_dir) if output_dir else REPO_ROOT / "build" / "notebooks" / notebook
+    out = Path(output_dir) if output_dir else paths.build_dir() / "notebooks" / notebook
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     return Setup(dev, data, out, smoke, model, pretrained or None)
@@ -63,9 +64,7 @@ def record(output_dir: str | Path, **numbers: Any) -> dict[str, Any]:
     path = Path(output_dir) / "records.json"
     records = json.loads(path.read_text()) if path.exists() else {}
     records.update(numbers)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(records, indent=1, default=float) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(records, indent=1, default=float) + "\n")
     return records
 
 

@@ -17,7 +17,7 @@ import torch
 from matplotlib.figure import Figure
 
 from rsretrieval.data.dataset import open_image
-from rsretrieval.metrics import RECALL_KEYS
+from rsretrieval.evaluation.metrics import RECALL_KEYS
 
 _LABELS = {
     "i2t_r1": "i2t R@1", "i2t_r5": "i2t R@5", "i2t_r10": "i2t R@10",

@@ -7,12 +7,11 @@ grounds, sometimes beside a road, river or runway, with web-like captions that a
 ("a busy airport with two white planes") -- and transfer it to the top-down *rs* domain, as
 OpenAI's CLIP was pretrained on web photos and transferred to aerial images. Whether transfer
 happens at all is decided by the source domain's design (shared vocabulary, shared visual
-statistics): see reference.md §6.
+statistics): see ``docs/design.md``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -21,7 +20,9 @@ from typing import Any
 
 import torch
 
-from rsretrieval.models.factory import REPO_ROOT, create_model, local_pretrained_path
+from rsretrieval.models.factory import create_model, local_pretrained_path
+from rsretrieval.files import atomic_write_json
+from rsretrieval.paths import data_home
 
 _logger = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class PretrainConfig:
 
     model: str = "mini"
     tag: str = "synthrs"
-    source_root: str = "data/synthrs-source"
+    source_root: str = "synthrs-source"  # relative paths are taken from the data home (rsretrieval.paths)
     n_images: int = 9000
     image_size: int = 96  # render at the model's resolution: decoding 224 px images would cost more than training
     epochs: int = 2
@@ -42,7 +43,7 @@ class PretrainConfig:
     warmup_steps: int = 100
     seed: int = 0
     device: str = "auto"
-    eval_root: str = "data/synthrs"  # the rs domain: zero-shot on its test split is reported
+    eval_root: str = "synthrs"  # the rs domain: zero-shot on its test split is reported
     eval_images: int = 1500  # size of that rs dataset (the course's default)
     progress: bool = True
 
@@ -58,16 +59,17 @@ def pretrain(cfg: PretrainConfig | None = None, out: str | Path | None = None) -
     """
     from rsretrieval.data import load_dataset
     from rsretrieval.data.synthrs import generate_synthrs
-    from rsretrieval.evaluate import evaluate
+    from rsretrieval.evaluation import evaluate
     from rsretrieval.models.compact import save_compact
     from rsretrieval.models.utils import select_device
-    from rsretrieval.train import StaleRunError, TrainConfig, check_resumable, clear_run, fit
+    from rsretrieval.errors import StaleRunError
+    from rsretrieval.training import TrainConfig, check_resumable, clear_run, fit
 
     cfg = cfg or PretrainConfig()
     target = Path(out) if out else local_pretrained_path(cfg.model, cfg.tag)
     if target is None:
         raise ValueError(f"no shipped weights are registered for ({cfg.model}, {cfg.tag}); pass `out`")
-    run_dir = target.parent / f"{target.stem}-run"
+    run_dir = data_home() / "miniclip" / f"{target.stem}-run"
     t0 = time.perf_counter()
     source_root = _abs(cfg.source_root)
     generate_synthrs(source_root, n_images=cfg.n_images, image_size=cfg.image_size, seed=cfg.seed,
@@ -110,7 +112,7 @@ def pretrain(cfg: PretrainConfig | None = None, out: str | Path | None = None) -
     report["total_seconds"] = round(time.perf_counter() - t0, 1)
     save_compact(bundle.model.cpu(), target, used, arch=cfg.model, meta=report)  # same weights, full report
     report["file_bytes"] = target.stat().st_size
-    target.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    atomic_write_json(target.with_suffix(".json"), report)
     return report
 
 
@@ -129,7 +131,7 @@ def chance_mr(n_images: int, captions_per_image: int = 5) -> float:
 
 def _abs(path: str | Path) -> Path:
     p = Path(path)
-    return p if p.is_absolute() else REPO_ROOT / p
+    return p if p.is_absolute() else data_home() / p
 
 
 def _load_file(model: str, path: Path):

@@ -55,3 +55,4 @@ def tiny(tiny_bundle):
     images = torch.randn(4, 3, 32, 32)
     tokens = tiny_bundle.tokenizer(["a red field", "a blue lake", "a red field again", "green trees"])
     return model, images, tokens
+

@@ -240,3 +240,13 @@ MAKERS = {
     "karpathy": make_karpathy,
     "precomp": make_precomp,
 }
+
+
+def make_batch(images, tokens, image_ids, captions=None):
+    """A training Batch of pixels and tokens, as fit builds it (caption ids = row numbers)."""
+    import torch
+
+    from rsretrieval.training import Batch
+
+    return Batch(image_ids=image_ids, caption_ids=torch.arange(len(image_ids)), captions=list(captions or []),
+                 pixels=images, tokens=tokens)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from rsretrieval.ann import bench_search, build, exact_topk, recall_at_k, synthetic_vectors
+from rsretrieval.search.vectors import bench_search, build, exact_topk, recall_at_k, synthetic_vectors
 
 
 def brute(vectors, queries, k):

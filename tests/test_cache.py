@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rsretrieval.cache import (
+from rsretrieval.cmer.cache import (
     CachedSideBranchTask,
     build_cache,
     cache_key,
@@ -19,7 +19,7 @@ from rsretrieval.cache import (
     time_epochs,
 )
 from rsretrieval.methods import apply_method
-from rsretrieval.train import ContrastiveTask, TrainConfig, fit
+from rsretrieval.training import Batch, ContrastiveTask, Inputs, TrainConfig, fit
 
 
 @pytest.fixture
@@ -172,10 +172,9 @@ def test_cached_training_matches_uncached(model, colour_data, tiny_bundle, cache
 def test_cached_task_refuses_misuse(model, colour_data, tiny_bundle, cache_dir):
     cache = build(model, colour_data, tiny_bundle, cache_dir)
     task = CachedSideBranchTask(model, cache)
-    with pytest.raises(ValueError, match="needs caption_ids"):
-        task(None, None, torch.tensor([0, 1]))
+    assert task.inputs == Inputs(pixels=False, tokens=False)  # fit loads no image, tokenises nothing
     with pytest.raises(IndexError, match="beyond the cache"):
-        task(None, None, torch.tensor([0, 99]), caption_ids=torch.tensor([0, 1]))
+        task(Batch(image_ids=torch.tensor([0, 99]), caption_ids=torch.tensor([0, 1]), captions=["a", "b"]))
     fewer = apply_method(copy.deepcopy(tiny_bundle.model), "focus_adapter", layers=(-1,))
     with pytest.raises(ValueError, match="holds layers"):
         CachedSideBranchTask(fewer, cache)

@@ -19,7 +19,7 @@ from torch import nn
 
 from rsretrieval import plots
 from rsretrieval.data.dataset import CaptionDataset
-from rsretrieval.evaluate import (
+from rsretrieval.evaluation import (
     EvalResult,
     compare_table,
     encode_images,
@@ -28,7 +28,7 @@ from rsretrieval.evaluate import (
     evaluate_features,
     format_metrics,
 )
-from rsretrieval.metrics import METRIC_KEYS, retrieval_metrics
+from rsretrieval.evaluation.metrics import METRIC_KEYS, retrieval_metrics
 
 # Each image is a flat colour; each caption names a colour as three numbers. Some captions name
 # a slightly wrong colour, so retrieval is good but not perfect.

@@ -3,7 +3,7 @@
 import json
 
 from rsretrieval.experiments import run_method
-from rsretrieval.train import TrainConfig
+from rsretrieval.training import TrainConfig
 
 
 def _run(colour_data, run_dir, **kw):

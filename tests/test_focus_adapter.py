@@ -10,15 +10,16 @@ import torch
 from PIL import Image
 
 from rsretrieval.methods import apply_method, get_applied_method, get_method, load_method, save_method
-from rsretrieval.methods.focus_adapter import (
+from rsretrieval.cmer.focus_adapter import (
     FocusAdapterCLIP,
     FocusAdapterConfig,
     FocusPool,
     focus_mass_on_objects,
-    object_masks,
     resolve_layers,
 )
-from rsretrieval.train import ContrastiveTask
+from rsretrieval.data.synthrs import object_masks
+from rsretrieval.training import ContrastiveTask
+from fakedata import make_batch
 
 CAPTIONS = ["a red field", "two white planes near a runway", "a red field again", "green trees"]
 IDS = torch.tensor([0, 1, 0, 2])
@@ -100,7 +101,7 @@ def test_only_branch_trains_and_backbone_is_untouched(base, images, tokens):
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
     for _ in range(2):  # step 1 moves the zero gate, step 2 everything behind it
         opt.zero_grad()
-        sum(task(images, tokens, IDS).values()).backward()
+        sum(task(make_batch(images, tokens, IDS)).values()).backward()
         opt.step()
     for n, p in model.named_parameters():
         if n in names:

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from rsretrieval.errors import CheckpointError
-from rsretrieval.index import Encoder, ImageIndex, SearchIndexError, find_images
+from rsretrieval.search import Encoder, ImageIndex, SearchIndexError, find_images
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,10 @@ import copy
 import pytest
 import torch
 
-from rsretrieval.losses import HMMCLoss, VSEHardNegativeLoss, hardest_negative_hinge
-from rsretrieval.tasks import HMMCTask, get_loss, list_losses, token_dropout
-from rsretrieval.train import ContrastiveTask, TrainConfig, fit
+from rsretrieval.training.losses import HMMCLoss, VSEHardNegativeLoss, hardest_negative_hinge
+from fakedata import make_batch
+from rsretrieval.training.tasks import HMMCTask, build_task, list_losses, token_dropout
+from rsretrieval.training import ContrastiveTask, TrainConfig, fit
 
 E1, E2, E3 = torch.eye(3)
 
@@ -89,7 +90,7 @@ def test_hmmc_task_trains(tiny):
     model, images, tokens = tiny
     task = HMMCTask(model)
     task.train()
-    out = task(images, tokens, torch.tensor([0, 1, 0, 2]))
+    out = task(make_batch(images, tokens, torch.tensor([0, 1, 0, 2])))
     assert set(out) == {"cross_loss", "intra_image_loss", "intra_text_loss"}
     total = sum(out.values())
     total.backward()
@@ -102,16 +103,17 @@ def test_loss_registry(tiny):
     model, images, tokens = tiny
     assert list_losses() == ["infonce", "vsepp", "hmmc", "recycling", "cmer"]
     with pytest.raises(ValueError, match="unknown loss 'triplet'. Available: infonce, vsepp, hmmc, recycling, cmer"):
-        get_loss("triplet")
+        build_task("triplet", model)
     with pytest.raises(ValueError, match="margn"):
-        get_loss("vsepp", margn=0.1)
+        build_task("vsepp", model, margn=0.1)
     ids = torch.tensor([0, 1, 0, 2])
     for name, keys in [("infonce", {"contrastive_loss"}), ("vsepp", {"hinge_loss"}),
                        ("hmmc", {"cross_loss", "intra_image_loss", "intra_text_loss"})]:
-        task = get_loss(name)(model)
-        assert set(task(images, tokens, ids)) == keys
-    assert isinstance(get_loss("vsepp", margin=0.1)(model), ContrastiveTask)
-    assert get_loss("hmmc", token_dropout=0.1, margin=0.3)(model).loss.margin == 0.3
+        task = build_task(name, model)
+        assert set(task(make_batch(images, tokens, ids))) == keys
+    assert isinstance(build_task("vsepp", model, margin=0.1), ContrastiveTask)
+    hmmc = build_task("hmmc", model, token_dropout=0.1, margin=0.3)
+    assert hmmc.loss.margin == 0.3 and hmmc.token_dropout == 0.1
 
 
 def test_fit_with_hmmc_and_a_method(colour_data, tiny_bundle):
@@ -121,6 +123,6 @@ def test_fit_with_hmmc_and_a_method(colour_data, tiny_bundle):
     model = apply_method(copy.deepcopy(tiny_bundle.model), "mrs_adapter")
     cfg = TrainConfig(epochs=1, batch_size=8, lr=1e-3, warmup_steps=1, max_steps=2, progress=False, eval_every=0)
     history = fit(model, tiny_bundle.tokenizer, colour_data, tiny_bundle.transform, cfg,
-                  task=get_loss("hmmc")(model))
+                  task=build_task("hmmc", model))
     assert history.records[-1]["updates"] == 2
     assert history.records[-1]["train_loss"] > 0

@@ -39,7 +39,8 @@ from rsretrieval.methods.checkpoint import tensors_checksum
 from rsretrieval.methods.lora import TARGETS
 from rsretrieval.methods.mrs_adapter import MRSAdapter, MRSBlock
 from rsretrieval.models import count_parameters, create_model
-from rsretrieval.train import ContrastiveTask
+from rsretrieval.training import ContrastiveTask
+from fakedata import make_batch
 
 METHODS = list_methods()
 BOTH = {"image", "text"}
@@ -124,7 +125,7 @@ def test_only_params_are_updated(name, base, tiny_bundle, images):
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
     for _ in range(2):  # two steps: zero-initialised up projections / LoRA B unblock the rest at step 2
         opt.zero_grad()
-        sum(task(images, tokens, IDS).values()).backward()
+        sum(task(make_batch(images, tokens, IDS)).values()).backward()
         opt.step()
     trained = set(get_applied_method(model).param_names)
     for n, p in model.named_parameters():

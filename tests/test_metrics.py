@@ -1,7 +1,7 @@
 """Check the fast, chunked retrieval metrics against a slow reference written here.
 
-The reference below is a plain transcription of reference.md §1 over Python lists and shares no
-code with rsretrieval.metrics, so a bug in one is not copied into the other.
+The reference below is a plain transcription of the protocol in docs/protocol.md over Python lists and shares no
+code with rsretrieval.evaluation.metrics, so a bug in one is not copied into the other.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from rsretrieval.metrics import (
+from rsretrieval.evaluation.metrics import (
     METRIC_KEYS,
     RECALL_KEYS,
     metrics_from_ranks,
@@ -143,7 +143,7 @@ def test_chunk_boundaries(chunk_size: int) -> None:
 
 
 def test_default_chunking_on_wide_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
-    import rsretrieval.metrics as metrics
+    import rsretrieval.evaluation.metrics as metrics
 
     monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 64)  # forces many chunks with the default rule
     gen = torch.Generator().manual_seed(12)

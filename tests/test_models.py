@@ -64,9 +64,9 @@ def test_local_state_dict_file_loads_and_wrong_arch_is_clear(tmp_path):
 
 
 def test_shipped_weights_missing_says_how_to_make_them(monkeypatch, tmp_path):
-    from rsretrieval.models import factory
+    from rsretrieval import paths
 
-    monkeypatch.setattr(factory, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(paths, "WEIGHTS_DIR", tmp_path)
     with pytest.raises(ModelNotFoundError, match="python -m rsretrieval pretrain"):
         create_model("mini", "synthrs")
 

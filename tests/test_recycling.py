@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rsretrieval.losses import InfoNCELoss
-from rsretrieval.recycling import (
+from rsretrieval.training.losses import InfoNCELoss
+from rsretrieval.cmer.recycling import (
     EmbeddingQueue,
     RecyclingLoss,
     effective_negatives,
@@ -19,8 +19,9 @@ from rsretrieval.recycling import (
     queue_memory_bytes,
     steps_held,
 )
-from rsretrieval.tasks import get_loss
-from rsretrieval.train import ContrastiveTask, TrainConfig, fit
+from fakedata import make_batch
+from rsretrieval.training.tasks import build_task
+from rsretrieval.training import ContrastiveTask, TrainConfig, fit
 
 E1, E2 = torch.eye(2)
 
@@ -212,26 +213,25 @@ def test_helpers():
 
 def test_recycling_task_from_the_registry(tiny):
     model, images, tokens = tiny
-    factory = get_loss("recycling", queue_size=6, weight=0.5)
-    task, other = factory(model), factory(model)
+    task, other = (build_task("recycling", model, queue_size=6, weight=0.5) for _ in range(2))
     assert isinstance(task, ContrastiveTask) and isinstance(task.loss, RecyclingLoss)
     assert task.loss is not other.loss  # each task its own queue
     assert task.loss.image_queue.feats.shape == (6, 64)  # dim taken from the model: allocated up front
     task.train()
     ids = torch.tensor([0, 1, 0, 2])
-    first = task(images, tokens, ids)
+    first = task(make_batch(images, tokens, ids))
     assert set(first) == {"contrastive_loss", "queue_loss"} and float(first["queue_loss"].detach()) == 0
-    second = task(images, tokens, torch.tensor([3, 4, 5, 6]))
+    second = task(make_batch(images, tokens, torch.tensor([3, 4, 5, 6])))
     assert float(second["queue_loss"].detach()) > 0
     assert task.loss.text_queue.valid == 6 and other.loss.text_queue.valid == 0
     with pytest.raises(ValueError, match="margn"):
-        get_loss("recycling", margn=1)
+        build_task("recycling", model, margn=1)
 
 
 def test_fit_with_recycling(colour_data, tiny_bundle):
     torch.manual_seed(0)
     model = copy.deepcopy(tiny_bundle.model)
-    task = get_loss("recycling", queue_size=16)(model)
+    task = build_task("recycling", model, queue_size=16)
     cfg = TrainConfig(epochs=1, batch_size=8, lr=1e-3, warmup_steps=1, max_steps=3, progress=False,
                       eval_every=0)
     history = fit(model, tiny_bundle.tokenizer, colour_data, tiny_bundle.transform, cfg, task=task)
@@ -262,13 +262,13 @@ def test_max_age_leaves_out_stale_entries():
 
 
 def test_fit_resume_restores_the_queue(colour_data, tiny_bundle, tmp_path):
-    # fit's checkpoints hold the queues (resumable_state), so a resumed run continues with them
+    # fit's checkpoints hold the queues (a TrainingState), so a resumed run continues with them
     # (bit-exactness against an uninterrupted run: tests/test_train.py)
     cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-3, warmup_steps=1, max_steps=6, progress=False, eval_every=0,
                       checkpoint_every_steps=2, output_dir=str(tmp_path / "run"))
     torch.manual_seed(0)
     model = copy.deepcopy(tiny_bundle.model)
-    first = get_loss("recycling", queue_size=16)(model)
+    first = build_task("recycling", model, queue_size=16)
     calls = {"n": 0}
 
     def crash(*_):
@@ -280,7 +280,7 @@ def test_fit_resume_restores_the_queue(colour_data, tiny_bundle, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         fit(model, tiny_bundle.tokenizer, colour_data, tiny_bundle.transform, cfg, task=first)
     model = copy.deepcopy(tiny_bundle.model)
-    second = get_loss("recycling", queue_size=16)(model)
+    second = build_task("recycling", model, queue_size=16)
     history = fit(model, tiny_bundle.tokenizer, colour_data, tiny_bundle.transform, cfg, task=second)
     assert history.records[-1]["updates"] == 6
     assert second.loss.image_queue.calls == 6 and second.loss.image_queue.valid == 16  # 2 restored + 4 new

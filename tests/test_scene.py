@@ -12,12 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from rsretrieval.data.dataset import CaptionDataset
-from rsretrieval.metrics import retrieval_metrics
-from rsretrieval.recycling import RecyclingLoss
-from rsretrieval.scene import (
+from rsretrieval.evaluation.metrics import retrieval_metrics
+from rsretrieval.cmer.recycling import RecyclingLoss
+from rsretrieval.cmer.scene import (
     ORACLE_ROW,
     SceneAugmentedTask,
-    ScenePrefixer,
     choose_weight_on_val,
     evaluate_with_scenes,
     keyword_scene_probs,
@@ -30,8 +29,10 @@ from rsretrieval.scene import (
     with_article,
     zero_shot_scene_probs,
 )
-from rsretrieval.tasks import get_loss
-from rsretrieval.train import TrainConfig, fit
+from fakedata import make_batch
+from rsretrieval.cmer import CMERConfig, build_cmer
+from rsretrieval.training.tasks import build_task
+from rsretrieval.training import TrainConfig, fit
 
 # ---------------------------------------------------------------------------------- words and captions
 
@@ -73,23 +74,26 @@ def test_scene_caption_is_deterministic_and_natural():
     assert acronym.endswith(": UAV view of a port.")
 
 
-def test_token_level_prefix_equals_tokenizing_the_rewritten_caption(tiny_bundle):
-    tok = tiny_bundle.tokenizer  # context length 32: the long caption gets truncated
+def test_task_rewrites_caption_strings_as_scene_caption_does(tiny, tiny_bundle):
+    model, _, _ = tiny
     names = ["airport", "denseresidential", "storagetanks"]
-    prefixer = ScenePrefixer(names, tok, style="varied")
+    task = SceneAugmentedTask(model, scenes=names, tokenizer=tiny_bundle.tokenizer, prob=1.0)
     captions = ["Two white planes are parked.", "many buildings and green trees are around a road",
                 " ".join(["a very long caption"] * 12)]
     for seed in range(5):
         for s, name in enumerate(names):
             for cap in captions:
-                spliced = prefixer.rewrite(tok([cap]), torch.tensor([s]), 1.0, random.Random(seed))
-                rng = random.Random(seed)
-                rng.random()  # rewrite draws the "prefix or not" coin first
-                assert torch.equal(spliced, tok([scene_caption(cap, name, rng)])), (seed, name, cap)
-    untouched = prefixer.rewrite(tok(captions), torch.tensor([0, -1, 2]), 0.0, random.Random(0))
-    assert torch.equal(untouched, tok(captions))
-    with pytest.raises(ValueError, match="open_clip-style tokenizer"):
-        ScenePrefixer(names, lambda texts: torch.ones(len(texts), 8, dtype=torch.long))
+                torch.manual_seed(seed)
+                rewritten = task.rewrite_captions([cap], torch.tensor([s]))
+                torch.manual_seed(seed)
+                rng = random.Random(int(torch.randint(0, 2**62, (1,))))
+                rng.random()  # the task draws the "prefix or not" coin first
+                assert rewritten == [scene_caption(cap, name, rng)], (seed, name, cap)
+    torch.manual_seed(0)
+    never = SceneAugmentedTask(model, scenes=names, tokenizer=tiny_bundle.tokenizer, prob=0.0)
+    state = torch.get_rng_state()
+    assert never.rewrite_captions(captions, torch.tensor([0, 1, 2])) == captions
+    assert torch.equal(torch.get_rng_state(), state)  # prob 0 draws nothing: other runs' randomness stays
 
 
 # ------------------------------------------------------------------------------------------ the training task
@@ -98,23 +102,22 @@ def test_scene_task_prefixes_deterministically_under_the_seed(tiny, tiny_bundle)
     model, images, tokens = tiny
     scenes = ["airport", "forest", "unknown"]
     ids = torch.tensor([0, 1, 2, 0])
+    captions = ["a red field", "a blue lake", "a red field again", "green trees"]
     task = SceneAugmentedTask(model, scenes=scenes, tokenizer=tiny_bundle.tokenizer, prob=1.0)
     assert task.scene_names == ["airport", "forest"]
     torch.manual_seed(1)
-    first = task.augment(tokens, ids)
+    first = task.rewrite_captions(captions, ids)
     torch.manual_seed(1)
-    assert torch.equal(task.augment(tokens, ids), first)  # the trainer's seeding decides the rewrite
-    assert not torch.equal(first[0], tokens[0])
-    assert torch.equal(first[2], tokens[2])  # unknown scene: untouched
-    decoded = tiny_bundle.tokenizer.decode(first[1].tolist())
-    assert "forest" in decoded and "blue lake" in decoded
+    assert task.rewrite_captions(captions, ids) == first  # the trainer's seeding decides the rewrite
+    assert first[0] != captions[0] and first[2] == captions[2]  # unknown scene: untouched
+    assert "forest" in first[1] and first[1].endswith("a blue lake")
     task.eval()
-    assert torch.equal(task.augment(tokens, ids), tokens)  # evaluation never rewrites
+    assert task.rewrite_captions(captions, ids) == captions  # evaluation never rewrites
     task.train()
     never = SceneAugmentedTask(model, scenes=scenes, tokenizer=tiny_bundle.tokenizer, prob=0.0)
-    assert torch.equal(never.augment(tokens, ids), tokens)
+    assert never.rewrite_captions(captions, ids) == captions
     with pytest.raises(ValueError, match="outside the 3 training images"):
-        task(images, tokens, torch.tensor([0, 1, 2, 7]))
+        task(make_batch(images, tokens, torch.tensor([0, 1, 2, 7])))
     with pytest.raises(ValueError, match="prob"):
         SceneAugmentedTask(model, scenes=scenes, tokenizer=tiny_bundle.tokenizer, prob=1.5)
 
@@ -124,22 +127,24 @@ def test_scene_task_losses_and_the_queue_gets_scene_ids(tiny, tiny_bundle):
     scenes = ["airport", "forest", "unknown"]
     task = SceneAugmentedTask(model, RecyclingLoss(queue_size=8), scenes=scenes,
                               tokenizer=tiny_bundle.tokenizer, prob=0.5, scene_loss_weight=0.3)
-    out = task(images, tokens, torch.tensor([0, 1, 2, 0]))
+    out = task(make_batch(images, tokens, torch.tensor([0, 1, 2, 0])))
     assert set(out) == {"contrastive_loss", "queue_loss", "scene_loss"}
     assert out["scene_loss"] > 0
     sum(out.values()).backward()
     assert model.text_projection.grad is not None
     assert task.loss.image_queue.scene_ids.tolist() == [0, 1, -1, 0]
     plain = SceneAugmentedTask(model, scenes=scenes, tokenizer=tiny_bundle.tokenizer)
-    assert set(plain(images, tokens, torch.tensor([0, 1, 2, 0]))) == {"contrastive_loss"}
+    assert set(plain(make_batch(images, tokens, torch.tensor([0, 1, 2, 0])))) == {"contrastive_loss"}
 
 
 def test_cmer_from_the_registry_and_fit(colour_data, tiny_bundle):
-    with pytest.raises(ValueError, match="scenes=train"):
-        get_loss("cmer")
+    with pytest.raises(ValueError, match="needs the training split"):
+        build_task("cmer", copy.deepcopy(tiny_bundle.model))
+    with pytest.raises(ValueError, match="queue_sise"):
+        build_task("cmer", copy.deepcopy(tiny_bundle.model), colour_data, queue_sise=12)
     torch.manual_seed(0)
     model = copy.deepcopy(tiny_bundle.model)
-    task = get_loss("cmer", scenes=colour_data, queue_size=12, scene_prob=0.5, scene_loss_weight=0.1)(model)
+    task = build_task("cmer", model, colour_data, queue_size=12, scene_prob=0.5, scene_loss_weight=0.1)
     assert isinstance(task, SceneAugmentedTask) and isinstance(task.loss, RecyclingLoss)
     assert task.scene_names == ["blue", "green", "red", "white"] and task.loss.queue_size == 12
     cfg = TrainConfig(epochs=1, batch_size=8, lr=1e-3, warmup_steps=1, max_steps=2, progress=False,
@@ -147,8 +152,16 @@ def test_cmer_from_the_registry_and_fit(colour_data, tiny_bundle):
     history = fit(model, tiny_bundle.tokenizer, colour_data, tiny_bundle.transform, cfg, task=task)
     assert history.records[-1]["updates"] == 2 and history.records[-1]["train_loss"] > 0
     assert task.loss.text_queue.valid == 12
-    by_list = get_loss("cmer", scenes=colour_data.scenes, tokenizer=tiny_bundle.tokenizer)(model)
-    assert by_list.scene_names == task.scene_names
+
+
+def test_build_cmer_is_the_method_and_its_default_loss(colour_data, tiny_bundle):
+    from rsretrieval.methods import get_applied_method, get_method
+
+    assert get_method("cmer").default_loss == "cmer" and get_method("focus_adapter").default_loss == "infonce"
+    cfg = CMERConfig(adapter={"bottleneck": 16}, queue_size=8, scene_prob=1.0)
+    model, task = build_cmer(copy.deepcopy(tiny_bundle.model), colour_data, cfg, tokenizer=tiny_bundle.tokenizer)
+    assert get_applied_method(model).name == "cmer" and get_applied_method(model).config.bottleneck == 16
+    assert isinstance(task, SceneAugmentedTask) and task.loss.queue_size == 8 and task.prob == 1.0
 
 
 # ------------------------------------------------------------------------------------------ re-ranking

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rsretrieval.data import synthrs
+from rsretrieval.data.synthrs import captions, generate, scenes
 from rsretrieval.data.synthrs import (
     DOMAINS,
     OBJECTS,
@@ -19,6 +19,7 @@ from rsretrieval.data.synthrs import (
     SCENE_INFO,
     SCENES,
     SOURCE_SCENES,
+    VERSIONS,
     SynthRSExistsError,
     generate_synthrs,
     make_captions,
@@ -93,7 +94,7 @@ def test_layout_and_splits(rs_root):
     images, objects = _load(rs_root)
     assert len(images) == 360
     meta = json.loads((rs_root / "synthrs.json").read_text())
-    assert meta["params"]["n_images"] == 360 and meta["params"]["version"] == synthrs.VERSIONS["rs"]
+    assert meta["params"]["n_images"] == 360 and meta["params"]["version"] == VERSIONS["rs"]
     sentids = set()
     per_scene: dict[str, Counter] = defaultdict(Counter)
     for k, rec in enumerate(images):
@@ -200,17 +201,17 @@ def test_source_domain(source_root):
         objs = objects[rec["filename"]]
         assert any(o["class"] == label for o in objs)
         things = [o for o in objs if o["kind"] == "object"]
-        assert all(o["ground"].endswith("background") or o["ground"] in synthrs._SOURCE_GROUNDS for o in things)
+        assert all(o["ground"].endswith("background") or o["ground"] in scenes._SOURCE_GROUNDS for o in things)
         assert all(o["class"] in ("road", "river", "runway") for o in objs if o["kind"] != "object")
         for s in rec["sentences"]:
             _check_claims(s["raw"], things)
             words = s["raw"].lower()
-            named_places.update(scene for scene in SCENES if synthrs._mentions(words, SCENE_INFO[scene].nouns))
+            named_places.update(scene for scene in SCENES if captions._mentions(words, SCENE_INFO[scene].nouns))
         areas += [o["area_fraction"] for o in things]
     assert min(areas) < 0.01 and max(areas) > 0.15  # small to large objects
     grounds = {o["ground"] for objs in objects.values() for o in objs if o["kind"] == "object"}
     assert len({g for g in grounds if g.endswith("background")}) >= 6  # backdrops vary in colour
-    assert len(grounds & set(synthrs._SOURCE_GROUNDS)) >= 5  # and real grounds are named
+    assert len(grounds & set(scenes._SOURCE_GROUNDS)) >= 5  # and real grounds are named
     assert any(o["kind"] == "landmark" for objs in objects.values() for o in objs)
     assert len(named_places) >= 12  # captions teach most scene words, as web captions say where
 
@@ -267,7 +268,7 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return b""
 
-    monkeypatch.setattr(synthrs, "_png_bytes", failing)
+    monkeypatch.setattr(generate, "_png_bytes", failing)
     with pytest.raises(KeyboardInterrupt):
         generate_synthrs(tmp_path / "e", n_images=10, image_size=48, progress=False)
     assert list(tmp_path.iterdir()) == []

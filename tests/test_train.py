@@ -3,15 +3,15 @@ import copy
 import pytest
 import torch
 
-from rsretrieval.errors import CheckpointError
-from rsretrieval.losses import InfoNCELoss, same_image_mask
+from rsretrieval.errors import CheckpointError, StaleRunError
+from rsretrieval.files import atomic_save
+from rsretrieval.training.losses import InfoNCELoss, same_image_mask
 from rsretrieval.models import create_model, freeze
 from rsretrieval.data.dataset import CaptionDataset
-from rsretrieval.train import (
+from rsretrieval.training import (
     ContrastiveTask,
-    StaleRunError,
+    Task,
     TrainConfig,
-    atomic_save,
     check_resumable,
     epoch_order,
     fit,
@@ -94,12 +94,16 @@ def test_resume_after_interruption_is_exact(tmp_path, colour_data):
     assert history.records[-1]["updates"] == 16
 
 
-class Crashing(torch.nn.Module):
+class Crashing(Task):
     """Wraps any task and raises after a number of calls (the same wrapper keeps parameter names equal)."""
 
     def __init__(self, task, crash_after=None):
-        super().__init__()
+        torch.nn.Module.__init__(self)
         self.task, self.calls, self.crash_after = task, 0, crash_after
+        self.inputs = task.inputs
+
+    def rewrite_captions(self, captions, image_ids):
+        return self.task.rewrite_captions(captions, image_ids)
 
     def forward(self, *args, **kwargs):
         self.calls += 1
@@ -109,12 +113,15 @@ class Crashing(torch.nn.Module):
 
 
 def test_resume_restores_recycling_queues_exactly(tmp_path, colour_data):
-    from rsretrieval.tasks import get_loss
+    from rsretrieval.training.tasks import build_task
 
     torch.manual_seed(0)
     base = create_model("tiny")
     tf, tok = base.transform, base.tokenizer
-    make = get_loss("recycling", queue_size=12)
+
+    def make(model):
+        return build_task("recycling", model, queue_size=12)
+
     model_a = copy.deepcopy(base.model)
     task_a = Crashing(make(model_a))
     fit(model_a, tok, colour_data, tf, _cfg(tmp_path / "a"), task=task_a)

@@ -33,7 +33,8 @@ from rsretrieval.data.readers import (
     read_records,
 )
 from rsretrieval.data.registry import SPLITS, DatasetInfo, get_dataset_info, list_datasets
-from rsretrieval.errors import DatasetFormatError
+from rsretrieval.errors import DatasetFormatError, DatasetNotFoundError
+from rsretrieval.paths import data_dir
 
 __all__ = [
     "CaptionDataset",
@@ -51,9 +52,19 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 
+def default_root(info: DatasetInfo) -> Path:
+    """The folder a dataset is loaded from when no root is given: a generated dataset's default
+    folder, made on first use (deterministic, with a progress bar); real datasets need a root."""
+    if not info.generated:
+        raise DatasetNotFoundError(f"dataset {info.name!r} needs a root (--root on the command line): the folder "
+                                   "where you put its files.\n"
+                                   + info.not_found_message("ROOT"))
+    return prepare_dataset(info.name, data_dir(info.name))
+
+
 def load_dataset(
     name: str,
-    root: str | Path,
+    root: str | Path | None = None,
     split: str = "train",
     *,
     val_fraction: float = 0.1,
@@ -69,7 +80,9 @@ def load_dataset(
         name: ``rsitmd``, ``rsicd``, ``ucm``, ``sydney``, ``synthrs``, ``karpathy`` (any
             Karpathy-style json) or ``precomp`` (AMFMN text files); see :func:`list_datasets`.
         root: the dataset folder, laid out as :meth:`DatasetInfo.layout` shows. For
-            ``karpathy`` it may also be the json file.
+            ``karpathy`` it may also be the json file. None: the default folder of a generated
+            dataset (SynthRS: ``<data home>/synthrs``, see :mod:`rsretrieval.paths`), generated on
+            first use; a folder you name must hold the files.
         split: ``train``, ``val``, ``test`` or ``all``.
         val_fraction: share of the file's train images carved out as ``val`` when the file has
             no val images (ignored otherwise).
@@ -96,6 +109,8 @@ def load_dataset(
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), not {val_fraction}")
+    if root is None:
+        root = default_root(info)
     source = locate(info, root, images_dir)
     problems = Problems(on_error)
     records = read_records(info, source, problems)
@@ -181,7 +196,7 @@ def _build(
         "images_dir": str(source.images_dir),
     }
     objects = source.root / "objects.json"
-    if info.name == "synthrs" and objects.is_file():
+    if "objects.json" in info.optional_files and objects.is_file():
         metadata["objects_file"] = str(objects)
     return CaptionDataset(
         name=info.name,

@@ -296,7 +296,7 @@ def prepare_dataset(
 ) -> Path:
     """Make sure a dataset's files are in ``root``.
 
-    Files already there -> nothing to do. ``synthrs`` -> generated with
+    Files already there -> nothing to do. A generated dataset (SynthRS) -> generated with
     :func:`rsretrieval.data.synthrs.generate_synthrs`. A ``url`` (given, or the registry's) ->
     download into ``root``, verify ``sha256`` (given, or the registry's for that file name) and
     extract. Otherwise raise an error saying exactly which file to put where.
@@ -319,8 +319,8 @@ def prepare_dataset(
     root = Path(root).expanduser()
     if not info.missing_files(root) or (info.name == "karpathy" and root.is_file()):
         return root
-    if info.name == "synthrs":
-        from rsretrieval.data.synthrs import generate_synthrs  # written elsewhere; imported only when needed
+    if info.generated:
+        from rsretrieval.data.synthrs import generate_synthrs  # imported only when needed
 
         return Path(generate_synthrs(root))
     url = url or info.url

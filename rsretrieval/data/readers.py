@@ -390,10 +390,6 @@ def read_class_lists(folder: str | Path) -> dict[str, str]:
     return mapping
 
 
-def default_scene_rule(name: str) -> str:
-    """The scene rule of a registry dataset: ``prefix``, ``ucm`` or ``field``."""
-    rules = {"rsitmd": "prefix", "rsicd": "prefix", "synthrs": "prefix", "precomp": "prefix", "ucm": "ucm"}
-    return rules.get(name, "field")
 
 
 def assign_scenes(
@@ -412,7 +408,7 @@ def assign_scenes(
         root: the dataset root (for RSICD's class lists).
         scene_rule: ``prefix``, ``ucm``, ``field`` or ``None`` for the dataset's default.
     """
-    rule = scene_rule or default_scene_rule(info.name)
+    rule = scene_rule or info.scene_rule
     if rule not in ("prefix", "ucm", "field"):
         raise ValueError(f"scene_rule must be 'prefix', 'ucm' or 'field', not {scene_rule!r}")
     classes: dict[str, str] = {}
@@ -539,7 +535,7 @@ def locate(info: DatasetInfo, root: str | Path, images_dir: str | Path | None = 
     if not missing:
         annotation = root if info.reader == "precomp" else root / info.annotation_files[0]
         return Source(root, annotation, images)
-    if info.name == "synthrs":
+    if info.generated:
         raise DatasetNotFoundError(
             f"SynthRS not found in root={str(root)!r} (missing {', '.join(map(str, missing))}). "
             f"It is generated, not downloaded: run `python -m rsretrieval data synth --root {root}` first."

@@ -37,6 +37,12 @@ class DatasetInfo:
         reader: which parser reads the annotations (``karpathy`` or ``precomp``).
         optional_files: extra files or folders, relative to the root, with what they add.
         example_images: a few image names, shown in :meth:`layout`.
+        scene_rule: how images get their scene when no record names one: ``prefix`` (file name before
+            the last ``_``), ``ucm`` (UC-Merced id blocks) or ``field`` (``unknown``).
+        scene_vocabulary: the words for its scenes in captions and prompts: ``rs`` (the real
+            benchmarks' labels) or ``synthrs`` (SynthRS's own scene nouns).
+        generated: the files are made locally (SynthRS), not fetched: a missing dataset is generated
+            on first use in its default folder.
     """
 
     name: str
@@ -52,6 +58,9 @@ class DatasetInfo:
     reader: str = "karpathy"
     optional_files: dict[str, str] = field(default_factory=dict)
     example_images: tuple[str, ...] = ()
+    scene_rule: str = "field"
+    scene_vocabulary: str = "rs"
+    generated: bool = False
 
     def layout(self, root: str | Path = "ROOT") -> str:
         """The folder tree users should create, as text.
@@ -160,6 +169,7 @@ _REGISTRY: dict[str, DatasetInfo] = {
         notes="4,743 images (256x256 .tif), 5 captions each, 4,291 train / 452 test, no val in the file: "
         "val is carved from train. Scene = file-name prefix before the last '_'.",
         example_images=("airport_1.tif", "denseresidential_12.tif"),
+        scene_rule="prefix",
     ),
     "rsicd": DatasetInfo(
         name="rsicd",
@@ -173,6 +183,7 @@ _REGISTRY: dict[str, DatasetInfo] = {
         "txtclasses_rsicd/<Class>.txt, else 'unknown'.",
         optional_files={"txtclasses_rsicd/<Class>.txt": "scene lists, one image file name per line"},
         example_images=("airport_1.jpg", "00001.jpg"),
+        scene_rule="prefix",
     ),
     "ucm": DatasetInfo(
         name="ucm",
@@ -184,6 +195,7 @@ _REGISTRY: dict[str, DatasetInfo] = {
         notes="2,100 images 1.tif..2100.tif, 21 classes in alphabetical blocks of 100 ids; the split comes "
         "from the json 'split' field.",
         example_images=("1.tif", "2100.tif"),
+        scene_rule="ucm",
     ),
     "sydney": DatasetInfo(
         name="sydney",
@@ -201,12 +213,15 @@ _REGISTRY: dict[str, DatasetInfo] = {
         title="SynthRS (synthetic top-down scenes made by rsretrieval)",
         annotation_files=("dataset_RSITMD.json",),
         image_dir="images",
-        source="generated locally: `python -m rsretrieval data synth --root ROOT`",
+        source="generated locally on first use (or `python -m rsretrieval data synth --root ROOT`)",
         citation="",
         notes="Written by rsretrieval.data.synthrs in RSITMD's layout; objects.json (boxes/masks) is exposed "
         "as metadata['objects_file'].",
         optional_files={"objects.json": "object boxes and masks"},
         example_images=("<scene>_<n>.<ext>",),
+        scene_rule="prefix",
+        scene_vocabulary="synthrs",
+        generated=True,
     ),
     "karpathy": DatasetInfo(
         name="karpathy",
@@ -234,6 +249,7 @@ _REGISTRY: dict[str, DatasetInfo] = {
             "val_caps.txt, val_filename.txt": "a validation split (else carved from train)",
         },
         example_images=("airport_1.tif",),
+        scene_rule="prefix",
     ),
 }
 

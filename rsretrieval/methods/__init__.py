@@ -6,7 +6,7 @@
 >>> model = apply_method(bundle.model, "lora", r=8)   # freeze, inject, only LoRA trains
 >>> tokenizer = wrap_tokenizer(model, bundle.tokenizer)  # CoOp's placeholders; identity elsewhere
 
-One module per method; each registers itself (name, config dataclass, ``inject``) when imported
+One module per method (the Focus-Adapter lives in :mod:`rsretrieval.cmer`); each registers itself (name, config dataclass, ``inject``) when imported
 below, in the order the course presents them. ``apply_method`` is the only way in, and
 ``save_method``/``load_method`` store a method without its base.
 """
@@ -42,8 +42,9 @@ from rsretrieval.methods.coop import CoOpConfig, CoOpTokenizer  # noqa: E402  is
 from rsretrieval.methods.clip_adapter import CLIPAdapterConfig  # noqa: E402  isort: skip
 from rsretrieval.methods.adaptformer import AdaptFormerConfig  # noqa: E402  isort: skip
 from rsretrieval.methods.mrs_adapter import MRSAdapterConfig  # noqa: E402  isort: skip
-from rsretrieval.methods.focus_adapter import CMERConfig, FocusAdapterConfig  # noqa: E402  isort: skip
 from rsretrieval.methods.checkpoint import load_method, read_method_file, save_method  # noqa: E402
+# CMER's side branch (focus_adapter, cmer) lives with the rest of CMER and registers itself last
+from rsretrieval.cmer.focus_adapter import CMERAdapterConfig, FocusAdapterConfig  # noqa: E402  isort: skip
 
 __all__ = [
     "AdaptFormerConfig",
@@ -52,7 +53,7 @@ __all__ = [
     "AppliedMethod",
     "BlockWrapper",
     "CLIPAdapterConfig",
-    "CMERConfig",
+    "CMERAdapterConfig",
     "CoOpConfig",
     "CoOpTokenizer",
     "FocusAdapterConfig",

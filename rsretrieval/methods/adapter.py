@@ -35,7 +35,7 @@ class AdapterConfig(MethodConfig):
     addition. Houlsby initialise the adapter near identity; we zero the up projection so it is
     exactly the identity at step 0.
 
-    Budget: PE-RSITR's benchmark lists "Adapter" at **0.17M** on ViT-B/32 (reference.md §3). With
+    Budget: PE-RSITR's benchmark lists "Adapter" at **0.17M** on ViT-B/32. With
     Houlsby's placement (2 adapters x 12 blocks x 2 towers) one adapter of bottleneck r costs
     ``2dr + r + d``, so the total is 61,488 r + 30,720 and 0.17M allows only **r = 2**
     (153,696 parameters, -9.6%); r = 3 would give 215,184 (+27%). A bigger bottleneck at the same

@@ -34,7 +34,7 @@ class AdaptFormerConfig(MethodConfig):
     MLP, with scale s = 0.1, dropout 0.1 on the bottleneck and AdaptFormer's init (zero up
     projection), so the model starts equal to the frozen one.
 
-    Budget: PE-RSITR lists "AdaptFormer 0.17M" on ViT-B/32 (reference.md §3). One adapter per block
+    Budget: PE-RSITR lists "AdaptFormer 0.17M" on ViT-B/32. One adapter per block
     in both towers costs ``12 (2*768 r + r + 768) + 12 (2*512 r + r + 512)`` = 30,744 r + 15,360, so
     0.17M means **r = 5** (169,080 parameters), far below AdaptFormer's own r = 64 (1.98M here).
     """

@@ -28,27 +28,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from rsretrieval.errors import RSRetrievalError
+from rsretrieval.errors import MethodNotFoundError, NoTargetMatchedError, UnsupportedModelError
 from rsretrieval.models.utils import freeze
 
 _logger = logging.getLogger(__name__)
 
 TOWERS = ("visual", "text")
 APPLIED_ATTR = "rsr_method"  # attribute of the model that records the applied method
-
-
-# ----------------------------------------------------------------------------- errors
-
-class MethodNotFoundError(RSRetrievalError, ValueError):
-    """An unknown method name, or a config class no method registered."""
-
-
-class NoTargetMatchedError(RSRetrievalError, ValueError):
-    """A method's target patterns matched no module: the method would silently do nothing."""
-
-
-class UnsupportedModelError(RSRetrievalError, TypeError):
-    """The model does not have the open_clip ``CLIP`` layout a method injects into."""
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -253,8 +239,10 @@ class MethodSpec:
             it trains (zero-initialised up projections, LoRA's zero B).
         wrap_tokenizer: ``wrap(model, config, tokenizer)`` for methods that need their own token
             layout (CoOp), else None.
-        paper_params: trainable parameters PE-RSITR reports for the method on ViT-B/32 (reference.md
-            §3), None where it reports none.
+        paper_params: trainable parameters PE-RSITR reports for the method on ViT-B/32, None where it
+            reports none.
+        default_loss: the training loss (:func:`rsretrieval.training.build_task`) the method trains with
+            when none is named.
     """
 
     name: str
@@ -263,6 +251,7 @@ class MethodSpec:
     starts_at_base: bool
     wrap_tokenizer: TokenizerWrapFn | None = None
     paper_params: int | None = None
+    default_loss: str = "infonce"
 
     @property
     def summary(self) -> str:
@@ -281,6 +270,7 @@ def register_method(
     starts_at_base: bool,
     wrap_tokenizer: TokenizerWrapFn | None = None,
     paper_params: int | None = None,
+    default_loss: str = "infonce",
 ) -> MethodSpec:
     """Add a method to the registry (see :class:`MethodSpec` for the arguments).
 
@@ -296,7 +286,7 @@ def register_method(
         raise ValueError(f"{config_cls!r} must be a @dataclass subclassing MethodConfig")
     if any(s.config_cls is config_cls for s in _METHODS.values()):
         raise ValueError(f"{config_cls.__name__} already belongs to another method; give each method its own class")
-    spec = MethodSpec(name, config_cls, inject, starts_at_base, wrap_tokenizer, paper_params)
+    spec = MethodSpec(name, config_cls, inject, starts_at_base, wrap_tokenizer, paper_params, default_loss)
     _METHODS[name] = spec
     return spec
 

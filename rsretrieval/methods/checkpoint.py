@@ -26,7 +26,7 @@ from rsretrieval.methods.base import (
     get_method,
     method_parameters,
 )
-from rsretrieval.train import atomic_save
+from rsretrieval.files import atomic_save
 
 FORMAT = "rsretrieval-method"
 VERSION = 1

@@ -27,7 +27,7 @@ class CLIPAdapterConfig(MethodConfig):
 
     ``A`` is CLIP-Adapter's two-layer MLP without biases, ``Linear(e, e/k) -> ReLU -> Linear(e/k, e)
     -> ReLU`` on the e-dimensional embedding. The paper uses reduction k = 4 (on one tower); PE-RSITR
-    lists "CLIP-Adapter 0.52M" (reference.md §3), which is exactly k = 2 on both towers of ViT-B-32:
+    lists "CLIP-Adapter 0.52M", which is exactly k = 2 on both towers of ViT-B-32:
     2 towers x 2 x 512 x 256 = **524,288**, hence our default. alpha = 0.2 is CLIP-Adapter's residual
     ratio.
 

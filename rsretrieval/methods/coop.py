@@ -38,7 +38,7 @@ class CoOpConfig(MethodConfig):
     """Learned text context (CoOp, Zhou et al., 2022): M vectors in place of the first M word slots.
 
     Default: M = 16 vectors of the text width, **8,192** parameters on ViT-B-32 (16 x 512).
-    PE-RSITR lists "CoOp 0.10M" (reference.md §3), which CoOp's design cannot reach with any usual M:
+    PE-RSITR lists "CoOp 0.10M", which CoOp's design cannot reach with any usual M:
     one set of 512-d vectors would need M ~ 195, more than the 77-token context leaves for a caption.
     0.10M matches 16 vectors *at every one of the 12 text blocks* (16 x 512 x 12 = 98,304), i.e. a
     deep variant; ``deep=True`` builds exactly that (fresh vectors replace the context positions at

@@ -14,8 +14,8 @@ from rsretrieval.methods.base import MethodConfig, register_method
 class FullConfig(MethodConfig):
     """Full fine-tuning: all 151,277,313 parameters of ViT-B-32 train, logit scale included.
 
-    No options. PE-RSITR reports full fine-tuning at 45.33 mR on RSITMD (reference.md §3) but no
-    parameter count; on this project's 2 CPU cores it is the slowest mode (reference.md §6).
+    No options. PE-RSITR reports full fine-tuning at 45.33 mR on RSITMD but no
+    parameter count; on this project's 2 CPU cores it is the slowest mode.
     """
 
 

@@ -16,7 +16,7 @@ class LinearProbeConfig(MethodConfig):
     """Linear probe: train ``visual.proj`` and ``text_projection``, freeze everything else.
 
     On ViT-B-32 that is 768x512 + 512x512 = **655,360** parameters (no biases). PE-RSITR reports
-    **1.05M** for its linear probe (reference.md §3) without saying what it trained, so our count is
+    **1.05M** for its linear probe without saying what it trained, so our count is
     38% lower, and we do not pad it to match. What 1.05M may be: two *new* 512->512 linear heads
     with biases on top of the frozen embeddings (2 x 262,656 = 1,050,624), or exactly 2^20 =
     1,048,576 (for instance the two projections plus a second 768x512 matrix). Training open_clip's

@@ -2,7 +2,8 @@
 
 Yuan, Zhan, Xiong. "Parameter-Efficient Transfer Learning for Remote Sensing Image-Text Retrieval"
 (PE-RSITR), IEEE TGRS 2023. https://ieeexplore.ieee.org/document/10231134 ; code:
-https://github.com/ZhanYang-nwpu/PE-RSITR (``layers/MRS_Adapter.py``). Written from reference.md §3.
+https://github.com/ZhanYang-nwpu/PE-RSITR (``layers/MRS_Adapter.py``). Written from the released code's
+shapes and initialisation (``docs/design.md``).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ class VPTConfig(MethodConfig):
     before block 0, and drops them after the last block.
 
     Default on ViT-B-32: 50 tokens x 768 x 12 blocks = **460,800** parameters, PE-RSITR's "VPT
-    0.46M" (reference.md §3). Prompts change the attention of every token, so the model cannot start
+    0.46M". Prompts change the attention of every token, so the model cannot start
     equal to the frozen one.
     """
 

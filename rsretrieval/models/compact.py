@@ -33,7 +33,7 @@ def save_compact(model: nn.Module, path: str | Path, used_tokens: torch.Tensor, 
         fill_seed: seed for the redrawn rows.
         meta: extra JSON-serialisable facts (pretraining config, zero-shot result...).
     """
-    from rsretrieval.train import atomic_save
+    from rsretrieval.files import atomic_save
 
     state = model.state_dict()
     tokens = torch.unique(used_tokens.long())

@@ -17,17 +17,17 @@ from typing import Any, Callable
 import open_clip
 import torch
 
+from rsretrieval import paths
 from rsretrieval.errors import CheckpointError, ModelNotFoundError
 from rsretrieval.models.compact import load_compact
 
 _logger = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
-# Our own weights: (architecture, tag) -> file relative to the repository root.
+# Our own weights, shipped as package data: (architecture, tag) -> file in rsretrieval.paths.WEIGHTS_DIR.
 LOCAL_PRETRAINED: dict[tuple[str, str], str] = {
-    ("mini", "synthrs"): "data/miniclip/mini-synthrs.pt",
+    ("mini", "synthrs"): "mini-synthrs.pt",
 }
 
 _registered = False
@@ -56,7 +56,7 @@ def list_pretrained(name: str | None = None) -> list[tuple[str, str]]:
 def local_pretrained_path(name: str, tag: str) -> Path | None:
     """The file of one of our shipped checkpoints, or None if (name, tag) is not ours."""
     rel = LOCAL_PRETRAINED.get((name, tag))
-    return REPO_ROOT / rel if rel else None
+    return paths.WEIGHTS_DIR / rel if rel else None
 
 
 @dataclass
@@ -107,7 +107,7 @@ def _is_open_clip_tag(name: str, tag: str) -> bool:
 
 
 def _resolve_name(name: str, pretrained: str | None, quick_gelu: bool | None) -> str:
-    """Apply the QuickGELU rule: OpenAI weights were trained with QuickGELU (reference.md §5)."""
+    """Apply the QuickGELU rule: OpenAI weights were trained with QuickGELU."""
     if quick_gelu is None:
         quick_gelu = pretrained == "openai"
     if quick_gelu and not name.endswith("-quickgelu"):

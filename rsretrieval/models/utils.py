@@ -1,10 +1,12 @@
-"""Small helpers every method and notebook uses: device choice, freezing, parameter counts, seeds."""
+"""Small helpers every method, task and notebook uses: device, precision, modes, encoding, counts, seeds."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -34,6 +36,47 @@ def autocast(device: torch.device | str, enabled: bool = True) -> torch.autocast
     use = enabled and dev.type == "cuda"
     dtype = torch.bfloat16 if use and torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast(device_type=dev.type, dtype=dtype, enabled=use)
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Switch to eval mode, then restore every submodule's own mode.
+
+    Per module, not ``model.train(was_training)``: a PEFT model often keeps its frozen backbone in
+    eval mode while the adapters train, and a single flag would flip the backbone back on.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def embed_dim(model: torch.nn.Module) -> int:
+    """The joint embedding width E of an open_clip CLIP (``visual.output_dim``, else the text projection)."""
+    dim = getattr(getattr(model, "visual", None), "output_dim", None)
+    if isinstance(dim, int):
+        return dim
+    proj = getattr(model, "text_projection", None)
+    if isinstance(proj, torch.nn.Linear):
+        return int(proj.out_features)
+    if isinstance(proj, torch.Tensor):
+        return int(proj.shape[1])
+    raise TypeError(f"{type(model).__name__} does not say its embedding width (no visual.output_dim or "
+                    "text_projection)")
+
+
+def logit_scale(model: torch.nn.Module) -> torch.Tensor:
+    """CLIP's inverse temperature ``exp(logit_scale)``, clamped at 100 as CLIP trains it."""
+    return model.logit_scale.exp().clamp(max=100)
+
+
+def encode_pair(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised image and text embeddings of a batch, ``[B, E]`` each."""
+    return model.encode_image(images, normalize=True), model.encode_text(tokens, normalize=True)
 
 
 def freeze(module: torch.nn.Module) -> torch.nn.Module:

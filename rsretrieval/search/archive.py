@@ -27,19 +27,15 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from rsretrieval.search.vectors import VectorSearch, build
 from tqdm.auto import tqdm
 
 from rsretrieval import __version__
-from rsretrieval.ann import VectorSearch, build
-from rsretrieval.errors import CheckpointError, RSRetrievalError
+from rsretrieval.errors import CheckpointError, SearchIndexError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
 MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.npy"
-
-
-class SearchIndexError(RSRetrievalError, ValueError):
-    """An index that is empty, damaged, or built with another model."""
 
 
 def find_images(folder: str | Path) -> list[Path]:
@@ -71,9 +67,7 @@ class Encoder:
     def __init__(self, model: str = "mini", pretrained: str | None = "synthrs", adapter: str | Path | None = None,
                  device: str = "auto") -> None:
         from rsretrieval.methods import load_method, wrap_tokenizer
-        from rsretrieval.models import create_model, select_device
-
-        from rsretrieval.models import seed_everything
+        from rsretrieval.models import create_model, seed_everything, select_device
 
         self.device = select_device(device)
         seed_everything(0)  # without weights, the random init is the identity: make it the same every time

@@ -1,12 +1,11 @@
 """A disk cache of what a side branch reads from a frozen backbone, and training from it.
 
-With the backbone frozen and run without gradients (the Focus-Adapter, :mod:`rsretrieval.methods.
-focus_adapter`), and with no pixel augmentation, everything the branch reads is the same in every
-epoch: the tapped blocks' tokens and the frozen embeddings of every training image and caption. This
-module computes them once and keeps them on disk as memory-mapped ``.npy`` files, so later epochs
-cost the branch only (usage: :class:`CachedSideBranchTask`; timing: :func:`time_epochs`).
+With the backbone frozen and run without gradients, and no pixel augmentation, everything the
+branch reads is the same in every epoch: the tapped blocks' tokens and the frozen embeddings of
+every training image and caption. :func:`build_cache` computes them once into memory-mapped
+``.npy`` files; :class:`CachedSideBranchTask` trains from them (timing: :func:`time_epochs`).
 
-Layout of one cache entry, ``<cache_dir>/<key>/``::
+Layout of one entry, ``<cache_dir>/<key>/``::
 
     meta.json          what the key was made of, shapes, dtypes (written last, before the rename)
     image_tokens.npy   [n_images, n_layers_img, 1 + P, D_img]   float16  (class token first)
@@ -15,19 +14,9 @@ Layout of one cache entry, ``<cache_dir>/<key>/``::
     text_embeds.npy    [n_captions, E]                          float32
     text_eot.npy       [n_captions]                             int64
 
-Tokens are float16 (they are most of the bytes; the branch LayerNorms them first), embeddings
-float32 (small, and added to the branch output as they are).
-
-The key is a sha256 over: a digest of every frozen weight (names, shapes, bytes: a changed or
-fine-tuned backbone gets a new key even under the same name), the tapped layers, the dataset's name,
-split, image files (path, size, mtime), captions, caption -> image index, the tokenised captions
-(covers tokenizer and context length), the transform's ``repr``, and this format's version. Any
-change gives a new key, hence a new entry: invalidation is by construction. An entry is written to a
-temporary directory and renamed into place when complete, so an interrupted build never looks like
-a cache; stale temporary directories are removed by the next build.
-
-Caveat: the key trusts that the transform is deterministic and the backbone has no active
-stochastic layer (open_clip's CLIP has none by default); :func:`build_cache` runs it in eval mode.
+The key hashes every frozen weight, the tapped layers, the split's files, captions and tokens, the
+transform and this format's version: any change writes a new entry (invalidation by construction).
+An entry is built in a temporary folder and renamed into place when complete.
 """
 
 from __future__ import annotations
@@ -52,19 +41,20 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rsretrieval.data.dataset import CaptionDataset
-from rsretrieval.losses import InfoNCELoss
+from rsretrieval.training.losses import InfoNCELoss
 from rsretrieval.methods.base import get_applied_method
-from rsretrieval.models.factory import REPO_ROOT
+from rsretrieval.models.utils import eval_mode, logit_scale
+from rsretrieval.paths import data_dir
+from rsretrieval.training.tasks import Batch, Inputs, Task
 
 _logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-DEFAULT_CACHE_DIR = REPO_ROOT / "data" / "cache"
 _TMP_PREFIX = ".tmp-"
 _FILES = ("image_tokens", "image_embeds", "text_tokens", "text_embeds", "text_eot")
 
 __all__ = [
-    "DEFAULT_CACHE_DIR",
+    "default_cache_dir",
     "CachedSideBranchTask",
     "FeatureCache",
     "build_cache",
@@ -77,6 +67,11 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- the key
+
+def default_cache_dir() -> Path:
+    """``<data home>/cache`` (see :mod:`rsretrieval.paths`)."""
+    return data_dir("cache")
+
 
 def frozen_weights_digest(model: nn.Module) -> str:
     """sha256 over the name, shape, dtype and bytes of every frozen parameter and every buffer.
@@ -258,7 +253,7 @@ def build_cache(
         transform: the deterministic training transform (no random augmentation: it would be
             frozen into the cache).
         tokenizer: list[str] -> LongTensor.
-        cache_dir: parent directory of the entries (default ``data/cache`` in the repository).
+        cache_dir: parent directory of the entries (default :func:`default_cache_dir`).
         batch_size: images / captions per forward pass while building.
         device: where to run the backbone (default: the model's device).
         token_dtype: dtype of the stored tokens (float16 halves the disk and page-cache footprint).
@@ -267,7 +262,7 @@ def build_cache(
     Returns:
         The opened :class:`FeatureCache`; ``hit`` tells whether it was already on disk.
     """
-    cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     tokens = tokenizer(list(data.captions))
     key, parts = cache_key(model, data, transform, tokenizer, tokens=tokens)
     final = cache_dir / key
@@ -306,56 +301,53 @@ def _write_features(model: nn.Module, data: CaptionDataset, transform: Callable,
     layers = _tapped_layers(model)
     param = next(model.parameters())
     dev = torch.device(device) if device is not None else param.device
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()  # no dropout / patch dropout may end up frozen into the cache
     arrays: dict[str, np.ndarray] = {}
-    try:
-        loader = torch.utils.data.DataLoader(data.images(transform), batch_size=batch_size, shuffle=False)
-        start = 0
-        for batch in tqdm(loader, desc="cache images", disable=not progress, leave=False):
-            emb, taps = model.frozen_image_features(batch["image"].to(dev))
-            if not taps:  # a tower without a branch: keep a zero-size token array so shapes stay uniform
-                taps = [emb.new_zeros(len(emb), 0, 0)]
-            tok = torch.stack(taps, dim=1)  # [B, layers, T, D]
-            if not arrays:
-                n_layers = len(layers.get("visual", ())) or 0
-                arrays["image_tokens"] = open_memmap(out / "image_tokens.npy", "w+", token_dtype,
-                                                     (data.num_images, n_layers, *tok.shape[2:]))
-                arrays["image_embeds"] = open_memmap(out / "image_embeds.npy", "w+", np.float32,
-                                                     (data.num_images, emb.shape[1]))
-            end = start + len(emb)
-            if arrays["image_tokens"].shape[1]:
-                arrays["image_tokens"][start:end] = tok.cpu().numpy().astype(token_dtype)
-            arrays["image_embeds"][start:end] = emb.float().cpu().numpy()
-            start = end
+    with eval_mode(model):  # no dropout / patch dropout may end up frozen into the cache
+        try:
+            loader = torch.utils.data.DataLoader(data.images(transform), batch_size=batch_size, shuffle=False)
+            start = 0
+            for batch in tqdm(loader, desc="cache images", disable=not progress, leave=False):
+                emb, taps = model.frozen_image_features(batch["image"].to(dev))
+                if not taps:  # a tower without a branch: keep a zero-size token array so shapes stay uniform
+                    taps = [emb.new_zeros(len(emb), 0, 0)]
+                tok = torch.stack(taps, dim=1)  # [B, layers, T, D]
+                if not arrays:
+                    n_layers = len(layers.get("visual", ())) or 0
+                    arrays["image_tokens"] = open_memmap(out / "image_tokens.npy", "w+", token_dtype,
+                                                         (data.num_images, n_layers, *tok.shape[2:]))
+                    arrays["image_embeds"] = open_memmap(out / "image_embeds.npy", "w+", np.float32,
+                                                         (data.num_images, emb.shape[1]))
+                end = start + len(emb)
+                if arrays["image_tokens"].shape[1]:
+                    arrays["image_tokens"][start:end] = tok.cpu().numpy().astype(token_dtype)
+                arrays["image_embeds"][start:end] = emb.float().cpu().numpy()
+                start = end
 
-        eot_all = tokens.argmax(dim=-1)  # open_clip's argmax pooling: EOT has the highest id
-        length = int(eot_all.max()) + 1
-        n_layers = len(layers.get("text", ()))
-        starts = range(0, data.num_captions, batch_size)
-        for start in tqdm(starts, desc="cache captions", disable=not progress, leave=False):
-            end = min(start + batch_size, data.num_captions)
-            emb, taps, eot = model.frozen_text_features(tokens[start:end].to(dev))
-            if "text_tokens" not in arrays:
-                width = taps[0].shape[-1] if taps else 0
-                shape = (data.num_captions, n_layers, length if n_layers else 0, width)
-                arrays["text_tokens"] = open_memmap(out / "text_tokens.npy", "w+", token_dtype, shape)
-                arrays["text_embeds"] = open_memmap(out / "text_embeds.npy", "w+", np.float32,
-                                                    (data.num_captions, emb.shape[1]))
-                arrays["text_eot"] = open_memmap(out / "text_eot.npy", "w+", np.int64, (data.num_captions,))
-            if n_layers:
-                tok = torch.stack(taps, dim=1)  # [B, layers, L_batch, D], L_batch <= length
-                arrays["text_tokens"][start:end, :, :tok.shape[2]] = tok.cpu().numpy().astype(token_dtype)
-                arrays["text_tokens"][start:end, :, tok.shape[2]:] = 0
-            arrays["text_embeds"][start:end] = emb.float().cpu().numpy()
-            arrays["text_eot"][start:end] = eot.cpu().numpy()
-        for a in arrays.values():
-            a.flush()
-        return {name: list(arrays[name].shape) for name in _FILES}
-    finally:
-        for m, training in modes:
-            m.training = training
-        arrays.clear()  # close the memmaps before the directory is renamed
+            eot_all = tokens.argmax(dim=-1)  # open_clip's argmax pooling: EOT has the highest id
+            length = int(eot_all.max()) + 1
+            n_layers = len(layers.get("text", ()))
+            starts = range(0, data.num_captions, batch_size)
+            for start in tqdm(starts, desc="cache captions", disable=not progress, leave=False):
+                end = min(start + batch_size, data.num_captions)
+                emb, taps, eot = model.frozen_text_features(tokens[start:end].to(dev))
+                if "text_tokens" not in arrays:
+                    width = taps[0].shape[-1] if taps else 0
+                    shape = (data.num_captions, n_layers, length if n_layers else 0, width)
+                    arrays["text_tokens"] = open_memmap(out / "text_tokens.npy", "w+", token_dtype, shape)
+                    arrays["text_embeds"] = open_memmap(out / "text_embeds.npy", "w+", np.float32,
+                                                        (data.num_captions, emb.shape[1]))
+                    arrays["text_eot"] = open_memmap(out / "text_eot.npy", "w+", np.int64, (data.num_captions,))
+                if n_layers:
+                    tok = torch.stack(taps, dim=1)  # [B, layers, L_batch, D], L_batch <= length
+                    arrays["text_tokens"][start:end, :, :tok.shape[2]] = tok.cpu().numpy().astype(token_dtype)
+                    arrays["text_tokens"][start:end, :, tok.shape[2]:] = 0
+                arrays["text_embeds"][start:end] = emb.float().cpu().numpy()
+                arrays["text_eot"][start:end] = eot.cpu().numpy()
+            for a in arrays.values():
+                a.flush()
+            return {name: list(arrays[name].shape) for name in _FILES}
+        finally:
+            arrays.clear()  # close the memmaps before the directory is renamed
 
 
 def clear_cache(cache_dir: str | Path | None = None, keep: Sequence[str] = ()) -> list[str]:
@@ -363,7 +355,7 @@ def clear_cache(cache_dir: str | Path | None = None, keep: Sequence[str] = ()) -
 
     Entries are never deleted automatically: a changed dataset or model writes a new one beside the old.
     """
-    cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if not cache_dir.is_dir():
         return []
     removed = []
@@ -377,14 +369,12 @@ def clear_cache(cache_dir: str | Path | None = None, keep: Sequence[str] = ()) -
 
 # ----------------------------------------------------------------------------- training from the cache
 
-class CachedSideBranchTask(nn.Module):
+class CachedSideBranchTask(Task):
     """Model + cache + loss: trains a side branch from cached frozen features, with ``fit``.
 
-    It computes what :class:`~rsretrieval.train.ContrastiveTask` computes for the same batch (the
+    It computes what :class:`~rsretrieval.training.ContrastiveTask` computes for the same batch (the
     branch reads the same frozen features, only from disk and rounded to float16), without running
-    the backbone. It tells ``fit`` so through three attributes: ``takes_indices`` (pass
-    ``caption_ids=``), ``needs_pixels = False`` (do not load images) and ``needs_tokens = False``
-    (do not tokenise).
+    the backbone, so its batches need neither pixels nor tokens: only the image and caption indices.
 
     Args:
         model: the side-branch model the cache was built with (``apply_method(model, "focus_adapter")``).
@@ -397,12 +387,9 @@ class CachedSideBranchTask(nn.Module):
         ...     task=CachedSideBranchTask(model, cache))                          # doctest: +SKIP
     """
 
-    takes_indices = True
-    needs_pixels = False
-    needs_tokens = False
+    inputs = Inputs(pixels=False, tokens=False)
 
     def __init__(self, model: nn.Module, cache: FeatureCache, loss: nn.Module | None = None) -> None:
-        super().__init__()
         layers = _tapped_layers(model)
         if {k: tuple(v) for k, v in layers.items()} != cache.layers:
             raise ValueError(f"the cache holds layers {cache.layers}, the model taps {layers}: build the "
@@ -410,17 +397,12 @@ class CachedSideBranchTask(nn.Module):
         if cache.meta["parts"]["weights"] != frozen_weights_digest(model):
             raise ValueError("the cache was built from other frozen weights than this model's: rebuild it "
                              "with build_cache(model, ...)")
-        self.model = model
+        super().__init__(model, loss if loss is not None else InfoNCELoss())
         self.cache = cache
-        self.loss = loss or InfoNCELoss()
 
-    def forward(self, images: torch.Tensor | None, tokens: torch.Tensor | None, image_ids: torch.Tensor,
-                caption_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Losses of a batch given by dataset indices: ``image_ids`` [B] (rows of the cache's images)
-        and ``caption_ids`` [B] (rows of its captions); ``images`` and ``tokens`` are ignored."""
-        if caption_ids is None:
-            raise ValueError("CachedSideBranchTask needs caption_ids: train it with rsretrieval.train.fit, "
-                             "which passes them to tasks with takes_indices = True")
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Losses of a batch given by dataset indices: rows of the cache's images and captions."""
+        image_ids, caption_ids = batch.image_ids, batch.caption_ids
         if len(image_ids) and (int(image_ids.max()) >= self.cache.num_images
                                or int(caption_ids.max()) >= self.cache.num_captions):
             raise IndexError(f"indices beyond the cache ({self.cache.num_images} images, "
@@ -432,7 +414,7 @@ class CachedSideBranchTask(nn.Module):
         txt_taps = [t[:, :int(eot.max()) + 1] for t in txt_taps]
         img = F.normalize(self.model.branch_image(img_emb, img_taps), dim=-1)
         txt = F.normalize(self.model.branch_text(txt_emb, txt_taps, eot), dim=-1)
-        return self.loss(img, txt, self.model.logit_scale.exp().clamp(max=100), image_ids)
+        return self.loss(img, txt, logit_scale(self.model), image_ids)
 
 
 # ----------------------------------------------------------------------------- timing
@@ -462,7 +444,7 @@ def time_epochs(
         ``cache_hit``, ``speedup`` (uncached / cached seconds of the last epoch, i.e. an epoch after
         the first), and each run's ``uncached_loss`` / ``cached_loss`` per epoch.
     """
-    from rsretrieval.train import TrainConfig, fit
+    from rsretrieval.training import TrainConfig, fit
 
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=10, seed=seed, device=device,
                       eval_every=0, progress=False, output_dir=None)

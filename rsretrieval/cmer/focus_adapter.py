@@ -1,52 +1,14 @@
 """Focus-Adapter: a side branch beside a frozen CLIP, with a focus layer for small targets.
 
-CMER (Zhang et al., "Efficient and Effective Remote Sensing Image-Text Retrieval", arXiv
-2501.10638, 2025) describes its Focus-Adapter only in the abstract: "a side branch structure (to
-cut training memory) whose focus layer suppresses background pixels so small targets count".
-Nothing else about it could be read (reference.md §4): no layer shapes, formulas or
-hyper-parameters. **Everything in this module is our reconstruction**, designed from that sentence
-and from the anchors measured on this project's machines (reference.md §6). Where we chose, the
-docstrings say why.
+Our reconstruction of CMER's Focus-Adapter, of which only the abstract is known (the design and
+its arguments: ``docs/cmer.md``). Per tower, tapped block outputs of the frozen backbone (run under
+``torch.no_grad``) pass LayerNorm + down projections, one residual MLP and a pooling (image: class
+token + focus-weighted patches), then join the frozen embedding through a zero-initialised,
+scaled gate: ``e = e_frozen + s * gate * up(p)``. Step 0 is frozen CLIP bit for bit, and only the
+branch is back-propagated, so what it reads can be cached (:mod:`rsretrieval.cmer.cache`).
 
-How it works (both towers, one branch each)::
-
-    frozen CLIP (run under torch.no_grad: no activation is kept for backward)
-      tapped block outputs x_l [N, T, D]  ----------------------.
-      frozen embedding e_frozen [N, E] ---------------.          |
-                                                       |          v
-                            h = sum_l Linear_l(LayerNorm_l(x_l))      [N, T, r]
-                            h = h + MLP(LayerNorm(h))                 (one residual block)
-                            p = pool(h)                               [N, r]
-                                                       |   image: class token + focus-pooled patches
-                                                       |   text:  masked mean (or EOT token)
-                            e = e_frozen + s * gate * Linear_up(p)   [N, E], gate zero-initialised
-                            normalise as CLIP does
-
-Only the branch is back-propagated: training memory is the frozen forward plus a small network,
-and step 0 is exactly frozen CLIP (the gate starts at 0: e = e_frozen bit for bit). Because the
-backbone sees no gradient, what the branch reads can be computed once and cached
-(:mod:`rsretrieval.cache`). Two details keep
-the peak low: the frozen forward runs in micro-batches (``frozen_batch``; the same numbers up to
-float rounding), and each tap's LayerNorm + down projection is recomputed in backward instead of
-storing its full-width output (the same numbers exactly).
-
-The **focus layer** (:class:`FocusPool`) weights patch tokens before pooling. reference.md §6
-measured that a naive learned softmax scorer did *worse* than mean pooling (34.6 vs 39.9 mR), so
-this one is built to start as mean pooling exactly and to move away from it only as far as training
-pushes it: its logits are zero at step 0 (uniform weights), and they combine an outlier prior
-(small targets are outliers against a dominant background: a patch far from the image's mean patch
-gets a high score) with a learned content score. See :class:`FocusPool`.
-
-Taps are read with forward hooks on the tapped ``resblocks`` rather than with open_clip's
-``forward_intermediates``: the frozen path is then the model's own ``encode_image`` /
-``encode_text`` (bit-identical embeddings at step 0 by construction), and hooks other code puts on
-the towers (e.g. :func:`rsretrieval.tasks.token_dropout`, which pre-hooks ``visual.transformer``)
-keep firing; ``forward_intermediates`` calls ``transformer.forward_intermediates`` directly and
-would silently bypass them.
-
-Two registry names inject the same module: ``focus_adapter`` and ``cmer``. The registry has no
-per-method default loss, so ``--method cmer`` is meant to be paired with ``--loss cmer`` (CMER's
-training-time parts: scene-label augmentation and negative queues, written elsewhere).
+Two registry names inject the same module: ``focus_adapter`` (trains with InfoNCE by default) and
+``cmer`` (trains with the ``cmer`` loss: scene captions + recycled negatives).
 """
 
 from __future__ import annotations
@@ -55,7 +17,6 @@ import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -65,6 +26,7 @@ from open_clip.model import CLIP
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from rsretrieval.models.utils import embed_dim
 from rsretrieval.methods.base import (
     AdapterModule,
     MethodConfig,
@@ -123,9 +85,8 @@ class FocusAdapterConfig(MethodConfig):
     towers: tuple[str, ...] = field(default=("visual", "text"), metadata={"help": "towers that get a branch"})
     gate_scale: float = field(default=64.0, metadata={
         "help": "s in e_frozen + s * gate * up(p), gate zero-initialised: Adam moves the gate by ~lr per step, "
-                "so the branch's share grows by ~s * lr per step. 1 is a plain zero gate (our first version: "
-                "nearly silent in a 40-step run); 64 matches the default bottleneck r. Not tuned: on SynthRS's "
-                "validation split (2 seeds, 40 steps) 16, 64 and 128 gave 20.6, 24.5 and 26.0 mR"})
+                "so the branch's share grows by ~s * lr per step. 1 is a plain zero gate; 64 matches the default "
+                "bottleneck r. Not tuned yet (docs/cmer.md)"})
     frozen_batch: int | None = field(default=None, metadata={
         "help": "micro-batch of the frozen forward (same numbers up to float rounding, lower peak memory). "
                 "None: 16 on CPU, the whole batch on GPU; 0: always the whole batch"})
@@ -153,13 +114,12 @@ class FocusAdapterConfig(MethodConfig):
 
 
 @dataclass
-class CMERConfig(FocusAdapterConfig):
-    """CMER (our reconstruction): the Focus-Adapter; pair it with ``--loss cmer`` for CMER's training parts.
+class CMERAdapterConfig(FocusAdapterConfig):
+    """CMER's side branch (our reconstruction): the Focus-Adapter, trained with the ``cmer`` loss by default.
 
-    The method injects exactly what ``focus_adapter`` injects (see :class:`FocusAdapterConfig`).
-    CMER's scene-label augmentation and negative-sample queues are training-time parts: they live in
-    the ``cmer`` loss/task, and the method registry has no per-method default loss, so choose it
-    explicitly (``--method cmer --loss cmer``; ``get_loss("cmer")(model)`` in Python).
+    The method injects exactly what ``focus_adapter`` injects. CMER's training-time parts, scene-label
+    augmentation and recycled negatives, belong to the ``cmer`` loss, which the registry makes this
+    method's default: ``train --method cmer`` trains all of CMER (see :class:`rsretrieval.cmer.CMERConfig`).
     """
 
 
@@ -355,7 +315,7 @@ class FocusAdapter(AdapterModule):
             size = 16 if x.device.type == "cpu" else 0
         return size if size > 0 else max(1, len(x))
 
-    # the two halves the cache also calls (rsretrieval.cache.CachedSideBranchTask)
+    # the two halves the cache also calls (rsretrieval.cmer.cache.CachedSideBranchTask)
     def image_from_features(self, frozen: torch.Tensor, taps: Sequence[torch.Tensor]) -> torch.Tensor:
         """Frozen image embedding [N, E] + tapped blocks (each [N, 1+P, D], class token first) -> [N, E]."""
         if self.image is None:
@@ -504,7 +464,7 @@ class FocusAdapterCLIP(CLIP):
         flat = adapter.last_weights if kind == "weights" else adapter.focus.last_outlier
         return flat.reshape(len(images), *adapter.grid)
 
-    # the protocol rsretrieval.cache relies on
+    # the protocol rsretrieval.cmer.cache relies on
     @property
     def tapped_layers(self) -> dict[str, tuple[int, ...]]:
         """Tapped block indices per tower (an empty tuple for a tower without a branch)."""
@@ -518,13 +478,6 @@ class FocusAdapterCLIP(CLIP):
                     eot: torch.Tensor) -> torch.Tensor:
         """Cached frozen features -> adapted text embedding (not normalised)."""
         return self.focus_adapter.text_from_features(frozen, taps, eot)
-
-
-def _embed_dim(model: nn.Module) -> int:
-    proj = model.text_projection
-    if proj is None:
-        return tower_width(model, "text")
-    return int(proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1])
 
 
 def inject_focus_adapter(model: nn.Module, config: FocusAdapterConfig) -> None:
@@ -543,12 +496,12 @@ def inject_focus_adapter(model: nn.Module, config: FocusAdapterConfig) -> None:
         resolve_layers(config.layers, depths[t], type(config).__name__)
     grid = tuple(int(g) for g in visual.grid_size)
     ref = model.transformer.resblocks[0].mlp.c_fc.weight
-    model.focus_adapter = like(FocusAdapter(config, widths, depths, _embed_dim(model), grid), ref)
+    model.focus_adapter = like(FocusAdapter(config, widths, depths, embed_dim(model), grid), ref)
     model.__class__ = FocusAdapterCLIP
 
 
 register_method("focus_adapter", FocusAdapterConfig, inject_focus_adapter, starts_at_base=True)
-register_method("cmer", CMERConfig, inject_focus_adapter, starts_at_base=True)
+register_method("cmer", CMERAdapterConfig, inject_focus_adapter, starts_at_base=True, default_loss="cmer")
 
 
 def get_focus_model(model: nn.Module) -> FocusAdapterCLIP:
@@ -561,37 +514,6 @@ def get_focus_model(model: nn.Module) -> FocusAdapterCLIP:
 
 
 # ----------------------------------------------------------------------------- does it focus on objects?
-
-def object_masks(data: Any, image_indices: Sequence[int] | None = None) -> np.ndarray:
-    """SynthRS object masks: [N, H, W] bool, True on pixels of ``kind == "object"`` entries.
-
-    Args:
-        data: a SynthRS :class:`~rsretrieval.data.dataset.CaptionDataset` (its
-            ``metadata["objects_file"]`` points at ``objects.json``; masks are ``masks/<stem>.png``
-            beside it, 8-bit object ids with 0 = background).
-        image_indices: which images (default: all).
-
-    Raises:
-        FileNotFoundError: a dataset without SynthRS objects or masks.
-    """
-    import json
-
-    from PIL import Image
-
-    objects_file = data.metadata.get("objects_file") if hasattr(data, "metadata") else None
-    if not objects_file:
-        raise FileNotFoundError(f"{data!r} has no metadata['objects_file']: object masks exist for SynthRS "
-                                "only")
-    objects = json.loads(Path(objects_file).read_text())
-    mask_dir = Path(objects_file).parent / "masks"
-    out = []
-    for i in (range(data.num_images) if image_indices is None else image_indices):
-        path = Path(data.image_paths[i])
-        ids = np.asarray(Image.open(mask_dir / f"{path.stem}.png"))
-        keep = [o["id"] for o in objects.get(path.name, []) if o.get("kind") == "object"]
-        out.append(np.isin(ids, keep))
-    return np.stack(out)
-
 
 def focus_mass_on_objects(focus_maps: torch.Tensor | np.ndarray, masks: torch.Tensor | np.ndarray,
                           min_fraction: float = 0.0) -> dict[str, Any]:

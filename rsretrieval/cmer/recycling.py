@@ -1,57 +1,11 @@
 """Negative sample recycling: queues of past batches' embeddings as extra negatives.
 
-**This is our reconstruction, not CMER's code.** CMER (Zhang et al. 2025, arXiv 2501.10638) is
-known to us only from its abstract (reference.md §4): "negative sample recycling" makes the
-negative pool independent of the mini-batch size, uses *two queues*, optimises
-``L = L_batch + L_queue`` and needs *no additional (momentum) encoder*. Every formula, default
-and design choice below is ours and argued here.
-
-What we build:
-
-- :class:`EmbeddingQueue`: a FIFO ring buffer of detached embeddings with the dataset index of
-  their image (and optionally a scene id), held in module buffers.
-- :class:`RecyclingLoss`: ``L = L_batch + w * L_queue``. ``L_batch`` is any batch loss
-  (:class:`~rsretrieval.losses.InfoNCELoss` by default), left exactly as it is without queues so
-  the queue's contribution can be ablated. ``L_queue`` is a second InfoNCE in which every image
-  of the batch competes its own caption against the *text queue*, and every caption competes its
-  own image against the *image queue*. After the loss, the batch is enqueued (detached).
-
-Why stale embeddings can be acceptable without a momentum encoder: a queue entry was computed by
-the weights of up to ``queue_size / batch_size`` steps ago. In MoCo the whole encoder trains from
-scratch, so old keys drift away from the current embedding space and the contrast becomes
-inconsistent; MoCo fixes that with a slowly moving momentum copy of the encoder. Here the backbone
-is pretrained and (for PETL methods) frozen, and only a small branch trains: if an embedding moves
-little per step, an entry a few steps old is still close to what the current model would produce.
-Memory-bank methods without a momentum encoder rely on the same argument (XBM, Wang et al. 2020,
-"Cross-Batch Memory for Embedding Learning", which starts its memory only once the embedding
-"drifts slowly"). The argument holds only while the embedding moves slowly, and that depends on the
-learning rate at least as much as on how many weights train. We measured it with
-:func:`embedding_drift` (mean cosine between a probe embedding at step t and the same input at step
-t + k; MiniCLIP after 600 pretraining updates, SynthRS smoke split, batch 32, constant lr without
-warm-up, 48 steps, images / texts, one seed)::
-
-    method @ lr            k = 1           k = 8           k = 32
-    linear_probe @ 1e-3    0.9999/0.9999   0.995/0.997     0.959/0.972
-    mrs_adapter  @ 2e-4    1.000 /1.000    0.998/0.999     0.966/0.988
-    mrs_adapter  @ 1e-3    0.9996/0.9999   0.984/0.993     0.877/0.937
-    full         @ 3e-5    0.9999/0.9999   0.997/0.996     0.971/0.971
-    full         @ 1e-3    0.990 /0.990    0.937/0.948     0.846/0.768
-
-For scale, the nearest *other* probe image has cosine 0.835 (texts 0.869) with a probe image. So
-entries up to ~8 steps old are nearly as good as fresh ones, while at lr 1e-3 an entry 32 steps old
-is almost as far from its current self as from a different image. Hence the default
-``queue_size=512`` (8 steps at the trainer's default batch of 64, 9x the negatives of the batch),
-and ``max_age`` to bound staleness independently of the pool size. Warm-up and cosine decay in
-:func:`~rsretrieval.train.fit` make the real drift smaller than this constant-lr measurement.
-
-Checkpoints: the queues live in registered buffers and flag themselves ``resumable_state``, so
-:func:`rsretrieval.train.fit` stores them in ``last.pt`` beside the trainable parameters and a
-resumed run continues with the same queues, bit-identical with an uninterrupted one (tested).
-``method.pt`` files (:func:`~rsretrieval.methods.save_method`) hold the model only, no queues.
-
-Under DDP nothing is all-gathered: with its default ``broadcast_buffers=True`` DDP copies rank 0's
-buffers to every rank before each forward, so all ranks use rank 0's queue (give ``dim`` up front,
-as the ``recycling``/``cmer`` factories do, so the buffers exist when DDP wraps the task).
+Our reconstruction of CMER's two-queue recycling, ``L = L_batch + w * L_queue`` with no momentum
+encoder (why stale entries are tolerable, and how much they drift: ``docs/cmer.md``).
+:class:`EmbeddingQueue` is a FIFO ring buffer of detached embeddings and their image ids, held in
+buffers; as a :class:`~rsretrieval.training.TrainingState` it is checkpointed with every run, so a
+resumed run continues with the same queues. Under DDP, rank 0's queues are broadcast with the
+buffers (give ``dim`` up front so they exist when DDP wraps the task).
 """
 
 from __future__ import annotations
@@ -62,13 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rsretrieval.losses import InfoNCELoss
+from rsretrieval.training.checkpoint import TrainingState
+from rsretrieval.training.losses import InfoNCELoss
 
 __all__ = ["EmbeddingQueue", "RecyclingLoss", "effective_negatives", "embedding_drift", "queue_memory_bytes",
            "steps_held"]
 
 
-class EmbeddingQueue(nn.Module):
+class EmbeddingQueue(TrainingState):
     """A FIFO ring buffer of detached embeddings, their image ids and (optionally) scene ids.
 
     The newest batch overwrites the oldest entries once the buffer is full. Everything lives in
@@ -85,8 +40,6 @@ class EmbeddingQueue(nn.Module):
         >>> q.valid, q.image_ids.tolist()
         (2, [4, 5])
     """
-
-    resumable_state = True  # rsretrieval.train.fit saves and restores it with its checkpoints
 
     def __init__(self, size: int, dim: int | None = None) -> None:
         super().__init__()
@@ -230,7 +183,7 @@ class RecyclingLoss(nn.Module):
         L_t2i   = mean_i -log( e^{s<t_i,v_i>} / (e^{s<t_i,v_i>} + sum_{k: id(V_k) != id_i} e^{s<t_i,V_k>}) )
         L_queue = (L_i2t + L_t2i) / 2
 
-    Choices (ours, reference.md §4 leaves them open):
+    Choices (ours; the abstract leaves them open):
 
     - A *separate* term rather than one softmax over batch + queue: ``L_batch`` stays exactly the
       baseline loss, an empty queue gives ``L_queue = 0`` (so the first step equals the baseline)
@@ -239,14 +192,14 @@ class RecyclingLoss(nn.Module):
     - The temperature is the model's own logit scale, shared with ``L_batch``: the queue adds
       negatives, not a new hyper-parameter.
     - Queue entries of the *same image* (another caption of it, or the same pair from an earlier
-      step) are masked, never negatives, as :func:`~rsretrieval.losses.same_image_mask` does in
+      step) are masked, never negatives, as :func:`~rsretrieval.training.losses.same_image_mask` does in
       the batch. Ids are dataset image indices, so they are comparable across batches.
     - No momentum encoder: entries come from the trained model itself and are detached (no
       gradient into the past); see the module docstring for why drift is tolerable here.
     - Only in training mode is the batch enqueued, so computing a loss in eval mode changes nothing.
 
     Args:
-        base_loss: the batch loss; any module with the :class:`~rsretrieval.losses.InfoNCELoss`
+        base_loss: the batch loss; any module with the :class:`~rsretrieval.training.losses.InfoNCELoss`
             call signature returning a dict of ``*_loss`` entries. Default InfoNCE.
         queue_size: entries per queue (same for both); independent of the batch size.
         dim: embedding width, or None to learn it from the first batch.

@@ -1,7 +1,7 @@
 """Encode a caption dataset with a CLIP-like model and score it with the retrieval protocol.
 
-The protocol is reference.md §1: every image is encoded once, every caption once, the gallery is
-the whole split, cosine similarity ranks it, and :mod:`rsretrieval.metrics` turns the
+The protocol (``docs/protocol.md``): every image is encoded once, every caption once, the gallery is
+the whole split, cosine similarity ranks it, and :mod:`rsretrieval.evaluation.metrics` turns the
 ``[n_images, n_texts]`` similarity into the six recalls (percent), mR and rsum, using the
 dataset's explicit caption -> image index as ground truth.
 
@@ -11,10 +11,9 @@ and ``CustomTextCLIP`` have both), so adapted models, side-branch models and tes
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,13 +24,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rsretrieval.data.dataset import CaptionDataset, ImageDataset
-from rsretrieval.metrics import (
+from rsretrieval.evaluation.metrics import (
     METRIC_KEYS,
     RECALL_KEYS,
     metrics_from_ranks,
     rank_stats,
     retrieval_ranks,
 )
+from rsretrieval.models.utils import autocast, eval_mode
 
 _logger = logging.getLogger(__name__)
 
@@ -50,22 +50,6 @@ __all__ = [
 # Encoding
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Switch to eval mode, then restore every submodule's own mode.
-
-    Per-module, not ``model.train(was_training)``: a PEFT model often keeps its frozen backbone in
-    eval mode while the adapters train, and a single flag would flip the backbone back on.
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
 def _resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
     """The device to put inputs on; checks the model is already there (we never move it)."""
     param = next(iter(model.parameters()), None)
@@ -81,14 +65,6 @@ def _resolve_device(model: nn.Module, device: torch.device | str | None) -> torc
             f"(model.to({str(dev)!r})) or pass device={str(model_device)!r}."
         )
     return dev
-
-
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """Mixed precision on CUDA only; CPU autocast is slow and changes the numbers for nothing."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
 
 
 def _image_view(
@@ -125,7 +101,7 @@ def encode_images(
     num_workers: int = 0,
     progress: bool = True,
 ) -> torch.Tensor:
-    """Encode each image of a dataset once (reference.md §1: the gallery is every test image).
+    """Encode each image of a dataset once (the gallery is every image of the split).
 
     Args:
         model: a CLIP-like module with ``encode_image``, already on ``device``.
@@ -145,7 +121,7 @@ def encode_images(
     loader = torch.utils.data.DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     rows: list[torch.Tensor] = []
     order: list[torch.Tensor] = []
-    with _eval_mode(model), torch.inference_mode(), _autocast(dev):
+    with eval_mode(model), torch.inference_mode(), autocast(dev):
         for batch in tqdm(loader, desc="encode images", disable=not progress, leave=False):
             images = batch["image"] if isinstance(batch, Mapping) else batch
             rows.append(model.encode_image(images.to(dev, non_blocking=True)).float().cpu())
@@ -189,7 +165,7 @@ def encode_texts(
     captions = list(captions)
     rows: list[torch.Tensor] = []
     starts = range(0, len(captions), batch_size)
-    with _eval_mode(model), torch.inference_mode(), _autocast(dev):
+    with eval_mode(model), torch.inference_mode(), autocast(dev):
         for start in tqdm(starts, desc="encode texts", disable=not progress, leave=False):
             tokens = tokenizer(captions[start : start + batch_size])
             rows.append(model.encode_text(tokens.to(dev, non_blocking=True)).float().cpu())
@@ -294,7 +270,7 @@ def evaluate_features(
     *,
     per_scene: bool = True,
 ) -> EvalResult:
-    """Score pre-computed (e.g. cached) features with the reference.md §1 protocol.
+    """Score pre-computed (e.g. cached) features with the retrieval protocol.
 
     Args:
         image_features: ``[n_images, dim]``, row i = ``data.image_paths[i]``.
@@ -338,7 +314,7 @@ def evaluate(
     progress: bool = True,
     num_workers: int = 0,
 ) -> EvalResult:
-    """Zero-shot or fine-tuned retrieval evaluation of ``model`` on one split (reference.md §1).
+    """Zero-shot or fine-tuned retrieval evaluation of ``model`` on one split.
 
     Each image and each caption is encoded once; the full split is the gallery for both
     directions. Select checkpoints on a validation split, never on the test split you report.

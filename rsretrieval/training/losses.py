@@ -14,7 +14,7 @@ def same_image_mask(image_ids: torch.Tensor) -> torch.Tensor:
     """[B, B] bool: True where pairs i and j show the same image but are different pairs.
 
     Two captions of one image in a batch are not negatives of each other; treating them as
-    such pushes apart embeddings that should agree (reference.md §1, §3).
+    such pushes apart embeddings that should agree.
     """
     ids = image_ids.view(-1)
     same = ids[:, None] == ids[None, :]
@@ -89,7 +89,7 @@ class VSEHardNegativeLoss(nn.Module):
 
     Each anchor counts only its hardest negative. Pairs of the same image are never negatives
     (``image_ids``). The call matches :class:`InfoNCELoss` (``logit_scale`` is accepted and unused),
-    so it drops into :class:`rsretrieval.train.ContrastiveTask`.
+    so it drops into :class:`rsretrieval.training.ContrastiveTask`.
     """
 
     def __init__(self, margin: float = 0.2, mask_same_image: bool = True) -> None:
@@ -111,12 +111,12 @@ class VSEHardNegativeLoss(nn.Module):
 class HMMCLoss(nn.Module):
     """PE-RSITR's hybrid multi-modal contrastive loss: three hardest-negative hinges, summed.
 
-    Yuan, Zhan, Xiong. PE-RSITR, IEEE TGRS 2023 (reference.md §3)::
+    Yuan, Zhan, Xiong. PE-RSITR, IEEE TGRS 2023::
 
         L = w_c C(v, t) + w_v C(v, v~) + w_t C(t, t~)
 
     where ``C`` is :func:`hardest_negative_hinge` (margin 0.2, all weights 1) and ``v~``, ``t~`` are
-    a second, dropout-perturbed view of the same batch (built by :class:`rsretrieval.tasks.HMMCTask`).
+    a second, dropout-perturbed view of the same batch (built by :class:`rsretrieval.training.tasks.HMMCTask`).
     Unlike the released code, pairs that share an image are masked in all three terms: two captions
     of one image, or one image seen twice, are not negatives.
     """

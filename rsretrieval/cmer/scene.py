@@ -1,46 +1,21 @@
 """Scene-label augmentation: the scene category as metadata, at training time and at test time.
 
-**This is our reconstruction, not CMER's code.** CMER (Zhang et al. 2025, arXiv 2501.10638) is
-known to us only from its abstract (reference.md §4): its scene-label augmentation "uses the RS
-scene category as metadata", "leverages prior knowledge of land-cover categories" and "shrinks
-the search space". How, where and with which weights is unknown; the two uses below and every
-default are ours, and the course reports them separately.
+Our reconstruction of CMER's scene-label augmentation (arguments: ``docs/cmer.md``).
 
-(a) **Training time** (:class:`SceneAugmentedTask`): with probability ``prob`` a training
-caption gets its image's scene as a prompt-like prefix, ``"an aerial image of an airport: two
-white planes are parked ..."`` (:func:`scene_caption`). Why a prefix and why ``prob < 1``:
+(a) Training time (:class:`SceneAugmentedTask`): with probability ``prob`` a training caption gets
+its image's scene as a prompt-like prefix, ``"an aerial image of an airport: two white planes ..."``
+(:func:`scene_caption`), plus an optional auxiliary scene-classification loss.
 
-- it injects the category as *text*, in the words CLIP already knows (prior knowledge of
-  land-cover categories), so the image tower is pushed to encode the scene and the text tower
-  learns to tie captions that never name their scene ("two white planes") to it;
-- test queries carry no prefix, so always prefixing would train on a text distribution never seen
-  at test time; ``prob = 0.5`` keeps half of the captions as they are;
-- the prefix uses natural words (``denseresidential`` -> "a dense residential area",
-  :func:`scene_phrases`), not raw labels, because the tokenizer splits an unknown compound into
-  meaningless pieces.
-
-An optional auxiliary term (``scene_loss_weight``) classifies each image and each caption of the
-batch among the scene *prompts* encoded by the current text tower (class weights = prompt
-embeddings). We chose it over "push other-scene negatives harder": negatives of another scene are
-usually the *easy* ones already, so extra push there adds little, whereas the auxiliary term trains
-exactly what the test-time use (b) relies on, zero-shot scene prediction of images and texts.
-It costs one text forward pass of the scene prompts per step, so it is off by default.
-
-(b) **Test time** (:func:`evaluate_with_scenes`): "shrinks the search space". Every gallery image
-and every text query gets a *predicted* scene by zero-shot classification against scene prompts
-(:func:`zero_shot_scene_probs`) - never its gold test label - and :func:`scene_rerank` re-ranks:
-``hard`` puts candidates of the query's predicted scene above all others (the search space shrinks
-to one scene; a wrong scene prediction then costs the query dearly), ``soft`` adds
-``weight * log p(same scene)``. The weight is chosen on the validation split
-(:func:`choose_weight_on_val`). A gold-label "oracle" row is reported beside them as an upper
-bound, clearly labelled as not a valid protocol. Gold labels are also used to *report* scene
-accuracy (:func:`scene_accuracy`), never to select anything.
+(b) Test time (:func:`evaluate_with_scenes`): every gallery image and text query gets a *predicted*
+scene (zero-shot against scene prompts, never its gold test label) and :func:`scene_rerank`
+re-ranks (``hard``: the search space shrinks to the predicted scene; ``soft``: ``+ weight * log
+p(same scene)``, the weight chosen on validation by :func:`choose_weight_on_val`). A gold-label
+oracle row is reported beside them as an upper bound, labelled as not a valid protocol.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -52,8 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from rsretrieval.data.dataset import CaptionDataset, normalize_scene
-from rsretrieval.metrics import retrieval_metrics
-from rsretrieval.train import ContrastiveTask
+from rsretrieval.evaluation.metrics import retrieval_metrics
+from rsretrieval.cmer.recycling import RecyclingLoss
+from rsretrieval.models.utils import encode_pair, logit_scale
+from rsretrieval.training.tasks import Batch, ContrastiveTask
 
 __all__ = [
     "DEFAULT_TEMPLATES",
@@ -64,7 +41,6 @@ __all__ = [
     "RERANK_MODES",
     "SceneAugmentedTask",
     "SceneEvalResult",
-    "ScenePrefixer",
     "choose_weight_on_val",
     "evaluate_with_scenes",
     "keyword_scene_probs",
@@ -84,7 +60,7 @@ __all__ = [
 UNKNOWN = "unknown"
 
 # Natural words for the normalised scene labels of RSITMD, RSICD, UCM-Captions and Sydney
-# (reference.md §2). The first phrase is the canonical one; more are synonyms for variety.
+# The first phrase is the canonical one; more are synonyms for variety.
 KNOWN_SCENE_PHRASES: dict[str, tuple[str, ...]] = {
     "agricultural": ("agricultural land", "farmland"),
     "airplane": ("airplanes",),
@@ -164,7 +140,18 @@ _EXTRA_WORDS = {"area", "land", "lot", "field", "ground", "water", "lake", "road
 # ------------------------------------------------------------------------------------------ words
 
 def _is_synthrs(vocabulary: str | None) -> bool:
-    return vocabulary is not None and vocabulary.lower().startswith("synthrs")
+    return vocabulary == "synthrs"
+
+
+def vocabulary_of(data: CaptionDataset) -> str | None:
+    """The scene vocabulary of a split's dataset (its registry entry's ``scene_vocabulary``), None if unregistered."""
+    from rsretrieval.data.registry import get_dataset_info
+    from rsretrieval.errors import DatasetNotFoundError
+
+    try:
+        return get_dataset_info(data.name).scene_vocabulary
+    except DatasetNotFoundError:
+        return None
 
 
 @functools.lru_cache(maxsize=1)
@@ -286,67 +273,14 @@ def scene_caption(caption: str, scene: str, rng: Rng, style: str = "varied",
         'an aerial image of an airport: two white planes are parked.'
     """
     prefix = scene_prefix(scene, rng, style, vocabulary)
-    if not prefix:
-        return caption
+    return _prefixed(prefix, caption) if prefix else caption
+
+
+def _prefixed(prefix: str, caption: str) -> str:
     body = caption.strip()
     if body[:1].isupper() and not body[1:2].isupper():  # "Two planes" -> "two planes", keep "UAV ..."
         body = body[0].lower() + body[1:]
     return f"{prefix} {body}"
-
-
-class ScenePrefixer:
-    """:func:`scene_caption` applied to already tokenized captions (open_clip's BPE tokenizer).
-
-    The trainer hands tasks token tensors, not strings, so the prefix is spliced in at token level:
-    ``[SOT] prefix caption [EOT]``, truncated as open_clip truncates (the last kept token becomes
-    EOT). Because open_clip's tokenizer splits text into words before BPE, this gives the very same
-    tokens as tokenizing the rewritten string (tested), without re-tokenizing the batch.
-
-    Args:
-        scene_names: the scenes, index k = scene id k.
-        tokenizer: an open_clip-style tokenizer (``[""]`` -> ``[SOT, EOT, 0, ...]``, EOT the largest id).
-        style, vocabulary: as :func:`scene_caption`.
-    """
-
-    def __init__(self, scene_names: Sequence[str], tokenizer: Callable[[list[str]], torch.Tensor],
-                 style: str = "varied", vocabulary: str | None = None) -> None:
-        empty = tokenizer([""])[0]
-        self.sot, self.eot = int(empty[0]), int(empty[1])
-        if (empty[2:] != 0).any() or self.eot != int(tokenizer(["a"])[0].max()):
-            raise ValueError("scene prefixes need an open_clip-style tokenizer ([SOT] text [EOT] padding, "
-                             "EOT the largest id); this tokenizer does not look like one")
-        self.context_length = len(empty)
-        self.style, self.vocabulary = style, vocabulary
-        self.variants: list[list[str]] = [_prefix_variants(s, style, vocabulary) for s in scene_names]
-        self.variant_tokens: list[list[list[int]]] = []
-        for texts in self.variants:
-            toks = tokenizer(texts) if texts else torch.zeros(0, self.context_length, dtype=torch.long)
-            self.variant_tokens.append([self._body(row) for row in toks])
-
-    def _body(self, row: torch.Tensor) -> list[int]:
-        """Tokens between SOT and EOT."""
-        ids = row.tolist()
-        return ids[1:ids.index(self.eot)]
-
-    def splice(self, row: torch.Tensor, prefix: list[int]) -> torch.Tensor:
-        """One token row [L] with ``prefix`` inserted after SOT."""
-        seq = [self.sot, *prefix, *self._body(row), self.eot][: len(row)]
-        seq[-1] = self.eot  # open_clip's truncation: the last kept token is EOT
-        out = torch.zeros_like(row)
-        out[: len(seq)] = torch.tensor(seq, dtype=row.dtype)
-        return out
-
-    def rewrite(self, tokens: torch.Tensor, scene_ids: torch.Tensor, prob: float, rng: Rng) -> torch.Tensor:
-        """Prefix each row with probability ``prob`` (scene id -1: never). Draws from ``rng`` in row order:
-        first ``rng.random() < prob``, then the variant, as :func:`scene_caption` would."""
-        out = tokens.clone()
-        for r, s in enumerate(scene_ids.tolist()):
-            if s < 0 or not self.variant_tokens[s] or _uniform(rng) >= prob:
-                continue
-            variants = self.variant_tokens[s]
-            k = 0 if len(variants) == 1 else _randint(rng, len(variants))
-            out[r] = self.splice(tokens[r], variants[k])
-        return out
 
 
 def scene_ids_for(scenes: Sequence[str], scene_names: Sequence[str]) -> torch.Tensor:
@@ -360,22 +294,20 @@ def _known_scenes(scenes: Sequence[str]) -> list[str]:
 
 
 class SceneAugmentedTask(ContrastiveTask):
-    """Training with scene metadata: prefixed captions (prob ``prob``) + an optional scene loss.
+    """Training with scene metadata: captions prefixed with their image's scene (prob ``prob``) + an
+    optional scene loss. Our reconstruction of CMER's training-time scene-label augmentation.
 
-    Our reconstruction of CMER's training-time scene-label augmentation (see the module docstring
-    for the reasons). Needs the scene of every *training* image, by dataset image index (the ids the
-    trainer passes), so it is built from the training split's ``scenes``.
-
-    Randomness: every batch seeds its own ``random.Random`` from one draw of torch's global RNG, which
-    :func:`rsretrieval.train.fit` seeds and saves in its checkpoints, so the rewrites are the same in
-    every run with the same seed and after an exact resume.
+    The prefixes are written into the caption strings before tokenising
+    (:meth:`rewrite_captions`), so any tokenizer works. Every batch draws its own
+    ``random.Random`` seed from torch's global RNG, which :func:`~rsretrieval.training.fit` seeds
+    and checkpoints: the rewrites repeat in every run with the same seed and after an exact resume.
 
     Args:
         model: the CLIP model.
-        loss: the batch loss (default InfoNCE; a :class:`~rsretrieval.recycling.RecyclingLoss` also
-            receives the scene ids for its queue).
+        loss: the batch loss (default InfoNCE; a :class:`~rsretrieval.cmer.recycling.RecyclingLoss`
+            also stores the scene ids with its queue entries).
         scenes: scene label of each training image, by image index (``train_data.scenes``).
-        tokenizer: the model's tokenizer (open_clip style, see :class:`ScenePrefixer`).
+        tokenizer: the model's tokenizer (encodes the scene prompts of the auxiliary loss).
         prob: chance that a caption is prefixed with its scene.
         style: ``"varied"`` (random template and synonym) or ``"fixed"``.
         vocabulary: ``"synthrs"`` for SynthRS's scene words, else real-dataset words.
@@ -405,11 +337,10 @@ class SceneAugmentedTask(ContrastiveTask):
                              "has nothing to add; use another loss")
         self.prob, self.scene_loss_weight = prob, scene_loss_weight
         self.register_buffer("image_scene", scene_ids_for(scenes, self.scene_names), persistent=False)
-        self.prefixer = ScenePrefixer(self.scene_names, tokenizer, style, vocabulary)
+        self.prefixes: list[list[str]] = [_prefix_variants(s, style, vocabulary) for s in self.scene_names]
         prompts = [scene_template.format(with_article(scene_phrases(s, vocabulary)[0]))
                    for s in self.scene_names]
         self.register_buffer("prompt_tokens", tokenizer(prompts), persistent=False)  # [S, L]
-        self._loss_takes_scenes = "scene_ids" in inspect.signature(self.loss.forward).parameters
 
     def scene_loss(self, image_features: torch.Tensor, text_features: torch.Tensor,
                    logit_scale: torch.Tensor, scene_ids: torch.Tensor) -> torch.Tensor:
@@ -427,24 +358,32 @@ class SceneAugmentedTask(ContrastiveTask):
                              "images this task knows scenes for: build it from the training split's scenes")
         return self.image_scene[image_ids.to(self.image_scene.device)]
 
-    def augment(self, tokens: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
-        """The batch's tokens with scene prefixes (training mode only; eval mode returns them unchanged)."""
-        if not self.training or self.prob == 0:
-            return tokens
-        rng = random.Random(int(torch.randint(0, 2**62, (1,))))  # one draw of the seeded global RNG
-        scenes = self.scenes_of(image_ids).cpu()
-        return self.prefixer.rewrite(tokens.cpu(), scenes, self.prob, rng).to(tokens.device)
+    def rewrite_captions(self, captions: list[str], image_ids: torch.Tensor) -> list[str]:
+        """Each caption prefixed with its image's scene with probability ``prob`` (training mode only).
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor, image_ids: torch.Tensor,
-                caption_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Losses of one batch; ``caption_ids`` is accepted (and unused) for trainers that pass it."""
-        scene = self.scenes_of(image_ids)  # [B], -1 = unknown
-        tokens = self.augment(tokens, image_ids)
-        img = self.model.encode_image(images, normalize=True)
-        txt = self.model.encode_text(tokens, normalize=True)
-        scale = self.model.logit_scale.exp().clamp(max=100)
-        extra = {"scene_ids": scene} if self._loss_takes_scenes else {}
-        out = dict(self.loss(img, txt, scale, image_ids, **extra))
+        Draws from one ``random.Random`` per batch, in row order: ``random() < prob``, then the
+        variant, as :func:`scene_caption` draws.
+        """
+        if not self.training or self.prob == 0:
+            return captions
+        rng = random.Random(int(torch.randint(0, 2**62, (1,))))  # one draw of the seeded global RNG
+        out = list(captions)
+        for r, s in enumerate(self.scenes_of(image_ids).tolist()):
+            if s < 0 or not self.prefixes[s] or _uniform(rng) >= self.prob:
+                continue
+            variants = self.prefixes[s]
+            out[r] = _prefixed(variants[0] if len(variants) == 1 else variants[_randint(rng, len(variants))],
+                               captions[r])
+        return out
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        scene = self.scenes_of(batch.image_ids)  # [B], -1 = unknown
+        img, txt = encode_pair(self.model, batch.pixels, batch.tokens)
+        scale = logit_scale(self.model)
+        if isinstance(self.loss, RecyclingLoss):
+            out = dict(self.loss(img, txt, scale, batch.image_ids, scene_ids=scene))
+        else:
+            out = dict(self.loss(img, txt, scale, batch.image_ids))
         if self.scene_loss_weight:
             out["scene_loss"] = self.scene_loss_weight * self.scene_loss(img, txt, scale, scene)
         return out
@@ -466,7 +405,7 @@ def scene_prompt_features(
     vocabulary: str | None = None,
 ) -> torch.Tensor:
     """[S, D] one L2-normalised class embedding per scene: the mean of its prompts' embeddings."""
-    from rsretrieval.evaluate import encode_texts
+    from rsretrieval.evaluation import encode_texts
 
     rows = []
     for s in scene_names:
@@ -647,7 +586,7 @@ class SceneEvalResult:
     text_scene_probs: torch.Tensor | None = field(default=None, repr=False)
 
     def table(self) -> str:
-        from rsretrieval.evaluate import compare_table
+        from rsretrieval.evaluation import compare_table
 
         acc = lambda a: "n/a" if a is None else f"{a:.1f}%"  # noqa: E731
         names = {k: (f"{k} (λ={self.weight:g})" if k.startswith("soft") else k) for k in self.rows}
@@ -668,7 +607,7 @@ def _one_hot_or_flat(ids: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _vocabulary_of(data: CaptionDataset, vocabulary: str | None) -> str | None:
-    return vocabulary if vocabulary is not None else data.name
+    return vocabulary if vocabulary is not None else vocabulary_of(data)
 
 
 def _scene_inputs(

@@ -1,6 +1,6 @@
 """Retrieval metrics for text-image retrieval with several captions per image.
 
-The protocol is the one fixed in ``reference.md`` §1 and used by every remote-sensing
+The protocol is the one written down in ``docs/protocol.md`` and used by every remote-sensing
 retrieval paper we compare against (it follows HarMA's ``itm_eval``):
 
 - **i2t** (image -> text, "sentence retrieval"): each image ranks every caption; the image's
@@ -13,7 +13,7 @@ retrieval paper we compare against (it follows HarMA's ``itm_eval``):
 
 The ground truth always comes from an explicit caption -> image index (``text_to_image``), never
 from a position rule such as "caption j belongs to image j // 5", which breaks as soon as an
-image has a number of captions other than five (reference.md §1, "protocol traps").
+image has a number of captions other than five (``docs/protocol.md``, "traps").
 
 **Ties** are counted optimistically: a query's rank is the number of candidates with a
 *strictly greater* score than its ground truth. For i2t this is what you want with duplicated
@@ -95,7 +95,7 @@ def retrieval_ranks(
     *,
     chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """0-based best ranks of every image query and every caption query (reference.md §1).
+    """0-based best ranks of every image query and every caption query.
 
     A rank is the number of candidates scoring *strictly higher* than the ground truth
     (optimistic ties, see the module docstring). For an image that is the number of captions
@@ -201,7 +201,7 @@ def metrics_from_ranks(
     i2t_ranks: IndexLike,
     t2i_ranks: IndexLike,
 ) -> dict[str, float]:
-    """The six recalls, mR and rsum (percent) from 0-based ranks (reference.md §1).
+    """The six recalls, mR and rsum (percent) from 0-based ranks.
 
     The denominators are the queries given: images for i2t, captions for t2i. Passing a subset
     of the ranks (e.g. one scene's queries) gives that subset's recalls against the full gallery.
@@ -221,7 +221,7 @@ def retrieval_metrics(
     *,
     chunk_size: int | None = None,
 ) -> dict[str, float]:
-    """Multi-caption retrieval recalls in percent, following reference.md §1 exactly.
+    """Multi-caption retrieval recalls in percent, following ``docs/protocol.md`` exactly.
 
     Args:
         similarity: ``[n_images, n_texts]`` scores (torch or numpy; higher = more similar).

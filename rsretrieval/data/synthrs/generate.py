@@ -1,0 +1,228 @@
+"""Writing a SynthRS dataset to disk: seeded, resumable, atomic."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import struct
+import tempfile
+import time
+import zlib
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from rsretrieval.data.synthrs.captions import make_captions
+from rsretrieval.data.synthrs.scenes import render_scene
+from rsretrieval.data.synthrs.vocabulary import (
+    DOMAINS,
+    LANDMARKS,
+    OBJECTS,
+    PALETTE,
+    SCENES,
+    SOURCE_SCENES,
+    VERSIONS,
+)
+from rsretrieval.errors import SynthRSExistsError
+
+# ----------------------------------------------------------------------------- dataset files
+
+
+def _params(n_images: int, image_size: int, seed: int, domain: str,
+            split_fractions: Sequence[float]) -> dict[str, Any]:
+    if domain not in DOMAINS:
+        raise ValueError(f"domain must be one of {DOMAINS}, not {domain!r}")
+    if n_images < 1 or image_size < 32:
+        raise ValueError(f"need n_images >= 1 and image_size >= 32, got {n_images} and {image_size}")
+    fr = [float(f) for f in split_fractions]
+    if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1) > 1e-6:
+        raise ValueError(f"split_fractions must be three non-negative numbers (train, val, test) "
+                         f"summing to 1, not {fr}")
+    return {"version": VERSIONS[domain], "n_images": int(n_images), "image_size": int(image_size), "seed": int(seed),
+            "domain": domain, "split_fractions": fr}
+
+
+def _read_params(root: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((root / "synthrs.json").read_text())["params"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _complete(root: Path, params: dict[str, Any]) -> bool:
+    """Whether every file of a finished dataset is still there (one directory listing, no stat calls)."""
+    try:
+        n = params["n_images"]
+        return len(os.listdir(root / "images")) == n and len(os.listdir(root / "masks")) == n and all(
+            (root / f).is_file() for f in ("dataset_RSITMD.json", "objects.json"))
+    except OSError:
+        return False
+
+
+def _splits(scenes: list[str], fractions: Sequence[float], seed: int) -> list[str]:
+    """Seeded, per-scene (stratified) split of image indices."""
+    out = [""] * len(scenes)
+    for k, scene in enumerate(sorted(set(scenes))):
+        idx = [i for i, s in enumerate(scenes) if s == scene]
+        perm = np.random.default_rng([seed, 7919, k]).permutation(len(idx))
+        n_train, n_val = round(fractions[0] * len(idx)), round(fractions[1] * len(idx))
+        for rank, j in enumerate(perm):
+            out[idx[j]] = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
+    return out
+
+
+def _render_one(i: int, params: dict[str, Any]) -> tuple[str, str, Image.Image, list[dict[str, Any]],
+                                                         np.ndarray, list[str]]:
+    """Image ``i`` of a dataset: a pure function of (seed, domain, i)."""
+    names = SCENES if params["domain"] == "rs" else SOURCE_SCENES
+    scene = names[i % len(names)]
+    rng = np.random.default_rng([params["seed"], DOMAINS.index(params["domain"]), i])
+    img, objects, mask = render_scene(rng, scene, params["image_size"], params["domain"])
+    captions = make_captions(rng, scene, objects, params["domain"])
+    return f"{scene}_{i // len(names) + 1}.png", scene, img, objects, mask, captions
+
+
+def _png_bytes(arr: np.ndarray) -> bytes:
+    """Encode an RGB or grey uint8 array as PNG (no row filter, zlib level 1).
+
+    Pillow's encoder tries every PNG row filter on every row; on these images filter "none" at
+    level 1 is both smaller and twice as fast, which keeps generation above 200 images/s.
+    """
+    h, w = arr.shape[:2]
+    channels = 1 if arr.ndim == 2 else arr.shape[2]
+    rows = np.zeros((h, w * channels + 1), np.uint8)  # first byte of each row: filter type 0
+    rows[:, 1:] = arr.reshape(h, w * channels)
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    header = struct.pack(">IIBBBBB", w, h, 8, 2 if channels == 3 else 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 1))
+            + chunk(b"IEND", b""))
+
+
+def _write_dataset(folder: Path, params: dict[str, Any], progress: bool) -> None:
+    (folder / "images").mkdir()
+    (folder / "masks").mkdir()
+    names = SCENES if params["domain"] == "rs" else SOURCE_SCENES
+    n = params["n_images"]
+    splits = _splits([names[i % len(names)] for i in range(n)], params["split_fractions"], params["seed"])
+    images, objects_by_file = [], {}
+    indices: Any = range(n)
+    if progress:
+        from tqdm.auto import tqdm  # imported only when shown: it costs ~0.1 s
+
+        indices = tqdm(indices, desc=f"SynthRS {params['domain']}")
+    for i in indices:
+        fn, scene, img, objects, mask, captions = _render_one(i, params)
+        (folder / "images" / fn).write_bytes(_png_bytes(np.asarray(img)))
+        (folder / "masks" / fn).write_bytes(_png_bytes(mask))
+        objects_by_file[fn] = objects
+        images.append({"filename": fn, "imgid": i, "split": splits[i],
+                       "sentids": list(range(5 * i, 5 * i + len(captions))),
+                       "sentences": [{"raw": c, "tokens": re.findall(r"[a-z0-9]+", c.lower()), "imgid": i,
+                                      "sentid": 5 * i + j} for j, c in enumerate(captions)]})
+    (folder / "dataset_RSITMD.json").write_text(json.dumps({"images": images, "dataset": "synthrs"}))
+    (folder / "objects.json").write_text(json.dumps(objects_by_file))
+    meta = {"generator": "rsretrieval.data.synthrs", "params": params, "scenes": list(names),
+            "objects": list(OBJECTS), "landmarks": list(LANDMARKS), "colours": list(PALETTE),
+            "splits": dict(sorted(Counter(splits).items()))}
+    (folder / "synthrs.json").write_text(json.dumps(meta, indent=1))  # written last: marks a complete dataset
+
+
+def generate_synthrs(root: str | Path, *, n_images: int = 1500, image_size: int = 224, seed: int = 0,
+                     domain: str = "rs", split_fractions: Sequence[float] = (0.7, 0.1, 0.2),
+                     overwrite: bool = False, progress: bool = True) -> Path:
+    """Generate SynthRS in RSITMD's layout under ``root`` (or reuse it if already there).
+
+    The dataset is written into a temporary sibling folder and renamed into place, so an
+    interrupted run never leaves a half dataset that looks complete.
+
+    Args:
+        root: target folder.
+        n_images: number of images; scenes take turns, so each scene gets about the same share.
+        image_size: image side in pixels.
+        seed: the images and splits are a pure function of the seed (byte-identical files).
+        domain: ``"rs"`` (top-down scenes) or ``"source"`` (object-centred pretraining domain).
+        split_fractions: train/val/test shares, applied within each scene.
+        overwrite: replace an existing SynthRS dataset made with other parameters.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        ``root`` as a Path.
+
+    Raises:
+        SynthRSExistsError: ``root`` holds a dataset with other parameters (and not ``overwrite``),
+            or files that are not a SynthRS dataset.
+        ValueError: invalid parameters.
+    """
+    root = Path(root).expanduser()
+    params = _params(n_images, image_size, seed, domain, split_fractions)
+    old = _read_params(root)
+    if old == params and _complete(root, params):
+        return root  # same params but files lost: fall through and remake it
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        if old is None:
+            raise SynthRSExistsError(f"{root} exists and is not a SynthRS dataset (no readable "
+                                     "synthrs.json); choose an empty or new folder. Nothing was deleted.")
+        if old != params and not overwrite:
+            diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in params.items() if old.get(k) != v)
+            raise SynthRSExistsError(f"{root} holds a SynthRS dataset made with other parameters ({diff}). "
+                                     "Pass overwrite=True to replace it, or choose another root.")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
+    try:
+        _write_dataset(tmp, params, progress)
+        _swap_in(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
+
+
+def _swap_in(tmp: Path, root: Path) -> None:
+    """Rename the finished folder into place, moving any previous dataset aside first."""
+    if root.is_dir() and not any(root.iterdir()):
+        root.rmdir()
+    trash = None
+    if root.exists():
+        trash = root.with_name(f".{root.name}.old-{os.getpid()}-{time.monotonic_ns()}")
+        root.rename(trash)
+    os.replace(tmp, root)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def benchmark(n: int = 400, image_size: int = 224, domain: str = "rs") -> dict[str, float]:
+    """Measure generation speed on one core and print it.
+
+    Returns:
+        ``{"images_per_s": end to end (render, captions, PNG, files, json),
+        "render_encode_per_s": the same without touching the disk}``. The gap is the file
+        system's cost of creating two files per image, which varies a lot on shared machines.
+    """
+    params = _params(n, image_size, 0, domain, (0.7, 0.1, 0.2))
+    t0 = time.perf_counter()
+    for i in range(n):
+        _, _, img, _, mask, _ = _render_one(i, params)
+        _png_bytes(np.asarray(img)), _png_bytes(mask)
+    in_memory = n / (time.perf_counter() - t0)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        generate_synthrs(Path(tmp) / "bench", n_images=n, image_size=image_size, domain=domain,
+                         progress=False)
+        end_to_end = n / (time.perf_counter() - t0)
+    print(f"SynthRS {domain} {image_size}px, {n} images, one core: {end_to_end:.0f} images/s end to end, "
+          f"{in_memory:.0f} images/s render + encode without disk writes")
+    return {"images_per_s": end_to_end, "render_encode_per_s": in_memory}
+
+
+if __name__ == "__main__":
+    benchmark()
+    benchmark(domain="source")
