@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -39,3 +40,12 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_json(path: str | Path, obj: Any, *, indent: int = 1, **kwargs: Any) -> Path:
     """``json.dumps(obj)`` written atomically, with a final newline."""
     return atomic_write_text(path, json.dumps(obj, indent=indent, **kwargs) + "\n")
+
+
+def sha256_file(path: str | Path) -> str:
+    """The hex SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -54,6 +54,7 @@ def test_ivf_reaches_target_recall_on_new_queries():
     assert index.ntotal == before + 10
 
 
+@pytest.mark.slow
 def test_ivfpq_stores_fewer_bytes():
     v = synthetic_vectors(5_000, 32, clusters=50, seed=0)
     pq = build(v, "ivfpq", m=8)
@@ -62,6 +63,7 @@ def test_ivfpq_stores_fewer_bytes():
     assert i.shape == (3, 5) and (i[:, 0] == np.arange(3)).all()  # re-ranked exactly: each finds itself
 
 
+@pytest.mark.slow
 def test_bench_search_small():
     r = bench_search(4_000, 32, 50, 10, exact_queries=10, pq_m=8, progress=False)
     for key in ("faiss_recall_at_k", "faiss_p50_ms", "exact_p50_ms", "ivfpq_bytes_per_vector", "faiss_build_s"):

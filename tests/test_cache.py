@@ -182,6 +182,7 @@ def test_cached_task_refuses_misuse(model, colour_data, tiny_bundle, cache_dir):
         build(copy.deepcopy(tiny_bundle.model), colour_data, tiny_bundle, cache_dir)
 
 
+@pytest.mark.slow
 def test_time_epochs_reports_both_runs(model, colour_data, tiny_bundle, cache_dir):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     out = time_epochs(model, tiny_bundle.tokenizer, colour_data, tiny_bundle.transform, epochs=2,

@@ -36,6 +36,7 @@ def test_data_check_reports_a_corrupt_image(tmp_path):
     shutil.rmtree(root)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["full", "mrs_adapter"])
 def test_train_then_eval_run(synth_root, tmp_path, method, capsys):
     out = tmp_path / method
@@ -54,6 +55,7 @@ def test_train_then_eval_run(synth_root, tmp_path, method, capsys):
     assert again["mr"] == pytest.approx(results["test"]["mr"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_train_under_torchrun_shards_the_epoch(synth_root, tmp_path):
     """Two CPU processes (gloo) under torchrun: each takes half of every epoch, rank 0 writes."""
     import math
@@ -77,6 +79,7 @@ def test_train_under_torchrun_shards_the_epoch(synth_root, tmp_path):
     assert done.stdout.count("trainable params") == 1  # rank 0 alone reports
 
 
+@pytest.mark.slow
 def test_bench_writes_ratios(tmp_path, capsys):
     path = tmp_path / "bench.json"
     assert main(["bench", "--model", "tiny", "--methods", "full,mrs_adapter", "--batch-size", "4", "--steps", "1",

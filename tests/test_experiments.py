@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from rsretrieval.experiments import run_method
 from rsretrieval.training import TrainConfig
 
@@ -11,6 +13,7 @@ def _run(colour_data, run_dir, **kw):
     return run_method("tiny", None, "adapter", colour_data, colour_data, colour_data, cfg, run_dir=run_dir)
 
 
+@pytest.mark.slow
 def test_cached_by_identity_and_restarted_when_settings_change(tmp_path, colour_data):
     run_dir = tmp_path / "run"
     first = _run(colour_data, run_dir)

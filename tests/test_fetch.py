@@ -19,7 +19,8 @@ import pytest
 from fakedata import make_ucm
 
 from rsretrieval.data import load_dataset
-from rsretrieval.data.fetch import download, extract, prepare_dataset, sha256_file
+from rsretrieval.data.fetch import download, extract, prepare_dataset
+from rsretrieval.files import sha256_file
 from rsretrieval.errors import (
     ChecksumError,
     DatasetFormatError,

@@ -2,11 +2,13 @@
 
 import json
 
+import pytest
 import torch
 
 from rsretrieval.pretrain import PretrainConfig, chance_mr, pretrain
 
 
+@pytest.mark.slow
 def test_pretrain_saves_reports_and_restarts_a_stale_run(tmp_path):
     cfg = PretrainConfig(model="tiny", source_root=str(tmp_path / "source"), n_images=18, image_size=32, epochs=1,
                          batch_size=16, warmup_steps=1, eval_root=str(tmp_path / "rs"), eval_images=36,

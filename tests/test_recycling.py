@@ -228,6 +228,7 @@ def test_recycling_task_from_the_registry(tiny):
         build_task("recycling", model, margn=1)
 
 
+@pytest.mark.slow
 def test_fit_with_recycling(colour_data, tiny_bundle):
     torch.manual_seed(0)
     model = copy.deepcopy(tiny_bundle.model)
@@ -261,6 +262,7 @@ def test_max_age_leaves_out_stale_entries():
         RecyclingLoss(max_age=-1)
 
 
+@pytest.mark.slow
 def test_fit_resume_restores_the_queue(colour_data, tiny_bundle, tmp_path):
     # fit's checkpoints hold the queues (a TrainingState), so a resumed run continues with them
     # (bit-exactness against an uninterrupted run: tests/test_train.py)

@@ -74,6 +74,7 @@ class CrashingTask(ContrastiveTask):
         return super().forward(*args)
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_is_exact(tmp_path, colour_data):
     torch.manual_seed(0)
     base = create_model("tiny")
@@ -112,6 +113,7 @@ class Crashing(Task):
         return self.task(*args, **kwargs)
 
 
+@pytest.mark.slow
 def test_resume_restores_recycling_queues_exactly(tmp_path, colour_data):
     from rsretrieval.training.tasks import build_task
 
@@ -141,6 +143,7 @@ def test_resume_restores_recycling_queues_exactly(tmp_path, colour_data):
         assert torch.equal(queues_a[k], queues_b[k]), k
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path, colour_data):
     torch.manual_seed(0)
     base = create_model("tiny")
@@ -159,6 +162,7 @@ def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path, colour_data):
     assert check_resumable(_cfg(tmp_path, epochs=1, resume=False), edited) is None  # resume=False starts afresh
 
 
+@pytest.mark.slow
 def test_training_lowers_loss_and_frozen_stays(tmp_path, colour_data):
     torch.manual_seed(0)
     bundle = create_model("tiny")

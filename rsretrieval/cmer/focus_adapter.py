@@ -182,12 +182,8 @@ class SideBranch(nn.Module):
     parameter from step 1 on. (Zeroing more than one factor in a chain would leave the rest without
     gradient for longer: e.g. a zero ``fc2`` in the MLP as well would freeze ``fc1`` for two steps.)
 
-    The gate is used as ``gate_scale * gate``. Adam moves every parameter by about lr per step,
-    whatever its scale, so a plain zero gate (``gate_scale=1``, this branch's first version) reaches
-    only ~40 * lr = 0.04 after 40 steps at lr 1e-3 and keeps the branch nearly silent in a short
-    run. Scaling it by s is a per-parameter learning rate s * lr for the gate that still starts at
-    exactly 0; s = r makes the branch's share grow about as fast as a zero-initialised r x E up
-    projection would. Notebook 03 trains both scales.
+    The gate is used as ``gate_scale * gate``: a per-parameter learning rate ``s * lr`` for a gate
+    that still starts at exactly 0 (why: ``docs/cmer.md``).
 
     Args:
         width: D, the tower's residual width.

@@ -9,7 +9,6 @@ checksum matches. Archives are checked member by member before anything is writt
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import logging
 import os
@@ -25,20 +24,12 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from rsretrieval.data.registry import get_dataset_info
 from rsretrieval.errors import ChecksumError, DatasetFormatError, DatasetNotFoundError, UnsafeArchiveError
+from rsretrieval.files import sha256_file
 
 _logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 16
 _USER_AGENT = "rsretrieval/0.1 (+urllib)"
-
-
-def sha256_file(path: str | Path) -> str:
-    """The hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_sha256(path: str | Path, expected: str, *, shown_name: str | None = None) -> None:

@@ -1,30 +1,15 @@
-"""Retrieval metrics for text-image retrieval with several captions per image.
+"""Retrieval metrics for text-image retrieval with several captions per image (``docs/protocol.md``).
 
-The protocol is the one written down in ``docs/protocol.md`` and used by every remote-sensing
-retrieval paper we compare against (it follows HarMA's ``itm_eval``):
+i2t: an image's rank is the best rank among its ground-truth captions, R@K over images; t2i: a
+caption's rank is its one image's rank, R@K over captions; mR is the mean of the six recalls and
+rsum their sum. The ground truth is an explicit caption -> image index (``text_to_image``), never a
+position rule.
 
-- **i2t** (image -> text, "sentence retrieval"): each image ranks every caption; the image's
-  rank is the **best** (lowest) rank among its ground-truth captions. R@K is the percentage of
-  *images* whose rank is < K (0-based).
-- **t2i** (text -> image, "image retrieval"): each caption ranks every image; its rank is the
-  rank of its one image. R@K is the percentage of *captions* whose rank is < K.
-- **mR** is the mean of the six recalls (i2t R@1/5/10, t2i R@1/5/10), **rsum** their sum
-  (= 6 mR). Older papers report rsum, newer ones mR, so we return both.
-
-The ground truth always comes from an explicit caption -> image index (``text_to_image``), never
-from a position rule such as "caption j belongs to image j // 5", which breaks as soon as an
-image has a number of captions other than five (``docs/protocol.md``, "traps").
-
-**Ties** are counted optimistically: a query's rank is the number of candidates with a
-*strictly greater* score than its ground truth. For i2t this is what you want with duplicated
-captions (RSICD has ~24k unique captions out of 54k): a caption identical to one of the image's
-own captions gets the very same score and cannot be told apart, so it should not push the
-image's rank down. The flip side is that a collapsed model that gives every pair the same score
-would get 100 % everywhere; :func:`retrieval_ranks` warns when many t2i queries are tied with
-another image, which is how such a model shows up.
-
-All functions are vectorised and process the similarity matrix in chunks, so the temporaries of a
-5,000 x 25,000 matrix stay around 16 MB whatever its size.
+**Ties** count optimistically: a rank is the number of candidates scoring *strictly* higher, so a
+duplicated caption (RSICD has ~24k unique captions out of 54k) cannot push its image down. A
+collapsed model that scores every pair alike would then look perfect, so :func:`retrieval_ranks`
+warns when many t2i queries tie with another image. Everything is vectorised and chunked: the
+temporaries of a 5,000 x 25,000 matrix stay around 16 MB.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Search: exact and FAISS vector search (:mod:`.vectors`) and an index over an image archive (:mod:`.archive`)."""
 
 from rsretrieval.errors import SearchIndexError
-from rsretrieval.search.archive import Encoder, Hit, ImageIndex, Manifest, file_sha256, find_images
+from rsretrieval.search.archive import Encoder, Hit, ImageIndex, Manifest, find_images
 from rsretrieval.search.vectors import SearchParams, VectorSearch, bench_search, build, exact_topk, format_bench
 
 __all__ = [
@@ -15,7 +15,6 @@ __all__ = [
     "bench_search",
     "build",
     "exact_topk",
-    "file_sha256",
     "find_images",
     "format_bench",
 ]

@@ -14,7 +14,6 @@ nothing, which no error would otherwise reveal.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -32,6 +31,7 @@ from tqdm.auto import tqdm
 
 from rsretrieval import __version__
 from rsretrieval.errors import CheckpointError, SearchIndexError
+from rsretrieval.files import sha256_file
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
 MANIFEST = "manifest.json"
@@ -44,14 +44,6 @@ def find_images(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Encoder:
@@ -77,7 +69,7 @@ class Encoder:
         self.adapter_path = str(Path(adapter).resolve()) if adapter is not None else None
         if adapter is not None:
             net = load_method(net, adapter, base_name=bundle.name)
-            self.adapter_sha256 = file_sha256(adapter)
+            self.adapter_sha256 = sha256_file(adapter)
         self.model = net.to(self.device).eval()
         self.transform = bundle.transform
         self.tokenizer = wrap_tokenizer(net, bundle.tokenizer)

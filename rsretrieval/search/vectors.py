@@ -4,7 +4,7 @@ All backends answer the same question -- the k vectors with the largest inner pr
 since vectors are normalised) -- behind one interface, :class:`VectorSearch`:
 
 - ``exact``: a matrix product over every vector. Exact by construction; its cost grows with the
-  archive (about 175 ms per query at 1M x 512 on 2 CPU cores).
+  archive (``bench-search`` measures it).
 - ``ivf``: FAISS IVF-Flat. k-means cuts the space into ``nlist`` cells; a query scans only the
   ``nprobe`` nearest cells. ``nprobe`` is tuned at build time on held-out queries until recall@k
   against exact search reaches a target.

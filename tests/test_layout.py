@@ -1,0 +1,78 @@
+"""The library's shape stays as docs/design.md describes it: short loop, modest modules, one contract."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import pytest
+
+import rsretrieval
+from rsretrieval import paths
+from rsretrieval.data import get_dataset_info, load_dataset
+from rsretrieval.training import TrainConfig, fit
+
+PACKAGE = Path(rsretrieval.__file__).parent
+
+
+def test_fit_reads_as_a_loop_and_modules_stay_small():
+    assert len(inspect.getsource(fit).splitlines()) <= 60
+    sizes = {p.relative_to(PACKAGE): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert max(sizes.values()) <= 800, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
+
+
+def test_the_training_path_reads_no_hidden_flags():
+    for module in ("training/loop.py", "training/tasks.py", "training/checkpoint.py"):
+        tree = ast.parse((PACKAGE / module).read_text())
+        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+        assert not any(isinstance(c.func, ast.Attribute) and c.func.attr == "signature" for c in calls), module
+        getattrs = [c for c in calls if isinstance(c.func, ast.Name) and c.func.id == "getattr"]
+        assert not any(isinstance(c.args[0], ast.Name) and c.args[0].id == "task" for c in getattrs), module
+
+
+def test_cmer_is_one_package():
+    import rsretrieval.cmer as cmer
+
+    for name in ("FocusAdapterConfig", "SceneAugmentedTask", "RecyclingLoss", "CachedSideBranchTask", "CMERConfig",
+                 "build_cmer"):
+        assert getattr(cmer, name).__module__.startswith("rsretrieval.cmer."), name
+
+
+def test_fit_takes_tasks_only(colour_data, tiny_bundle):
+    with pytest.raises(TypeError, match="rsretrieval.training.Task"):
+        fit(tiny_bundle.model, tiny_bundle.tokenizer, colour_data, tiny_bundle.transform,
+            TrainConfig(epochs=1, progress=False), task=lambda batch: {})
+
+
+def test_dataset_facts_live_in_the_registry():
+    assert get_dataset_info("rsitmd").scene_rule == "prefix" and get_dataset_info("ucm").scene_rule == "ucm"
+    assert get_dataset_info("sydney").scene_rule == "field"
+    assert get_dataset_info("synthrs").scene_vocabulary == "synthrs" and get_dataset_info("synthrs").generated
+    assert not get_dataset_info("rsicd").generated and get_dataset_info("rsicd").scene_vocabulary == "rs"
+
+
+def test_data_home_and_shipped_weights(monkeypatch, tmp_path):
+    assert paths.checkout_root() == PACKAGE.parent  # the tests run from the checkout
+    assert paths.data_home() == PACKAGE.parent / "data"
+    monkeypatch.setenv("RSR_HOME", str(tmp_path / "home"))
+    assert paths.data_dir("synthrs") == tmp_path / "home" / "synthrs"
+    assert (paths.WEIGHTS_DIR / "mini-synthrs.pt").is_file()
+
+
+def test_a_named_root_must_hold_the_data_but_the_default_is_generated(monkeypatch, tmp_path):
+    from rsretrieval.errors import DatasetNotFoundError
+
+    with pytest.raises(DatasetNotFoundError, match="needs a root"):
+        load_dataset("rsitmd")
+    made = []
+
+    def fake_prepare(name, root, **kwargs):
+        made.append((name, Path(root)))
+        raise DatasetNotFoundError("stop here")
+
+    monkeypatch.setenv("RSR_HOME", str(tmp_path))
+    monkeypatch.setattr("rsretrieval.data.prepare_dataset", fake_prepare)
+    with pytest.raises(DatasetNotFoundError, match="stop here"):
+        load_dataset("synthrs")
+    assert made == [("synthrs", tmp_path / "synthrs")]
