@@ -53,6 +53,7 @@ __all__ = [
     "scene_prompt_features",
     "scene_prompts",
     "scene_rerank",
+    "vocabulary_of",
     "with_article",
     "zero_shot_scene_probs",
 ]
