@@ -43,8 +43,8 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     from rsretrieval.data.synthrs import generate_synthrs
     from rsretrieval.paths import data_dir
 
-    root = generate_synthrs(args.root or data_dir("synthrs"), n_images=args.n_images, image_size=args.image_size, seed=args.seed,
-                            domain=args.domain, overwrite=args.overwrite)
+    root = generate_synthrs(args.root or data_dir("synthrs"), n_images=args.n_images, image_size=args.image_size,
+                            seed=args.seed, domain=args.domain, overwrite=args.overwrite)
     print(f"SynthRS ({args.domain}) ready in {root}")
     return 0
 
@@ -77,6 +77,8 @@ def _load(args: argparse.Namespace, split: str):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
     from rsretrieval.experiments import run_method
     from rsretrieval.training import TrainConfig
 
@@ -85,8 +87,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     train, val, test = _load(args, "train"), _load(args, "val"), _load(args, "test")
     results = run_method(args.model, args.pretrained, args.method, train, val, test, cfg, loss=args.loss,
                          run_dir=cfg.output_dir, per_scene=True, verbose=True)
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     if "rank" in results:  # another torchrun rank: rank 0 reports
@@ -125,10 +125,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_index_build(args: argparse.Namespace) -> int:
-    from rsretrieval.search import Encoder, ImageIndex
-
     from rsretrieval.data.readers import prefix_scene
-    from rsretrieval.search import find_images
+    from rsretrieval.search import Encoder, ImageIndex, find_images
 
     encoder = Encoder(args.model, args.pretrained, args.adapter, args.device)
     root = Path(args.images).resolve()
