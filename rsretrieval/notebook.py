@@ -13,6 +13,7 @@ import torch
 
 from rsretrieval.files import atomic_write_text
 from rsretrieval import paths
+from rsretrieval.data.registry import get_dataset_info
 
 
 @dataclass
@@ -42,9 +43,10 @@ def setup(*, device: str, dataset: str, data_dir: str | None, output_dir: str | 
     seed_everything(seed)
     dev = select_device(device)
     if not data_dir:
-        if dataset != "synthrs":
+        info = get_dataset_info(dataset)
+        if not info.generated:
             raise ValueError(f"DATASET={dataset!r} needs DATA_DIR: the folder where you put it (see README)")
-        data = paths.data_dir("synthrs-smoke" if smoke else "synthrs")
+        data = paths.data_dir(f"{info.name}-smoke" if smoke else info.name)
     else:
         data = Path(data_dir).expanduser()
     out = Path(output_dir) if output_dir else paths.build_dir() / "notebooks" / notebook
@@ -85,10 +87,10 @@ SYNTHRS_SMOKE = {"n_images": 120, "image_size": 96}
 
 
 def load_splits(cfg: Setup, dataset: str, splits: tuple[str, ...] = ("train", "val", "test"), **kwargs: Any) -> dict:
-    """Load the splits a notebook needs; for SynthRS, generate it first if it is not on disk."""
+    """Load the splits a notebook needs; a generated dataset (SynthRS) is generated first if it is not on disk."""
     from rsretrieval.data import load_dataset
 
-    if dataset == "synthrs":
+    if get_dataset_info(dataset).generated:
         from rsretrieval.data.synthrs import generate_synthrs
 
         generate_synthrs(cfg.data_dir, seed=0, **(SYNTHRS_SMOKE if cfg.smoke else SYNTHRS_DEFAULT))
