@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -142,10 +143,9 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from rsretrieval.search import Encoder, ImageIndex
 
-    manifest = json.loads((Path(args.index) / "manifest.json").read_text())
-    enc = manifest["encoder"]
-    encoder = Encoder(args.model or enc["model"], args.pretrained or enc["pretrained"],
-                      args.adapter or manifest.get("adapter_path"), args.device)
+    manifest = ImageIndex.load(args.index).manifest  # a missing or damaged index is reported here
+    encoder = Encoder(args.model or manifest.encoder["model"], args.pretrained or manifest.encoder["pretrained"],
+                      args.adapter or manifest.adapter_path, args.device)
     index = ImageIndex.load(args.index, encoder)
     hits = index.search_image(args.image, args.k, args.scene) if args.image else \
         index.search_text(args.query, args.k, args.scene)
@@ -181,6 +181,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     bundle = create_model(args.model, args.pretrained, device=device)
     model, tokenizer = bundle.model, bundle.tokenizer
     if args.run:
+        if not Path(args.run, "results.json").is_file() and not Path(args.run, "best.pt").is_file():
+            raise FileNotFoundError(f"{args.run} is not a run folder (no results.json or best.pt): pass the --out "
+                                    "folder of a finished `train`")
         method_file = Path(args.run) / "method.pt"
         if method_file.exists():  # a parameter-efficient run: re-inject its method with the trained weights
             model = load_method(model, method_file, base_name=bundle.name)
@@ -246,6 +249,8 @@ def cmd_course(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rsretrieval", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback and whole message of an error (also: RSR_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="datasets: generate SynthRS, check a dataset on disk, show layouts")
@@ -377,7 +382,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_ERROR, EXIT_USAGE = 1, 2  # argparse exits with 2 on bad usage; every other error is 1
+
+
+def error_line(exc: BaseException) -> str:
+    """A user error as one line: its message's first line, with a pointer to the rest if there is more."""
+    lines = [line for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    more = " (more with --debug)" if len(lines) > 1 else ""
+    return f"error: {lines[0].strip()}{more}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; user errors print ``error: <message>`` (one line) and return 1, not a traceback.
+
+    ``--debug`` (or ``RSR_DEBUG=1``) lets the exception through, with its traceback and whole message.
+    """
+    from rsretrieval.errors import RSRetrievalError
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
@@ -385,3 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except (RSRetrievalError, OSError, ValueError) as exc:  # the library's errors and bad paths or values
+        if args.debug or os.environ.get("RSR_DEBUG", "") not in ("", "0"):
+            raise
+        print(error_line(exc), file=sys.stderr)
+        return EXIT_ERROR

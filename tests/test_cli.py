@@ -94,11 +94,40 @@ def test_bench_writes_ratios(tmp_path, capsys):
     assert "speed x" in capsys.readouterr().out
 
 
-def test_unknown_dataset_root_is_required():
+def test_unknown_dataset_root_is_required(capsys):
     from rsretrieval.errors import DatasetNotFoundError
 
-    with pytest.raises(DatasetNotFoundError, match="needs a root"):
-        main(["eval", "--dataset", "rsitmd", "--model", "tiny"])
+    assert main(["eval", "--dataset", "rsitmd", "--model", "tiny"]) == 1
+    assert "needs a root" in capsys.readouterr().err
+    with pytest.raises(DatasetNotFoundError, match="needs a root"):  # --debug lets the error through
+        main(["--debug", "eval", "--dataset", "rsitmd", "--model", "tiny"])
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["eval", "--model", "tinyy"], "unknown model 'tinyy'"),
+    (["eval", "--dataset", "rsitmdd", "--model", "tiny"], "unknown dataset 'rsitmdd'"),
+    (["eval", "--model", "tiny", "--run", "no/such/run"], "is not a run folder"),
+    (["train", "--model", "tiny", "--method", "loraa", "--out", "OUT"], "unknown method 'loraa'"),
+    (["train", "--model", "tiny", "--loss", "tripplet", "--out", "OUT"], "unknown loss 'tripplet'"),
+    (["search", "no/such/index", "planes"], "no index at no/such/index"),
+    (["data", "check", "rsitmd", "--root", "no/such/folder"], "not found"),
+    (["index", "build", "--images", "no/such/images", "--out", "OUT", "--model", "tiny", "--pretrained", ""],
+     "does not exist"),
+])
+def test_user_errors_are_one_line_without_traceback(argv, says, synth_root, tmp_path, capsys):
+    argv = [a.replace("OUT", str(tmp_path / "out")) for a in argv]
+    if argv[0] == "train":
+        argv += ["--dataset", "synthrs", "--root", str(synth_root), "--no-progress"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and says in err[-1], err
+    assert not any("Traceback" in line for line in err)
+
+
+def test_bad_usage_exits_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--epochs", "many"])
+    assert info.value.code == 2
 
 
 def test_index_build_and_search_from_the_command_line(synth_root, tmp_path, capsys):
