@@ -63,7 +63,7 @@ def pretrain(cfg: PretrainConfig | None = None, out: str | Path | None = None) -
     from rsretrieval.models.compact import save_compact
     from rsretrieval.models.utils import select_device
     from rsretrieval.errors import StaleRunError
-    from rsretrieval.training import TrainConfig, check_resumable, clear_run, fit
+    from rsretrieval.training import ContrastiveTask, TrainConfig, check_resumable, clear_run, fit
 
     cfg = cfg or PretrainConfig()
     target = Path(out) if out else local_pretrained_path(cfg.model, cfg.tag)
@@ -83,7 +83,7 @@ def pretrain(cfg: PretrainConfig | None = None, out: str | Path | None = None) -
                             warmup_steps=cfg.warmup_steps, seed=cfg.seed, device=cfg.device, eval_every=0,
                             output_dir=str(run_dir), progress=cfg.progress, checkpoint_every_steps=100)
     try:
-        check_resumable(train_cfg, source)
+        check_resumable(train_cfg, source, ContrastiveTask(bundle.model))  # the task fit builds by default
     except StaleRunError as err:  # the run folder is ours: a run of other settings or data is restarted
         _logger.warning("%s Starting afresh.", err)
         clear_run(run_dir)

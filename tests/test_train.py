@@ -63,13 +63,13 @@ class _Crash(Exception):
 class CrashingTask(ContrastiveTask):
     """Raises after a number of forward calls: an interruption in the middle of an epoch."""
 
-    def __init__(self, model, crash_after):
+    def __init__(self, model, crash_after=None):
         super().__init__(model)
-        self.calls, self.crash_after = 0, crash_after
+        self._calls, self._crash_after = 0, crash_after  # private: not part of the run's identity
 
     def forward(self, *args):
-        self.calls += 1
-        if self.calls > self.crash_after:
+        self._calls += 1
+        if self._crash_after is not None and self._calls > self._crash_after:
             raise _Crash
         return super().forward(*args)
 
@@ -88,7 +88,7 @@ def test_resume_after_interruption_is_exact(tmp_path, colour_data):
     with pytest.raises(_Crash):
         fit(model_b, tok, colour_data, tf, cfg_b, task=CrashingTask(model_b, crash_after=11))
     fresh = copy.deepcopy(base.model)  # a new process would rebuild the model from scratch
-    history = fit(fresh, tok, colour_data, tf, cfg_b)
+    history = fit(fresh, tok, colour_data, tf, cfg_b, task=CrashingTask(fresh))
     for (name, pa), (_, pb) in zip(model_a.named_parameters(), fresh.named_parameters()):
         assert torch.equal(pa, pb), name
     assert [r["epoch"] for r in history.records] == [1, 2]
@@ -100,15 +100,15 @@ class Crashing(Task):
 
     def __init__(self, task, crash_after=None):
         torch.nn.Module.__init__(self)
-        self.task, self.calls, self.crash_after = task, 0, crash_after
+        self.task, self.model, self._calls, self._crash_after = task, task.model, 0, crash_after
         self.inputs = task.inputs
 
     def rewrite_captions(self, captions, image_ids):
         return self.task.rewrite_captions(captions, image_ids)
 
     def forward(self, *args, **kwargs):
-        self.calls += 1
-        if self.crash_after is not None and self.calls > self.crash_after:
+        self._calls += 1
+        if self._crash_after is not None and self._calls > self._crash_after:
             raise _Crash
         return self.task(*args, **kwargs)
 
@@ -145,21 +145,39 @@ def test_resume_restores_recycling_queues_exactly(tmp_path, colour_data):
 
 @pytest.mark.slow
 def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path, colour_data):
+    from rsretrieval.methods import apply_method
+    from rsretrieval.training import build_task
+
     torch.manual_seed(0)
     base = create_model("tiny")
+
+    def task():  # the task a run of the same identity would build
+        return ContrastiveTask(copy.deepcopy(base.model))
+
     cfg = _cfg(tmp_path, epochs=1)
     fit(copy.deepcopy(base.model), base.tokenizer, colour_data, base.transform, cfg)
-    assert check_resumable(cfg, colour_data) == tmp_path / "last.pt"
+    assert check_resumable(cfg, colour_data, task()) == tmp_path / "last.pt"
     # settings that do not change the computation may differ
-    assert check_resumable(_cfg(tmp_path, epochs=1, device="cpu", eval_every=3, progress=True), colour_data)
+    assert check_resumable(_cfg(tmp_path, epochs=1, device="cpu", eval_every=3, progress=True), colour_data, task())
 
     with pytest.raises(StaleRunError, match=r"lr: 0\.001 -> 0\.01.*delete"):
         fit(copy.deepcopy(base.model), base.tokenizer, colour_data, base.transform, _cfg(tmp_path, epochs=1, lr=1e-2))
     edited = CaptionDataset(colour_data.name, colour_data.split, colour_data.image_paths, colour_data.scenes,
                             ["a new caption"] + colour_data.captions[1:], colour_data.text_to_image)
     with pytest.raises(StaleRunError, match="training pairs"):
-        check_resumable(cfg, edited)
-    assert check_resumable(_cfg(tmp_path, epochs=1, resume=False), edited) is None  # resume=False starts afresh
+        check_resumable(cfg, edited, task())
+    assert check_resumable(_cfg(tmp_path, epochs=1, resume=False), edited, task()) is None  # afresh
+
+    # another loss, another method, other base weights: each is another run, named as such
+    with pytest.raises(StaleRunError, match="loss or the task's settings changed.*VSEHardNegativeLoss"):
+        check_resumable(cfg, colour_data, build_task("vsepp", copy.deepcopy(base.model)))
+    with pytest.raises(StaleRunError, match="method: no method -> adapter"):
+        check_resumable(cfg, colour_data, ContrastiveTask(apply_method(copy.deepcopy(base.model), "adapter")))
+    other = copy.deepcopy(base.model)
+    with torch.no_grad():
+        other.logit_scale.add_(0.5)
+    with pytest.raises(StaleRunError, match="weights at the start"):
+        check_resumable(cfg, colour_data, ContrastiveTask(other))
 
 
 @pytest.mark.slow

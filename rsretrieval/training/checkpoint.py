@@ -25,6 +25,7 @@ from rsretrieval.files import atomic_save
 
 if TYPE_CHECKING:
     from rsretrieval.training.loop import TrainConfig
+    from rsretrieval.training.tasks import Task
 
 RUN_FILES = ("last.pt", "best.pt", "history.json")  # what fit writes into output_dir
 
@@ -43,22 +44,59 @@ class TrainingState(nn.Module):
 
 # ----------------------------------------------------------------------------- run identity
 
-def run_key(config: TrainConfig, train_data: CaptionDataset) -> dict[str, Any]:
-    """What a checkpoint must share with a run to be resumed by it: the settings that change the
-    computation, and a digest of the training pairs (captions, their images' file names)."""
+def run_key(config: TrainConfig, train_data: CaptionDataset, task: Task) -> dict[str, Any]:
+    """What a checkpoint must share with a run to be resumed by it: everything that changes the computation.
+
+    That is the training settings, a digest of the training pairs (captions, their images' file
+    names), the method and its config, the task and loss with their settings, and a digest of the
+    model's weights as training starts (base weights by content, and the method's initial weights).
+    Call it before any step is taken or a checkpoint restored.
+    """
     h = hashlib.sha256()
     for image, text in zip(train_data.text_to_image, train_data.captions):
         h.update(f"{int(image)}\t{text}\n".encode())
     for path in train_data.image_paths:
         h.update(f"{Path(path).name}\n".encode())
     settings = {k: v for k, v in asdict(config).items() if k not in FREE_ON_RESUME}
-    return {"config": settings, "data": h.hexdigest()[:16]}
+    key = {"config": settings, "data": h.hexdigest()[:16], **_task_identity(task)}
+    return json.loads(json.dumps(key, default=str))  # as it reads back from a checkpoint (tuples -> lists)
 
 
-def check_resumable(config: TrainConfig, train_data: CaptionDataset) -> Path | None:
+def _task_identity(task: Task) -> dict[str, Any]:
+    from rsretrieval.methods import get_applied_method
+    from rsretrieval.methods.checkpoint import tensors_checksum
+
+    model = task.model
+    applied = get_applied_method(model)
+    inside_model = {id(m) for m in model.modules()}
+    settings = {}
+    for name, m in task.named_modules():
+        if id(m) not in inside_model:  # the task and its loss (queues, ...): type and plain settings
+            plain = {k: v for k, v in vars(m).items() if not k.startswith("_") and k != "training" and _plain(v)}
+            settings[name or "task"] = {"type": type(m).__qualname__, **plain}
+    return {
+        "method": None if applied is None else {"name": applied.name, "config": asdict(applied.config)},
+        "task": settings,
+        "weights": tensors_checksum({**dict(model.named_parameters()), **dict(model.named_buffers())})[:16],
+    }
+
+
+def _plain(value: Any) -> bool:
+    """A setting that fits in JSON as it is: scalars, and lists or tuples of them (scene prefixes, ...)."""
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return isinstance(value, (bool, int, float, str, type(None)))
+
+
+def check_resumable(config: TrainConfig, train_data: CaptionDataset, task: Task) -> Path | None:
     """The checkpoint ``fit`` would resume from (None: it starts afresh); raise if it belongs to another run."""
-    found = resume_checkpoint(config, run_key(config, train_data))
+    found = resume_checkpoint(config, run_key(config, train_data, task))
     return found[0] if found else None
+
+
+_WHAT = {"data": "the training pairs (captions or image names)", "weights": "the weights at the start (base "
+         "weights or the method's initialisation)", "method": "the method or its config",
+         "task": "the loss or the task's settings"}
 
 
 def resume_checkpoint(config: TrainConfig, key: dict[str, Any]) -> tuple[Path, dict[str, Any]] | None:
@@ -76,13 +114,25 @@ def resume_checkpoint(config: TrainConfig, key: dict[str, Any]) -> tuple[Path, d
         stored = json.loads(stored)
         diffs = [f"{k}: {stored['config'].get(k)!r} -> {v!r}" for k, v in key["config"].items()
                  if stored["config"].get(k) != v]
-        if stored["data"] != key["data"]:
-            diffs.append("the training pairs (captions or image names) changed")
+        diffs += [_describe_change(part, stored.get(part), key[part]) for part in _WHAT
+                  if stored.get(part) != key[part]]
     if diffs:
         raise StaleRunError(f"{last} belongs to another run ({'; '.join(diffs)}). Resuming it would mix two "
                             f"runs: delete {last.parent} or choose another output_dir to start afresh, or "
                             "restore the original settings and data to resume.")
     return last, ck
+
+
+def _describe_change(part: str, before: Any, now: Any) -> str:
+    if part == "method":
+        name = lambda m: "no method" if m is None else m["name"]  # noqa: E731
+        if name(before) != name(now):
+            return f"method: {name(before)} -> {name(now)}"
+    if part == "task" and isinstance(before, dict):
+        changed = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+        shown = [f"{k}: {before.get(k)} -> {now.get(k)}" for k in changed[:2]]
+        return f"{_WHAT[part]} changed ({'; '.join(shown)})"
+    return f"{_WHAT[part]} changed"
 
 
 def clear_run(output_dir: str | Path) -> None:

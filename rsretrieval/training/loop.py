@@ -356,7 +356,7 @@ def _start(task: Task, cfg: TrainConfig, train_data: CaptionDataset, steps_per_e
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported())
     runner = task if world == 1 else nn.parallel.DistributedDataParallel(
         task, device_ids=[device.index] if device.type == "cuda" else None)
-    run = _Run(task, runner, opt, _schedule(opt, cfg, total), scaler, run_key(cfg, train_data))
+    run = _Run(task, runner, opt, _schedule(opt, cfg, total), scaler, run_key(cfg, train_data, task))
     found = resume_checkpoint(cfg, run.key)
     if found is not None:
         run.restore(found[1], source=str(found[0]))
