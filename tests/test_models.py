@@ -118,3 +118,58 @@ def test_compact_weights_round_trip(tmp_path):
     torch.save(blob, path)
     with pytest.raises(CheckpointError, match="corrupt"):
         load_compact(dst, path, arch="tiny")
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"", "is empty"),
+    (b"just some text, not weights\n", "not a complete torch file"),
+    ("pickle", "holds more than tensors"),
+    ("tensor", "holds a Tensor"),
+    ("empty", "holds an empty dict"),
+    ("truncated", "not a complete torch file"),
+])
+def test_weights_files_that_are_not_what_they_claim(tmp_path, content, says):
+    import pickle
+
+    path = tmp_path / "weights.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content == "pickle":
+        path.write_bytes(pickle.dumps({"visual.proj": Exception("code in a pickle")}))
+    elif content == "tensor":
+        torch.save(torch.ones(3), path)
+    elif content == "empty":
+        torch.save({}, path)
+    else:
+        torch.save(create_model("tiny").model.state_dict(), path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=says) as info:
+        create_model("tiny", str(path))
+    assert str(path) in str(info.value) and "weights_only=False" not in str(info.value)
+
+
+def test_other_image_size_is_refused_unless_resizing_is_asked_for(tmp_path):
+    torch.manual_seed(0)
+    small = create_model("tiny", force_image_size=48)  # the same architecture at another resolution
+    path = tmp_path / "tiny-48px.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in small.model.state_dict().items()}}, path)
+    with pytest.raises(CheckpointError, match="another image size"):
+        create_model("tiny", str(path))
+    resized = create_model("tiny", str(path), resize_positional_embeddings=True)
+    assert torch.equal(resized.model.text_projection, small.model.text_projection)
+
+
+def test_openai_layout_files_get_quickgelu_and_others_warn(tmp_path):
+    from open_clip.transformer import QuickGELU
+
+    state = create_model("ViT-B-32-quickgelu").model.state_dict()
+    openai = tmp_path / "openai-layout.pt"
+    torch.save({**state, "input_resolution": torch.tensor(224), "context_length": torch.tensor(77),
+                "vocab_size": torch.tensor(49408)}, openai)
+    bundle = create_model("ViT-B-32", str(openai))
+    assert bundle.name == "ViT-B-32-quickgelu"
+    assert any(isinstance(m, QuickGELU) for m in bundle.model.modules())
+    plain = tmp_path / "plain.pt"
+    torch.save(state, plain)
+    with pytest.warns(UserWarning, match="cannot tell .* QuickGELU"):
+        create_model("ViT-B-32", str(plain))

@@ -124,6 +124,79 @@ def _resolve_name(name: str, pretrained: str | None, quick_gelu: bool | None) ->
     return name
 
 
+# Keys an OpenAI CLIP state dict carries besides the weights (open_clip drops them when it converts one).
+_OPENAI_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict in a weights file, read safely (``weights_only=True``), or a :class:`CheckpointError`
+    that names the file, says what it holds and what was expected.
+
+    Accepts a plain state dict, ``{"state_dict": ...}`` (training checkpoints) and DDP's ``module.`` prefix.
+    """
+    import pickle
+
+    path = Path(path)
+    expected = "a state dict of tensors (torch.save(model.state_dict(), path))"
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"weights file {path} is empty (0 bytes), not {expected}: download or save it again")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"weights file {path} holds more than tensors ({first[:160]}); rsretrieval loads "
+                              f"only {expected}. Re-save just the weights from where the file came from.") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, zipfile errors, ... for damage
+        raise CheckpointError(f"cannot read weights file {path}: it is not a complete torch file "
+                              f"({type(exc).__name__}: {str(exc)[:160]}); it may be truncated or not a torch "
+                              f"file at all. Download or save it again.") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj:
+        what = "an empty dict" if isinstance(obj, dict) else f"a {type(obj).__name__}"
+        raise CheckpointError(f"weights file {path} holds {what}, not {expected}")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"weights file {path} holds non-tensor entries ({bad[:3]}), not {expected}")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k.removeprefix("module."): v for k, v in obj.items()}
+    return obj
+
+
+def _check_positions(path: Path, state: dict[str, torch.Tensor], model: torch.nn.Module, resize: bool) -> None:
+    """Refuse weights made for another image size or context length unless resizing was asked for."""
+    for key, what in (("visual.positional_embedding", "image size (patch grid)"),
+                      ("positional_embedding", "context length")):
+        own = model.state_dict().get(key)
+        theirs = state.get(key)
+        same_width = theirs is not None and own is not None and theirs.shape[-1:] == own.shape[-1:]
+        if same_width and theirs.shape != own.shape and not resize:  # another width: another architecture
+            raise CheckpointError(
+                f"weights file {path} was made for another {what}: {key} is {tuple(theirs.shape)}, the "
+                f"model's is {tuple(own.shape)}. Build the architecture the file was trained with, or pass "
+                "resize_positional_embeddings=True to interpolate them (retrieval usually suffers).")
+
+
+def _load_weights_file(model: torch.nn.Module, path: Path, state: dict[str, torch.Tensor], arch: str,
+                       resize: bool) -> None:
+    from open_clip.factory import convert_state_dict, resize_pos_embed, resize_text_pos_embed
+
+    state = convert_state_dict(model, {k: v for k, v in state.items() if k not in _OPENAI_KEYS})
+    if "logit_scale" in state and model.logit_scale.ndim != state["logit_scale"].ndim:
+        state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
+    _check_positions(path, state, model, resize)
+    if resize:
+        resize_pos_embed(state, model)
+        resize_text_pos_embed(state, model)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"weights file {path} does not fit architecture {arch}: {str(exc)[:400]}. Pick the architecture "
+            "the file was trained with (RemoteCLIP and GeoRSCLIP ViT-B/32 files go with ViT-B-32)."
+        ) from None
+
+
 def create_model(
     name: str = "mini",
     pretrained: str | Path | None = None,
@@ -132,6 +205,7 @@ def create_model(
     quick_gelu: bool | None = None,
     precision: str = "fp32",
     cache_dir: str | None = None,
+    resize_positional_embeddings: bool = False,
     **kwargs: Any,
 ) -> ModelBundle:
     """Build a CLIP model, its transforms and tokenizer.
@@ -142,9 +216,12 @@ def create_model(
             one of our shipped tags (``synthrs`` for ``mini``); or a path to a state-dict file, e.g.
             ``RemoteCLIP-ViT-B-32.pt`` or GeoRSCLIP's ``RS5M_ViT-B-32.pt`` (load into ``ViT-B-32``).
         device: where to put the model.
-        quick_gelu: None picks QuickGELU exactly for OpenAI weights.
+        quick_gelu: None picks QuickGELU for OpenAI weights: the ``openai`` tag, or a file with OpenAI's
+            layout; for another file it cannot be known, so it warns (pass True or False to say).
         precision: open_clip precision string; ``fp32`` unless you know why.
         cache_dir: where open_clip caches downloaded weights.
+        resize_positional_embeddings: interpolate the positional embeddings of a weights file made for
+            another image size or context length (otherwise such a file is refused).
         **kwargs: passed to ``open_clip.create_model_and_transforms``.
 
     Returns:
@@ -152,7 +229,8 @@ def create_model(
 
     Raises:
         ModelNotFoundError: unknown architecture or weights.
-        CheckpointError: a weights file that does not fit the architecture.
+        CheckpointError: a weights file that cannot be read, holds no state dict, or does not fit the
+            architecture (``read_weights_file``).
     """
     _register_configs()
     if name not in open_clip.list_models():
@@ -174,23 +252,25 @@ def create_model(
             looks_like_path = any(ch in tag for ch in "/\\.")
             hint = f"no file at {tag}" if looks_like_path else f"known tags: {[t for _, t in list_pretrained(name)]}"
             raise ModelNotFoundError(f"unknown weights {tag!r} for {name}: {hint}")
-    arch = _resolve_name(name, tag, quick_gelu)
-    try:
-        with _quiet_random_init(compact is not None):
-            model, train_tf, val_tf = open_clip.create_model_and_transforms(
-                arch, pretrained=weights, device=device, precision=precision, cache_dir=cache_dir,
-                weights_only=True, **kwargs,
-            )
-    except (RuntimeError, AssertionError, KeyError) as exc:
-        # open_clip signals a misfit by RuntimeError (size mismatch, keys) or a bare assert (pos embeds)
-        if weights is None or not Path(weights).is_file():
-            raise
-        raise CheckpointError(
-            f"weights file {weights} does not fit architecture {arch}: {str(exc)[:400] or type(exc).__name__}. "
-            "Pick the architecture the file was trained with (RemoteCLIP and GeoRSCLIP ViT-B/32 files go "
-            "with ViT-B-32)."
-        ) from exc
+    file = Path(weights) if weights is not None and compact is None and Path(weights).is_file() else None
+    state = read_weights_file(file) if file is not None else None  # read and checked before building anything
+    if file is not None:
+        weights = None  # built random, then filled from the checked state dict below
+        if quick_gelu is None and any(k in state for k in _OPENAI_KEYS):
+            quick_gelu = True  # OpenAI's own layout: trained with QuickGELU
+        elif quick_gelu is None and name not in {p.stem for p in CONFIG_DIR.glob("*.json")}:
+            warnings.warn(f"cannot tell from {file} whether its weights expect QuickGELU (OpenAI's CLIP and "
+                          "models fine-tuned from its original code do) or GELU; building GELU. Pass "
+                          "quick_gelu=True or False to say.", stacklevel=2)
+    arch = _resolve_name(name, tag if file is None else None, quick_gelu)
+    with _quiet_random_init(compact is not None or file is not None):
+        model, train_tf, val_tf = open_clip.create_model_and_transforms(
+            arch, pretrained=weights, device=device, precision=precision, cache_dir=cache_dir,
+            weights_only=True, **kwargs,
+        )
     if compact is not None:
         load_compact(model, compact, arch=name)
+    if file is not None:
+        _load_weights_file(model, file, state, arch, resize_positional_embeddings)
     tokenizer = open_clip.get_tokenizer(arch)
     return ModelBundle(model, val_tf, train_tf, tokenizer, arch, tag)
