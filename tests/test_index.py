@@ -98,3 +98,28 @@ def test_empty_folder_is_a_clear_error(tmp_path, encoder):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SearchIndexError, match="no images"):
         ImageIndex.build(tmp_path / "empty", tmp_path / "idx", encoder, progress=False)
+
+
+def _bomb_png(path, side=20_000):
+    """A PNG that declares side x side pixels (400 MP) in a few bytes: a decompression bomb."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_decompression_bomb_is_an_error_naming_the_file_and_skipped_when_indexing(archive, tmp_path, encoder):
+    from rsretrieval.data.dataset import open_image
+    from rsretrieval.errors import DatasetFormatError
+
+    bomb = _bomb_png(archive / "bomb.png")
+    with pytest.raises(DatasetFormatError, match=r"bomb\.png declares more pixels.*MAX_IMAGE_PIXELS"):
+        open_image(bomb)
+    index = ImageIndex.build(archive, tmp_path / "idx", encoder, batch_size=5, progress=False)
+    assert len(index) == 12 and sorted(s["path"] for s in index.manifest.skipped) == ["bomb.png", "broken.png"]

@@ -19,11 +19,24 @@ from PIL import Image
 from rsretrieval.errors import DatasetFormatError
 
 
+# Images declaring more pixels than this are refused before decoding (a "decompression bomb" would fill the
+# memory). PIL's own default; raise it for genuine large scenes: rsretrieval.data.dataset.MAX_IMAGE_PIXELS = ...
+MAX_IMAGE_PIXELS = 178_956_970
+
+
 def open_image(path: str | Path) -> Image.Image:
-    """Open an image as RGB, or raise an error naming the file and the fix."""
+    """Open an image as RGB, or raise a :class:`DatasetFormatError` naming the file and the fix."""
     try:
         with Image.open(path) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise Image.DecompressionBombError(f"{img.width}x{img.height} pixels")
             return img.convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise DatasetFormatError(
+            f"image {path} declares more pixels than rsretrieval decodes ({str(exc)[:120]}; the limit is "
+            f"rsretrieval.data.dataset.MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS:,}). If the image is genuine, raise "
+            "that limit; otherwise replace the file."
+        ) from None
     except FileNotFoundError as exc:
         raise DatasetFormatError(
             f"image {path} is missing. Re-extract the dataset archive, or run "

@@ -30,7 +30,8 @@ from rsretrieval.search.vectors import VectorSearch, build
 from tqdm.auto import tqdm
 
 from rsretrieval import __version__
-from rsretrieval.errors import CheckpointError, SearchIndexError
+from rsretrieval.data.dataset import open_image
+from rsretrieval.errors import CheckpointError, DatasetFormatError, SearchIndexError
 from rsretrieval.files import sha256_file
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
@@ -281,10 +282,9 @@ def _read_images(paths: Sequence[Path], root: Path) -> tuple[list[tuple[str, Ima
     ok, bad = [], []
     for p in paths:
         try:
-            with Image.open(p) as im:
-                ok.append((str(p.relative_to(root)), im.convert("RGB")))
-        except (OSError, ValueError) as exc:
-            bad.append({"path": str(p.relative_to(root)), "error": f"{type(exc).__name__}: {exc}"})
+            ok.append((str(p.relative_to(root)), open_image(p)))
+        except DatasetFormatError as exc:  # undecodable, truncated, or declaring too many pixels: skipped, listed
+            bad.append({"path": str(p.relative_to(root)), "error": str(exc)})
     return ok, bad
 
 
