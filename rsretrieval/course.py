@@ -77,6 +77,9 @@ def run_notebook(
         papermill.execute_notebook(
             str(path), str(executed), parameters=params, kernel_name=kernel, cwd=str(path.parent),
             progress_bar=False, execution_timeout=cell_timeout, log_output=False,
+            # the kernel's own start-up log (e.g. "running over TCP without encryption" for a kernel on
+            # localhost) is not the learner's business; errors in cells still surface as NotebookFailed
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
     except PapermillExecutionError as exc:
         raise NotebookFailed(
