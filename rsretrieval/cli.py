@@ -144,7 +144,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from rsretrieval.search import Encoder, ImageIndex
 
     manifest = ImageIndex.load(args.index).manifest  # a missing or damaged index is reported here
-    encoder = Encoder(args.model or manifest.encoder["model"], args.pretrained or manifest.encoder["pretrained"],
+    encoder = Encoder(args.model or manifest.encoder["model"], args.pretrained or manifest.pretrained,
                       args.adapter or manifest.adapter_path, args.device)
     index = ImageIndex.load(args.index, encoder)
     hits = index.search_image(args.image, args.k, args.scene) if args.image else \

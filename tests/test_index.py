@@ -123,3 +123,49 @@ def test_a_decompression_bomb_is_an_error_naming_the_file_and_skipped_when_index
         open_image(bomb)
     index = ImageIndex.build(archive, tmp_path / "idx", encoder, batch_size=5, progress=False)
     assert len(index) == 12 and sorted(s["path"] for s in index.manifest.skipped) == ["bomb.png", "broken.png"]
+
+
+def test_weights_are_identified_by_content_not_by_path(archive, tmp_path, monkeypatch):
+    import torch
+
+    from rsretrieval.models import create_model
+
+    torch.manual_seed(1)
+    weights = tmp_path / "w" / "tiny.pt"
+    weights.parent.mkdir()
+    torch.save(create_model("tiny").model.state_dict(), weights)
+    ImageIndex.build(archive, tmp_path / "idx", Encoder("tiny", str(weights), device="cpu"), progress=False)
+    monkeypatch.chdir(tmp_path)
+    assert len(ImageIndex.load(tmp_path / "idx", Encoder("tiny", "w/tiny.pt", device="cpu"))) == 12  # same file
+    torch.manual_seed(2)
+    torch.save(create_model("tiny").model.state_dict(), weights)  # replaced under the same name
+    with pytest.raises(CheckpointError, match="same model"):
+        ImageIndex.load(tmp_path / "idx", Encoder("tiny", str(weights), device="cpu"))
+
+
+def test_the_encoder_leaves_the_callers_random_state_alone():
+    import torch
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    Encoder("tiny", None, device="cpu")
+    assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("damage", ["manifest", "embeddings"])
+def test_a_damaged_index_names_the_file(archive, tmp_path, encoder, damage):
+    ImageIndex.build(archive, tmp_path / "idx", encoder, progress=False)
+    name = {"manifest": "manifest.json", "embeddings": "embeddings.npy"}[damage]
+    path = tmp_path / "idx" / name
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(SearchIndexError, match=rf"{name} is .*damaged.*index build"):
+        ImageIndex.load(tmp_path / "idx", encoder)
+
+
+def test_adding_an_image_outside_the_root_is_refused(archive, tmp_path, encoder):
+    index = ImageIndex.build(archive, tmp_path / "idx", encoder, progress=False)
+    stray = tmp_path / "stray.png"
+    Image.new("RGB", (40, 40), "red").save(stray)
+    with pytest.raises(SearchIndexError, match="not below the index root"):
+        index.add([stray])

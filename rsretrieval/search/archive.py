@@ -60,11 +60,18 @@ class Encoder:
     def __init__(self, model: str = "mini", pretrained: str | None = "synthrs", adapter: str | Path | None = None,
                  device: str = "auto") -> None:
         from rsretrieval.methods import load_method, wrap_tokenizer
-        from rsretrieval.models import create_model, seed_everything, select_device
+        from rsretrieval.models import create_model, local_pretrained_path, select_device
 
         self.device = select_device(device)
-        seed_everything(0)  # without weights, the random init is the identity: make it the same every time
-        bundle = create_model(model, pretrained)
+        with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+            torch.manual_seed(0)  # without weights, the random init is the identity: the same every time
+            bundle = create_model(model, pretrained)
+        weights_file = None
+        if pretrained:
+            weights_file = local_pretrained_path(model, str(pretrained)) or (
+                Path(pretrained) if Path(pretrained).is_file() else None)
+        # weights are identified by content: the same file under two names agrees, a replaced file does not
+        self.weights = f"sha256:{sha256_file(weights_file)}" if weights_file else (pretrained or None)
         net = bundle.model
         self.adapter_sha256 = None
         self.adapter_path = str(Path(adapter).resolve()) if adapter is not None else None
@@ -77,8 +84,8 @@ class Encoder:
         self.name, self.pretrained = bundle.name, pretrained
 
     def identity(self) -> dict[str, Any]:
-        """What a query encoder must match to search an index built with this one."""
-        return {"model": self.name, "pretrained": None if self.pretrained is None else str(self.pretrained),
+        """What a query encoder must match to search an index built with this one (weights by content)."""
+        return {"model": self.name, "weights": None if self.weights is None else str(self.weights),
                 "adapter_sha256": self.adapter_sha256}
 
     @torch.inference_mode()
@@ -114,6 +121,7 @@ class Manifest:
     scenes: list[str | None] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     adapter_path: str | None = None  # where the adapter was, to rebuild the encoder from the manifest
+    pretrained: str | None = None  # the weights tag or file the index was built with, likewise
     library_version: str = __version__
     created: float = field(default_factory=time.time)
 
@@ -176,7 +184,8 @@ class ImageIndex:
             raise SearchIndexError(f"none of the {len(files)} images below {root} could be read; first: {skipped[:1]}")
         manifest = Manifest(encoder.identity(), int(vecs.shape[1]), dtype, root=str(root), paths=rel,
                             scenes=[(scenes or {}).get(r) for r in rel], skipped=skipped,
-                            adapter_path=encoder.adapter_path)
+                            adapter_path=encoder.adapter_path,
+                            pretrained=None if encoder.pretrained is None else str(encoder.pretrained))
         _write_index(out, manifest, vecs.astype(dtype))
         shutil.rmtree(parts)
         return cls.load(out, encoder)
@@ -188,6 +197,10 @@ class ImageIndex:
         root = Path(self.manifest.root)
         known = set(self.manifest.paths)
         new = [Path(p).resolve() for p in images]
+        outside = [p for p in new if not p.is_relative_to(root)]
+        if outside:
+            raise SearchIndexError(f"{outside[0]} is not below the index root {root}: an index holds one folder's "
+                                   "images; copy the image there first, or build another index")
         new = [p for p in new if str(p.relative_to(root)) not in known]
         if not new:
             return 0
@@ -217,8 +230,16 @@ class ImageIndex:
         if not (folder / MANIFEST).exists():
             hint = " (an interrupted build: run `index build` again to resume)" if (folder / "parts").exists() else ""
             raise FileNotFoundError(f"no index at {folder}: {MANIFEST} is missing{hint}")
-        manifest = Manifest(**json.loads((folder / MANIFEST).read_text()))
-        embeddings = np.load(folder / EMBEDDINGS, mmap_mode="r")
+        rebuild = "rebuild it with `python -m rsretrieval index build` (or delete the folder)"
+        try:
+            manifest = Manifest(**json.loads((folder / MANIFEST).read_text()))
+        except (ValueError, TypeError) as exc:  # truncated or edited json, or fields of another version
+            raise SearchIndexError(f"{folder / MANIFEST} is damaged ({str(exc)[:120]}): {rebuild}") from None
+        try:
+            embeddings = np.load(folder / EMBEDDINGS, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise SearchIndexError(f"{folder / EMBEDDINGS} is missing or damaged ({str(exc)[:120]}): {rebuild}") \
+                from None
         if embeddings.shape != (len(manifest.paths), manifest.dim):
             raise SearchIndexError(f"{folder}: {embeddings.shape} embeddings for {len(manifest.paths)} paths of dim "
                               f"{manifest.dim}; the index is damaged, rebuild it")
