@@ -272,3 +272,35 @@ def test_prepare_synthrs_calls_generator(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "rsretrieval.data.synthrs", module)
     assert prepare_dataset("synthrs", tmp_path / "syn") == tmp_path / "syn"
     assert calls == [tmp_path / "syn"]
+
+
+@pytest.mark.parametrize("suffix", [".tar", ".tar.gz", ".tar.xz"])
+def test_truncated_tar_is_an_error_and_leaves_dest_alone(tmp_path, suffix):
+    big = {"ds/dataset.json": b"{}", "ds/imgs/1.tif": bytes(range(256)) * 400, "ds/imgs/2.tif": b"y" * 5000}
+    archive = _tar(tmp_path / f"a{suffix}", big)
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / "kept.txt").write_text("mine")
+    with pytest.raises(DatasetFormatError, match="truncated"):
+        extract(archive, dest)
+    assert [p.name for p in dest.iterdir()] == ["kept.txt"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
+
+
+def test_tar_cut_at_a_member_boundary_is_truncated(tmp_path):
+    archive = _tar(tmp_path / "a.tar", GOOD)
+    with tarfile.open(archive) as tf:
+        end = tf.getmembers()[0].offset_data + 512  # the first member's data fits one block
+    archive.write_bytes(archive.read_bytes()[:end])
+    with pytest.raises(DatasetFormatError, match="truncated: it ends after member 'ds/dataset.json'"):
+        extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_extraction_merges_into_an_existing_folder(tmp_path):
+    dest = tmp_path / "out"
+    (dest / "ds").mkdir(parents=True)
+    (dest / "ds" / "notes.txt").write_text("mine")
+    extract(_tar(tmp_path / "a.tar", GOOD), dest)
+    assert (dest / "ds" / "notes.txt").read_text() == "mine" and (dest / "ds" / "imgs" / "1.tif").read_bytes() == b"x"

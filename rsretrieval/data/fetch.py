@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import http.client
 import logging
+import lzma
 import os
 import posixpath
 import re
+import shutil
 import stat
 import tarfile
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from rsretrieval.data.registry import get_dataset_info
@@ -223,6 +227,7 @@ def _extract_zip(archive: Path, dest: Path) -> None:
 def _extract_tar(archive: Path, dest: Path) -> None:
     with tarfile.open(archive, "r:*") as tf:
         members = tf.getmembers()
+        _check_tar_end(tf, archive)
         for m in members:
             _check_member_name(m.name, dest, archive)
             if m.issym() or m.islnk():
@@ -238,12 +243,25 @@ def _extract_tar(archive: Path, dest: Path) -> None:
             raise UnsafeArchiveError(f"{archive}: {exc}; refusing to extract.") from exc
 
 
+def _check_tar_end(tf: tarfile.TarFile, archive: Path) -> None:
+    """A complete tar ends with zero blocks after its last member; one cut at a member boundary does not."""
+    tf.fileobj.seek(tf.offset)
+    if tf.fileobj.read(2 * tarfile.BLOCKSIZE).strip(b"\0") or tf.offset == 0:
+        return  # more data (tarfile stopped at a zero block of its own) or an empty archive
+    tf.fileobj.seek(tf.offset)
+    if len(tf.fileobj.read(2 * tarfile.BLOCKSIZE)) < 2 * tarfile.BLOCKSIZE:
+        raise DatasetFormatError(f"{archive} is truncated: it ends after member {tf.getmembers()[-1].name!r} "
+                                 "without the end-of-archive blocks, so members may be missing. Download it again.")
+
+
 def extract(archive: str | Path, dest: str | Path) -> Path:
     """Extract a zip or tar (``.tar``, ``.tar.gz``, ``.tgz``, ``.tar.bz2``, ``.tar.xz``) archive.
 
     Every member is checked before anything is written: absolute paths, ``..`` components,
     links (symbolic or hard) pointing outside ``dest`` and, for tar, device files are refused.
-    Tar archives are additionally extracted with Python's ``filter="data"``.
+    Tar archives are additionally extracted with Python's ``filter="data"``. The archive is unpacked
+    into a temporary folder beside ``dest`` and moved in only when all of it was read: a truncated,
+    damaged or refused archive leaves ``dest`` as it was.
 
     Args:
         archive: the archive file.
@@ -254,22 +272,38 @@ def extract(archive: str | Path, dest: str | Path) -> Path:
 
     Raises:
         UnsafeArchiveError: a member would land outside ``dest``.
-        DatasetFormatError: the file is neither a zip nor a tar archive.
+        DatasetFormatError: the file is neither a zip nor a tar archive, or it is truncated or damaged.
     """
     archive = Path(archive)
     dest = Path(os.path.abspath(dest))
     if not archive.is_file():
         raise DatasetNotFoundError(f"archive {archive} does not exist")
-    dest.mkdir(parents=True, exist_ok=True)
     if zipfile.is_zipfile(archive):
-        _extract_zip(archive, dest)
+        unpack = _extract_zip
     elif tarfile.is_tarfile(archive):
-        _extract_tar(archive, dest)
+        unpack = _extract_tar
     else:
         raise DatasetFormatError(
-            f"{archive} is neither a zip nor a tar archive; it may be an HTML error page saved by a failed "
-            "download: delete it and download again."
+            f"{archive} is neither a zip nor a tar archive (or it is truncated); it may be an HTML error page "
+            "saved by a failed download: delete it and download again."
         )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.extract-", dir=dest.parent))
+    try:  # into a folder beside dest: dest changes only once the whole archive has been read and checked
+        try:
+            unpack(archive, tmp)
+        except (tarfile.ReadError, EOFError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, OSError) as exc:
+            raise DatasetFormatError(f"{archive} is truncated or damaged ({type(exc).__name__}: {exc}); "
+                                     "download it again.") from None
+        dest.mkdir(exist_ok=True)
+        for item in tmp.iterdir():
+            target = dest / item.name
+            if target.exists() and item.is_dir() and not item.is_symlink():
+                shutil.copytree(item, target, symlinks=True, dirs_exist_ok=True)
+            else:
+                os.replace(item, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     _logger.info("extracted %s into %s", archive, dest)
     return dest
 
