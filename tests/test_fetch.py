@@ -106,6 +106,13 @@ def test_resume_from_truncated_part(server, tmp_path):
     assert server.requests == [("/data.bin", "bytes=70000-")]
 
 
+def test_resume_without_checksum_warns_that_only_the_size_was_checked(server, tmp_path):
+    (tmp_path / "data.bin.part").write_bytes(PAYLOAD[:70_000])
+    with pytest.warns(UserWarning, match="no checksum was given.*size only"):
+        out = download(f"{server.base}/data.bin", tmp_path / "data.bin", progress=False)
+    assert out.read_bytes() == PAYLOAD
+
+
 def test_broken_transfer_keeps_part_then_resumes(server, tmp_path):
     server.cut_after = 50_000
     with pytest.raises(ConnectionError, match=r"stopped at 50000 of 204800 bytes.*resume"):

@@ -22,6 +22,7 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -111,7 +112,7 @@ def download(
         resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and start and _content_range_total(exc.headers.get("Content-Range")) == start:
-            return _finish(part, dest, sha256)  # the .part already holds every byte
+            return _finish(part, dest, sha256, resumed=True)  # the .part already holds every byte
         if exc.code == 416 and start:
             part.unlink()  # the .part is longer than the file: it cannot be resumed
             return download(url, dest, sha256=sha256, resume=False, progress=progress, timeout=timeout)
@@ -155,10 +156,13 @@ def download(
             f"download of {url} stopped at {size} of {total} bytes; the partial file {part} is kept: "
             "call again to resume"
         )
-    return _finish(part, dest, sha256)
+    return _finish(part, dest, sha256, resumed=mode == "ab")
 
 
-def _finish(part: Path, dest: Path, sha256: str | None) -> Path:
+def _finish(part: Path, dest: Path, sha256: str | None, resumed: bool = False) -> Path:
+    if not sha256 and resumed:
+        warnings.warn(f"{dest.name}: no checksum was given, so the bytes resumed from {part.name} were checked by "
+                      "size only; pass sha256= to verify the whole file", UserWarning, stacklevel=3)
     if sha256:
         try:
             verify_sha256(part, sha256, shown_name=str(dest))
