@@ -8,6 +8,7 @@ is the test-time protocol the course reports: λ chosen on validation, test scor
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,10 +112,10 @@ def build_cmer(model: nn.Module, train_data: CaptionDataset, config: CMERConfig 
 
 def _cmer_loss(model: nn.Module, train_data: CaptionDataset | None = None, *,
                tokenizer: Callable[[list[str]], torch.Tensor] | None = None, **fields: Any) -> Task:
-    unknown = sorted(set(fields) - {f for f in CMERConfig.__dataclass_fields__ if f != "adapter"})
+    training_fields = [f.name for f in dataclasses.fields(CMERConfig) if f.name != "adapter"]
+    unknown = sorted(set(fields) - set(training_fields))
     if unknown:
-        raise TypeError(f"unknown keyword(s) {unknown}; CMERConfig's training fields are "
-                        f"{[f for f in CMERConfig.__dataclass_fields__ if f != 'adapter']}")
+        raise TypeError(f"unknown keyword(s) {unknown}; CMERConfig's training fields are {training_fields}")
     return cmer_task(model, train_data, CMERConfig(**fields), tokenizer=tokenizer)
 
 
