@@ -143,7 +143,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from rsretrieval.search import Encoder, ImageIndex
 
-    manifest = ImageIndex.load(args.index).manifest  # a missing or damaged index is reported here
+    manifest = ImageIndex.read_manifest(args.index)  # a missing or damaged index is reported here
     encoder = Encoder(args.model or manifest.encoder["model"], args.pretrained or manifest.pretrained,
                       args.adapter or manifest.adapter_path, args.device)
     index = ImageIndex.load(args.index, encoder)

@@ -69,12 +69,16 @@ def _default_tokenizer(model: nn.Module) -> Callable[[list[str]], torch.Tensor]:
     return SimpleTokenizer(context_length=int(getattr(model, "context_length", 77)))
 
 
-def _queue_dim(model: nn.Module) -> int | None:
-    # known up front, the queues are allocated at once, so DDP's buffer broadcast sees the real buffers
-    try:
-        return embed_dim(model)
-    except TypeError:
-        return None  # learnt from the first batch
+def recycling_loss(model: nn.Module, *, queue_size: int = 512, weight: float = 1.0, max_age: int | None = None,
+                   dim: int | None = None, **infonce: Any) -> RecyclingLoss:
+    """InfoNCE + two queues sized for ``model``: known up front, the queues are allocated at once, so
+    DDP's buffer broadcast sees the real buffers (``dim`` is learnt from the first batch otherwise)."""
+    if dim is None:
+        try:
+            dim = embed_dim(model)
+        except TypeError:
+            dim = None
+    return RecyclingLoss(InfoNCELoss(**infonce), queue_size=queue_size, dim=dim, weight=weight, max_age=max_age)
 
 
 def cmer_task(model: nn.Module, train_data: CaptionDataset, config: CMERConfig | None = None, *,
@@ -87,8 +91,8 @@ def cmer_task(model: nn.Module, train_data: CaptionDataset, config: CMERConfig |
     if train_data is None:
         raise ValueError("cmer needs the training split (the scene of every training image): "
                          "build_task('cmer', model, train)")
-    loss = RecyclingLoss(InfoNCELoss(cfg.mask_same_image), queue_size=cfg.queue_size, dim=_queue_dim(model),
-                         weight=cfg.queue_weight, max_age=cfg.max_age)
+    loss = recycling_loss(model, queue_size=cfg.queue_size, weight=cfg.queue_weight, max_age=cfg.max_age,
+                          mask_same_image=cfg.mask_same_image)
     vocabulary = cfg.vocabulary if cfg.vocabulary is not None else vocabulary_of(train_data)
     return SceneAugmentedTask(model, loss, scenes=list(train_data.scenes),
                               tokenizer=tokenizer or _default_tokenizer(model), prob=cfg.scene_prob,
@@ -122,9 +126,8 @@ def _cmer_loss(model: nn.Module, train_data: CaptionDataset | None = None, *,
 def _recycling_loss(model: nn.Module, train_data: CaptionDataset | None = None, *, queue_size: int = 512,
                     weight: float = 1.0, dim: int | None = None, max_age: int | None = None,
                     **kwargs: Any) -> Task:
-    loss = RecyclingLoss(InfoNCELoss(**kwargs), queue_size=queue_size, dim=dim or _queue_dim(model),
-                         weight=weight, max_age=max_age)
-    return ContrastiveTask(model, loss)
+    return ContrastiveTask(model, recycling_loss(model, queue_size=queue_size, weight=weight, max_age=max_age,
+                                                 dim=dim, **kwargs))
 
 
 register_loss("recycling", _recycling_loss,

@@ -165,9 +165,10 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 def _check_positions(path: Path, state: dict[str, torch.Tensor], model: torch.nn.Module, resize: bool) -> None:
     """Refuse weights made for another image size or context length unless resizing was asked for."""
+    model_state = model.state_dict()
     for key, what in (("visual.positional_embedding", "image size (patch grid)"),
                       ("positional_embedding", "context length")):
-        own = model.state_dict().get(key)
+        own = model_state.get(key)
         theirs = state.get(key)
         same_width = theirs is not None and own is not None and theirs.shape[-1:] == own.shape[-1:]
         if same_width and theirs.shape != own.shape and not resize:  # another width: another architecture

@@ -37,6 +37,7 @@ from rsretrieval.files import sha256_file
 IMAGE_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
 MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.npy"
+_REBUILD = "rebuild it with `python -m rsretrieval index build` (or delete the folder)"
 
 
 def find_images(folder: str | Path) -> list[Path]:
@@ -223,22 +224,27 @@ class ImageIndex:
         return len(rel)
 
     # ------------------------------------------------------------------ loading
-    @classmethod
-    def load(cls, folder: str | Path, encoder: Encoder | None = None, *, backend: str = "auto") -> ImageIndex:
-        """Open an index; with ``encoder``, refuse it if it was built by another model or adapter."""
+    @staticmethod
+    def read_manifest(folder: str | Path) -> Manifest:
+        """An index's manifest alone (what built it, which files), with the errors :meth:`load` gives."""
         folder = Path(folder)
         if not (folder / MANIFEST).exists():
             hint = " (an interrupted build: run `index build` again to resume)" if (folder / "parts").exists() else ""
             raise FileNotFoundError(f"no index at {folder}: {MANIFEST} is missing{hint}")
-        rebuild = "rebuild it with `python -m rsretrieval index build` (or delete the folder)"
         try:
-            manifest = Manifest(**json.loads((folder / MANIFEST).read_text()))
+            return Manifest(**json.loads((folder / MANIFEST).read_text()))
         except (ValueError, TypeError) as exc:  # truncated or edited json, or fields of another version
-            raise SearchIndexError(f"{folder / MANIFEST} is damaged ({str(exc)[:120]}): {rebuild}") from None
+            raise SearchIndexError(f"{folder / MANIFEST} is damaged ({str(exc)[:120]}): {_REBUILD}") from None
+
+    @classmethod
+    def load(cls, folder: str | Path, encoder: Encoder | None = None, *, backend: str = "auto") -> ImageIndex:
+        """Open an index; with ``encoder``, refuse it if it was built by another model or adapter."""
+        folder = Path(folder)
+        manifest = cls.read_manifest(folder)
         try:
             embeddings = np.load(folder / EMBEDDINGS, mmap_mode="r")
         except (OSError, ValueError) as exc:
-            raise SearchIndexError(f"{folder / EMBEDDINGS} is missing or damaged ({str(exc)[:120]}): {rebuild}") \
+            raise SearchIndexError(f"{folder / EMBEDDINGS} is missing or damaged ({str(exc)[:120]}): {_REBUILD}") \
                 from None
         if embeddings.shape != (len(manifest.paths), manifest.dim):
             raise SearchIndexError(f"{folder}: {embeddings.shape} embeddings for {len(manifest.paths)} paths of dim "
