@@ -243,7 +243,7 @@ def test_missing_image(tmp_path):
         load_dataset("rsitmd", tmp_path, "test")
     assert load_dataset("rsitmd", tmp_path, "test", verify_images=False).num_images == 3
     assert load_quiet("rsitmd", tmp_path, "train").num_images > 0  # only the split's images are checked
-    with pytest.warns(UserWarning, match="left out 1 bad record"):
+    with pytest.warns(UserWarning, match=r"left out 1 image record\(s\) of"):
         data = load_dataset("rsitmd", tmp_path, "test", on_error="skip")
     assert data.num_images == 2 and len(data.skipped) == 1 and "airport_90.tif" in data.skipped[0]
 
@@ -331,7 +331,7 @@ def test_non_utf8_caption(tmp_path):
         load_dataset("rsitmd", tmp_path, "all")
     msg = str(err.value)
     assert "beach_12.tif" in msg and "sentence #3" in msg and f"(line {line})" in msg and "UTF-8" in msg
-    with pytest.warns(UserWarning, match="left out 1"):
+    with pytest.warns(UserWarning, match=r"left out 1 caption\(s\) of"):
         ds = load_dataset("rsitmd", tmp_path, "all", on_error="skip")
     assert ds.num_captions == 23 * 5 - 1 - 1  # one image has 4 captions, one caption skipped
 
@@ -347,9 +347,46 @@ def test_skip_counts_several_problems(tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         data = load_dataset("rsitmd", tmp_path, "all", on_error="skip")
-    assert len(caught) == 1 and "left out 4 bad record(s)" in str(caught[0].message)
+    # two images left out (a repeated name, a missing file), two captions dropped from kept images
+    assert len(caught) == 1 and "left out 2 image record(s) and 2 caption(s) of kept images" in str(
+        caught[0].message
+    )
     assert len(data.skipped) == 4
-    assert data.num_images == 21
+    assert data.num_images == 21 and data.num_captions == 21 * 5 - 1 - 2
+
+
+def test_skip_counts_only_the_loaded_split(tmp_path):
+    # airport_1 is a train image, beach_92 and airport_90 are test images of the fake
+    def edit(doc):
+        by_name = {img["filename"]: img for img in doc["images"]}
+        by_name["airport_1.tif"]["sentences"][0]["raw"] = ""
+        by_name["beach_92.tif"]["sentences"][0]["raw"] = ""
+        by_name["beach_92.tif"]["sentences"][1]["raw"] = ""
+        doc["images"].append({"split": "test", "sentences": []})  # no file name: its split still reads
+
+    _edit_rsitmd(tmp_path, edit)
+    (tmp_path / "images" / "airport_90.tif").unlink()
+    with pytest.warns(UserWarning, match=r"test: left out 2 image record\(s\) and 2 caption\(s\) of kept"):
+        test = load_dataset("rsitmd", tmp_path, "test", on_error="skip")
+    assert len(test.skipped) == 4 and not any("airport_1.tif" in note for note in test.skipped)
+    with pytest.warns(UserWarning) as caught:
+        train = load_dataset("rsitmd", tmp_path, "train", on_error="skip")
+        val = load_dataset("rsitmd", tmp_path, "val", on_error="skip")
+    # the dropped caption goes with its image's split after the validation carve
+    split_of_airport_1 = "train" if any(p.name == "airport_1.tif" for p in train.image_paths) else "val"
+    owner, other = (train, val) if split_of_airport_1 == "train" else (val, train)
+    assert [("airport_1.tif" in n) for n in owner.skipped] == [True] and other.skipped == []
+    assert sum("left out 1 caption(s) of" in str(w.message) for w in caught) == 1
+    with pytest.warns(UserWarning, match=r"all: left out 2 image record\(s\) and 3 caption\(s\)"):
+        load_dataset("rsitmd", tmp_path, "all", on_error="skip")
+
+
+def test_skip_counts_a_record_of_unreadable_split_in_every_split(tmp_path):
+    _edit_rsitmd(tmp_path, lambda doc: doc["images"].append({"filename": "x_1.tif", "split": "training"}))
+    for split in ("train", "test"):
+        with pytest.warns(UserWarning, match=r"left out 1 image record\(s\) \(1 of unknown split\)"):
+            data = load_dataset("rsitmd", tmp_path, split, on_error="skip")
+        assert "split='training'" in data.skipped[0]
 
 
 def test_image_with_all_captions_bad_is_left_out(tmp_path):
@@ -384,7 +421,7 @@ def test_precomp_bad_lines(tmp_path):
     (tmp_path / "test_caps.txt").write_bytes(b"\n".join(caps))
     with pytest.raises(DatasetFormatError, match=r"test_caps\.txt: line 4 .*not valid UTF-8"):
         load_dataset("precomp", tmp_path, "test")
-    with pytest.warns(UserWarning, match="left out 2"):
+    with pytest.warns(UserWarning, match=r"left out 2 caption\(s\) of"):
         data = load_dataset("precomp", tmp_path, "test", on_error="skip")
     assert data.num_captions == 8 and data.image_to_texts == [[0, 1, 2, 3], [4, 5, 6, 7]]
     assert any("line 7" in note and "empty" in note for note in data.skipped)

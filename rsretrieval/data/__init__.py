@@ -25,12 +25,14 @@ from rsretrieval.data.dataset import CaptionDataset, normalize_scene
 from rsretrieval.data.fetch import download, extract, prepare_dataset
 from rsretrieval.data.readers import (
     ImageRecord,
+    Problem,
     Problems,
     Source,
     assign_scenes,
     carve_validation,
     locate,
     read_records,
+    summarize,
 )
 from rsretrieval.data.registry import SPLITS, DatasetInfo, get_dataset_info, list_datasets
 from rsretrieval.errors import DatasetFormatError, DatasetNotFoundError
@@ -87,8 +89,9 @@ def load_dataset(
         val_fraction: share of the file's train images carved out as ``val`` when the file has
             no val images (ignored otherwise).
         seed: seed of that carve.
-        on_error: ``raise`` stops at the first bad record; ``skip`` leaves bad records out,
-            notes each in :attr:`CaptionDataset.skipped` and warns once at the end.
+        on_error: ``raise`` stops at the first bad record; ``skip`` leaves bad records and
+            captions out, notes those of this split in :attr:`CaptionDataset.skipped` and warns
+            once, counting the images and the captions of kept images that were left out.
         verify_images: check that every image file of the split exists (without decoding it;
             :func:`check_dataset` decodes).
         images_dir: the image folder, if not the registry's (relative to ``root``).
@@ -118,20 +121,21 @@ def load_dataset(
     splits, val_source = _final_splits(records, scenes, val_fraction, seed)
     chosen = [i for i, s in enumerate(splits) if split == "all" or s == split]
     if verify_images:
-        chosen = _existing_images(records, chosen, source.images_dir, problems)
+        chosen = _existing_images(records, chosen, splits, source.images_dir, problems)
+    mine = problems.of_split(split, {rec.where: s for rec, s in zip(records, splits, strict=True)})
     if not chosen:
         raise DatasetFormatError(
             f"{source.annotation}: split {split!r} has no usable images"
-            + (f" ({len(problems)} record(s) skipped; first: {problems.notes[0]})" if problems.notes else "")
+            + (f" (left out {summarize(mine)}; first: {mine[0].message})" if mine else "")
         )
-    data = _build(info, source, split, [records[i] for i in chosen], [scenes[i] for i in chosen], problems)
+    data = _build(info, source, split, [records[i] for i in chosen], [scenes[i] for i in chosen], mine)
     data.metadata.update(
         val_source=val_source, val_fraction=val_fraction if val_source == "carved" else None, seed=seed
     )
-    if problems.notes:
+    if mine:
         warnings.warn(
-            f"{info.name} {split}: left out {len(problems)} bad record(s) of {source.annotation}; first: "
-            f"{problems.notes[0]}. See CaptionDataset.skipped for all of them.",
+            f"{info.name} {split}: left out {summarize(mine)} of {source.annotation}; first: "
+            f"{mine[0].message}. See CaptionDataset.skipped for all of them.",
             UserWarning,
             stacklevel=2,
         )
@@ -157,7 +161,7 @@ def _final_splits(
 
 
 def _existing_images(
-    records: list[ImageRecord], chosen: list[int], images_dir: Path, problems: Problems
+    records: list[ImageRecord], chosen: list[int], splits: list[str], images_dir: Path, problems: Problems
 ) -> list[int]:
     """The chosen records whose image file exists; report the others."""
     try:
@@ -172,7 +176,9 @@ def _existing_images(
         else:
             problems.report(
                 f"{records[i].where}: image {images_dir / fn} is missing. Put the dataset's images in "
-                f"{images_dir}"
+                f"{images_dir}",
+                split=splits[i],
+                record=records[i].where,
             )
     return keep
 
@@ -183,7 +189,7 @@ def _build(
     split: str,
     records: list[ImageRecord],
     scenes: list[str],
-    problems: Problems,
+    problems: list[Problem],
 ) -> CaptionDataset:
     captions: list[str] = []
     text_to_image: list[int] = []
@@ -205,7 +211,7 @@ def _build(
         scenes=scenes,
         captions=captions,
         text_to_image=text_to_image,
-        skipped=list(problems.notes),
+        skipped=[p.message for p in problems],
         metadata=metadata,
     )
 
@@ -262,9 +268,10 @@ def check_dataset(
     except DatasetFormatError as exc:  # the file itself is unreadable: nothing more to check
         report["problems"].append(str(exc))
         return report
-    usable = _existing_images(records, list(range(len(records))), source.images_dir, problems)
+    file_splits = [r.split for r in records]
+    usable = _existing_images(records, list(range(len(records))), file_splits, source.images_dir, problems)
     if decode:
-        usable = [i for i in usable if _decodes(source.images_dir / records[i].filename, problems)]
+        usable = [i for i in usable if _decodes(records[i], source.images_dir, problems)]
     errors = list(problems.notes)
     notes = [str(w.message) for w in caught]  # e.g. images without a known scene
     for split in ("train", "val", "test"):
@@ -292,11 +299,16 @@ def check_dataset(
     return report
 
 
-def _decodes(path: Path, problems: Problems) -> bool:
+def _decodes(record: ImageRecord, images_dir: Path, problems: Problems) -> bool:
+    path = images_dir / record.filename
     try:
         with Image.open(path) as img:
             img.load()
         return True
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        problems.report(f"image {path} cannot be decoded ({exc}); replace it with a good copy")
+        problems.report(
+            f"{record.where}: image {path} cannot be decoded ({exc}); replace it with a good copy",
+            split=record.split,
+            record=record.where,
+        )
         return False

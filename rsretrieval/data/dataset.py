@@ -60,7 +60,7 @@ class CaptionDataset:
         scenes: one normalised scene label per image (``unknown`` where none is known).
         captions: one string per caption.
         text_to_image: for each caption, the index of its image in ``image_paths``.
-        skipped: human-readable notes on records left out with ``on_error='skip'``.
+        skipped: one note per record or caption of this split left out with ``on_error='skip'``.
         metadata: extra per-dataset facts (e.g. the path of object masks for SynthRS).
     """
 

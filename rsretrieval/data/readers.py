@@ -50,30 +50,76 @@ class ImageRecord:
     label: str | None = None
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One record-level problem.
+
+    Attributes:
+        message: what is wrong, where, and the fix.
+        split: the split of the record in the file (``None`` when it could not be read).
+        record: the record's :attr:`ImageRecord.where`; groups a record's caption problems.
+        caption: True when only one caption was dropped (the record may still be kept).
+    """
+
+    message: str
+    split: str | None
+    record: str
+    caption: bool = False
+
+
 class Problems:
     """Collects record-level problems.
 
     Args:
         on_error: ``raise`` (raise :class:`DatasetFormatError` at the first problem), ``skip`` or
-            ``collect`` (note it; the caller leaves the record out). ``collect`` is ``skip``
-            without the final summary warning, for :func:`rsretrieval.data.check_dataset`.
+            ``collect`` (note it; the caller leaves the record or caption out). ``collect`` is
+            ``skip`` without the final summary warning, for :func:`rsretrieval.data.check_dataset`.
     """
 
     def __init__(self, on_error: str = "raise") -> None:
         if on_error not in ("raise", "skip", "collect"):
             raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
         self.on_error = on_error
-        self.notes: list[str] = []
+        self.found: list[Problem] = []
 
-    def report(self, message: str) -> None:
+    def report(self, message: str, *, split: str | None, record: str, caption: bool = False) -> None:
         """Raise ``message`` or note it, depending on ``on_error``."""
         if self.on_error == "raise":
             raise DatasetFormatError(message + " (or load with on_error='skip' to leave the record out)")
         _logger.debug("skipped: %s", message)
-        self.notes.append(message)
+        self.found.append(Problem(message, split, record, caption))
+
+    @property
+    def notes(self) -> list[str]:
+        return [p.message for p in self.found]
 
     def __len__(self) -> int:
-        return len(self.notes)
+        return len(self.found)
+
+    def of_split(self, split: str, final_split: dict[str, str]) -> list[Problem]:
+        """The problems that concern a load of ``split``.
+
+        A kept record's problems go with its final split (``final_split``, by record, after the
+        validation carve); a record left out stays in its file split. Problems whose split could
+        not be read concern every split.
+        """
+        return [
+            p
+            for p in self.found
+            if split == "all" or final_split.get(p.record, p.split) in (split, None)
+        ]
+
+
+def summarize(problems: list[Problem]) -> str:
+    """``3 image record(s) and 1 caption(s) of kept images``: what was left out, counted right."""
+    dropped = {p.record for p in problems if not p.caption}
+    captions = sum(p.caption and p.record not in dropped for p in problems)
+    parts = [f"{len(dropped)} image record(s)"] if dropped else []
+    if captions:
+        parts.append(f"{captions} caption(s) of kept images" if dropped else f"{captions} caption(s)")
+    unknown = sum(p.split is None for p in problems)
+    tail = f" ({unknown} of unknown split)" if unknown else ""
+    return " and ".join(parts) + tail
 
 
 # ---------------------------------------------------------------- text decoding helpers
@@ -167,51 +213,53 @@ def _karpathy_record(
 ) -> tuple[ImageRecord | None, bool]:
     """One image record, or ``None`` when it is unusable; and whether it held non-UTF-8 bytes."""
     if not isinstance(img, dict):
+        where = f"{path}: image record #{k}"
         problems.report(
-            f"{path}: image record #{k} is a {type(img).__name__}, not an object; remove or fix it"
+            f"{where} is a {type(img).__name__}, not an object; remove or fix it", split=None, record=where
         )
         return None, False
     fn, imgid = img.get("filename"), img.get("imgid")
     where = f"{path}: image record #{k} (filename={_printable(str(fn))!r}, imgid={imgid!r})"
+    split = _FILE_SPLITS.get(str(img.get("split", "")).strip().lower())
+
+    def drop(message: str) -> None:
+        problems.report(message, split=split, record=where)
+
     if not isinstance(fn, str) or not fn.strip():
-        problems.report(f"{where} has no 'filename' string; add the image's file name to the record")
+        drop(f"{where} has no 'filename' string; add the image's file name to the record")
         return None, False
     if _has_bad_bytes(fn):
-        problems.report(f"{where}: the file name holds non-UTF-8 bytes{line_of(fn)}; {_UTF8_FIX}")
+        drop(f"{where}: the file name holds non-UTF-8 bytes{line_of(fn)}; {_UTF8_FIX}")
         return None, True
     fn = fn.strip()
     if isinstance(img.get("filepath"), str) and img["filepath"].strip():
         fn = f"{img['filepath'].strip().rstrip('/')}/{fn}"
-    split = _FILE_SPLITS.get(str(img.get("split", "")).strip().lower())
     if split is None:
-        problems.report(
-            f"{where} has split={img.get('split')!r}; expected one of 'train', 'val', 'test', 'restval'"
-        )
+        drop(f"{where} has split={img.get('split')!r}; expected one of 'train', 'val', 'test', 'restval'")
         return None, False
     sentences = img.get("sentences")
     if not isinstance(sentences, list) or not sentences:
-        problems.report(
-            f"{where} has no 'sentences' list (or it is empty); add its captions or remove the record"
-        )
+        drop(f"{where} has no 'sentences' list (or it is empty); add its captions or remove the record")
         return None, False
     captions, bad = [], False
     for s, sent in enumerate(sentences):
         sid = sent.get("sentid") if isinstance(sent, dict) else None
         swhere = f"{where}, sentence #{s} (sentid={sid!r})"
         cap = _sentence_text(sent)
+        message = None
         if cap is None:
-            problems.report(f"{swhere} has neither a 'raw' string nor a 'tokens' list; add the caption text")
+            message = f"{swhere} has neither a 'raw' string nor a 'tokens' list; add the caption text"
         elif _has_bad_bytes(cap):
             bad = True
-            problems.report(
-                f"{swhere}: caption {_printable(cap)!r} holds non-UTF-8 bytes{line_of(cap)}; {_UTF8_FIX}"
-            )
+            message = f"{swhere}: caption {_printable(cap)!r} holds non-UTF-8 bytes{line_of(cap)}; {_UTF8_FIX}"
         elif not cap:
-            problems.report(f"{swhere} is an empty caption; write the caption or delete the sentence")
+            message = f"{swhere} is an empty caption; write the caption or delete the sentence"
         else:
             captions.append(cap)
+        if message:
+            problems.report(message, split=split, record=where, caption=True)
     if not captions:
-        problems.report(f"{where} is left out: none of its captions is usable")
+        drop(f"{where} is left out: none of its captions is usable")
         return None, bad
     label = next((img[key] for key in ("label", "class", "scene") if img.get(key) not in (None, "")), None)
     return ImageRecord(fn, split, captions, where, None if label is None else str(label)), bad
@@ -268,28 +316,29 @@ def read_precomp(folder: str | Path, problems: Problems) -> list[ImageRecord]:
     return records
 
 
-def _read_lines(path: Path, problems: Problems) -> list[str | None]:
-    """The file's lines (``None`` for a line that is not UTF-8), without trailing blank lines."""
+def _read_lines(path: Path) -> list[tuple[str | None, bytes]]:
+    """The file's lines as (text, or ``None`` when not UTF-8; raw bytes), without trailing blanks."""
     data = path.read_bytes()
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8) :]
     raw_lines = data.split(b"\n")
     while raw_lines and not raw_lines[-1].strip():
         raw_lines.pop()
-    out: list[str | None] = []
-    for n, raw in enumerate(raw_lines, 1):
+    out: list[tuple[str | None, bytes]] = []
+    for raw in raw_lines:
         try:
-            out.append(raw.decode("utf-8").strip())
+            out.append((raw.decode("utf-8").strip(), raw))
         except UnicodeDecodeError:
-            problems.report(
-                f"{path}: line {n} ({raw[:60]!r}) holds bytes that are not valid UTF-8; {_UTF8_FIX}"
-            )
-            out.append(None)
+            out.append((None, raw))
     return out
 
 
+def _not_utf8(path: Path, n: int, raw: bytes) -> str:
+    return f"{path}: line {n} ({raw[:60]!r}) holds bytes that are not valid UTF-8; {_UTF8_FIX}"
+
+
 def _precomp_split(split: str, caps_path: Path, names_path: Path, problems: Problems) -> list[ImageRecord]:
-    caps, names = _read_lines(caps_path, problems), _read_lines(names_path, problems)
+    caps, names = _read_lines(caps_path), _read_lines(names_path)
     if len(names) == len(caps):
         per = 1
     elif len(names) * 5 == len(caps):
@@ -302,36 +351,43 @@ def _precomp_split(split: str, caps_path: Path, names_path: Path, problems: Prob
         )
     by_name: dict[str, ImageRecord] = {}
     out: list[ImageRecord] = []
-    for i, name in enumerate(names):
+    for i, (name, raw_name) in enumerate(names):
         where = f"{names_path}: line {i + 1} (filename={name!r})"
+        # with one line per caption, a bad name line loses one caption; with one per image, an image
+        line_problem = {"split": split, "record": where, "caption": per == 1}
         if name is None:
-            continue  # already reported by _read_lines
+            problems.report(_not_utf8(names_path, i + 1, raw_name), **line_problem)
+            continue
         if not name:
-            problems.report(f"{where} is blank; write the image file name on that line")
+            problems.report(f"{where} is blank; write the image file name on that line", **line_problem)
             continue
         if per == 5 and name in by_name:
-            problems.report(f"{where} repeats a file name already on {by_name[name].where}; each image once")
+            problems.report(
+                f"{where} repeats a file name already on {by_name[name].where}; each image once", **line_problem
+            )
             continue
         rec = by_name.get(name)
         if rec is None:
             rec = by_name[name] = ImageRecord(name, split, [], where)
             out.append(rec)
         for j in range(i * per, i * per + per):
-            cap = caps[j]
+            cap, raw_cap = caps[j]
             if cap is None:
+                message = _not_utf8(caps_path, j + 1, raw_cap)
+            elif not cap:
+                message = f"{caps_path}: line {j + 1} (caption of {name!r}) is empty; write the caption"
+            else:
+                rec.captions.append(cap)
                 continue
-            if not cap:
-                problems.report(
-                    f"{caps_path}: line {j + 1} (caption of {name!r}) is empty; write the caption"
-                )
-                continue
-            rec.captions.append(cap)
+            problems.report(message, split=split, record=rec.where, caption=True)
     usable = []
     for rec in out:
         if rec.captions:
             usable.append(rec)
         else:
-            problems.report(f"{rec.where} is left out: none of its captions is usable")
+            problems.report(
+                f"{rec.where} is left out: none of its captions is usable", split=split, record=rec.where
+            )
     return usable
 
 
@@ -347,7 +403,9 @@ def drop_duplicates(records: list[ImageRecord], problems: Problems) -> list[Imag
         if key in first:
             problems.report(
                 f"{rec.where} repeats file name {rec.filename!r} of {first[key].where}; an image must appear "
-                "once (merge the two records' sentences or remove one)"
+                "once (merge the two records' sentences or remove one)",
+                split=rec.split,
+                record=rec.where,
             )
             continue
         first[key] = rec
