@@ -19,7 +19,8 @@
 # **Learning goals.** After this notebook you can
 # 1. explain CLIP retrieval as two encoders whose outputs meet in one similarity matrix;
 # 2. compute the retrieval protocol (R@1/5/10 both ways, mR, rsum) by hand, and trust the
-#    library's version because it agrees;
+#    library's version because it agrees; know how tied scores are ranked, and why it matters
+#    on RSICD-like data;
 # 3. read a zero-shot baseline: overall, per scene, and query by query;
 # 4. see how much the wording of a prompt changes the result.
 #
@@ -129,15 +130,89 @@ def recalls_by_hand(S, text_to_image, ks=(1, 5, 10)):
 
 
 by_hand = recalls_by_hand(similarity.tolist(), test.text_to_image)
-library = retrieval_metrics(similarity, test.text_to_image)
+library = retrieval_metrics(similarity, test.text_to_image, ties="optimistic")
 for key in by_hand:
     assert abs(by_hand[key] - library[key]) < 1e-9, (key, by_hand[key], library[key])
 print("by hand :", format_metrics(by_hand))
 print("library :", format_metrics(library))
 
 # %% [markdown]
-# The two agree exactly. Both count a candidate as ahead only when its score is strictly
-# higher, so ties (duplicate captions give exact ties) never cost a query its rank.
+# The two agree exactly. Both count a candidate as ahead only when its score is *strictly*
+# higher: a ground truth tied with another candidate always wins the tie. That is one of four
+# tie rules the library knows, and not its default; the next section says why.
+#
+# ## 2b. Ties: when two captions are the same sentence
+# Identical captions have identical features, so they score exactly alike against every image.
+# Benchmark annotators repeat themselves: RSICD has only about 24,000 distinct sentences among its
+# 54,605 captions. Then an image's own caption ties with the same sentence written for another
+# image, and the rank depends on who wins the tie:
+#
+# | rule | the ground truth, tied with others, is placed | |
+# |---|---|---|
+# | `optimistic` | first | an upper bound |
+# | `pessimistic` | last | a lower bound |
+# | `argsort` | where `numpy.argsort(scores)[::-1]` puts it | what the published AMFMN / PE-RSITR evaluation code does |
+# | `expected` (default) | on average over every order of the tied candidates | that code's result, averaged |
+#
+# Why not make `argsort` the default, if papers used it? Because numpy's default sort is not
+# stable: its order among equal scores changes with the numpy version, the CPU and even the dtype
+# (the library's tests show float32 and float16 scores ranking ties differently). So the
+# published code does not define a tie order; it picks one by accident. `expected` is the exact
+# mean over all of them: equal to that code wherever there are no ties, and the value its results
+# scatter around where there are. Below, the four rules on this split's own captions, and on
+# copies where a growing share of captions is replaced by stock sentences of their image's scene,
+# the way RSICD's repeats look.
+
+# %%
+import random
+from collections import Counter
+
+from rsretrieval.evaluation import TIE_RULES, tie_rule_table
+
+
+def repeat_share(captions):
+    """Share of captions that repeat an earlier caption (RSICD: about 0.56)."""
+    return 1 - len(Counter(captions)) / len(captions)
+
+
+def with_stock_captions(data, share, seed=SEED):
+    """Replace `share` of the captions by one of three stock sentences of their image's scene."""
+    rng = random.Random(seed)
+    stock = {}
+    for j, caption in enumerate(data.captions):
+        stock.setdefault(data.scenes[data.text_to_image[j]], []).append(caption)
+    out = list(data.captions)
+    for j in rng.sample(range(len(out)), round(share * len(out))):
+        out[j] = rng.choice(stock[data.scenes[data.text_to_image[j]]][:3])
+    return out
+
+
+tie_rows = {}
+for share in (0.0, 0.25, 0.5):
+    captions = test.captions if share == 0 else with_stock_captions(test, share)
+    feats = text_features if share == 0 else encode_texts(clip.model, captions, tokenizer=clip.tokenizer,
+                                                          device=cfg.device, progress=False)
+    label = "test captions as they are" if share == 0 else f"{share:.0%} replaced by stock captions"
+    tie_rows[label] = {"repeat_share": repeat_share(captions),
+                       "rules": tie_rule_table(image_features @ feats.T, test.text_to_image)}
+print(f"{'':36s} {'repeats':>8s} " + " ".join(f"{rule + ' i2t@5':>18s}" for rule in TIE_RULES))
+for label, row in tie_rows.items():
+    print(f"{label:36s} {row['repeat_share']:>8.1%} "
+          + " ".join(f"{row['rules'][rule]['i2t_r5']:>18.2f}" for rule in TIE_RULES))
+for label, row in tie_rows.items():
+    mr = {rule: row["rules"][rule]["mr"] for rule in TIE_RULES}
+    print(f"{label}: mR {mr['pessimistic']:.2f} (pessimistic) to {mr['optimistic']:.2f} (optimistic), "
+          f"expected {mr['expected']:.2f}, argsort here {mr['argsort']:.2f}")
+t2i_moves = any(row["rules"][rule][key] != row["rules"]["expected"][key] for row in tie_rows.values()
+                for rule in TIE_RULES for key in ("t2i_r1", "t2i_r5", "t2i_r10"))
+print("t2i recalls", "differ between rules" if t2i_moves else "are the same under every rule")
+
+# %% [markdown]
+# Captions tie with captions, so i2t moves; two *images* tie only when they are duplicates, so
+# t2i does not (the line above checks it). The gap between the bounds grows with the share of repeated sentences; at RSICD's
+# share it is no longer a rounding matter when a table compares methods a point apart. Every
+# number in this course uses `expected`; `evaluate(..., ties=...)` and `python -m rsretrieval
+# eval --ties ...` take any rule.
 #
 # ## 3. The zero-shot baseline
 # What would a random ranking score? t2i R@K is K/N, and i2t R@K is about the same, so chance
@@ -162,7 +237,7 @@ plot_per_scene(result.per_scene)
 # The best and worst text queries, with their top-5 images (green frame: the ground truth).
 
 # %%
-t2i_ranks = result.t2i_ranks
+t2i_ranks = result.t2i_ranks.rank()  # 0-based ranks under the tie rule
 best_j = int(torch.argmin(t2i_ranks))
 worst_j = int(torch.argmax(t2i_ranks))
 for j in (best_j, worst_j):
@@ -218,12 +293,15 @@ record(cfg.output_dir, dataset=DATASET, model=MODEL, pretrained=str(cfg.pretrain
        n_test_images=test.num_images, n_test_captions=test.num_captions, chance_mr=chance,
        zero_shot_mr=result.metrics["mr"], zero_shot_rsum=result.metrics["rsum"],
        zero_shot=result.metrics, per_scene_mr={s: v["mr"] for s, v in result.per_scene.items()},
-       prompts_mr={k: v["mr"] for k, v in prompt_results.items()})
+       prompts_mr={k: v["mr"] for k, v in prompt_results.items()},
+       ties={label: {"repeat_share": row["repeat_share"], **{rule: row["rules"][rule]["mr"] for rule in TIE_RULES}}
+             for label, row in tie_rows.items()})
 
 # %% [markdown]
 # ## Exercises
-# 1. Break ties differently: count a candidate with an *equal* score as ahead. Which recalls
-#    change on this model, and why do duplicate captions (RSICD) make this matter?
+# 1. Change `recalls_by_hand` to count a candidate with an *equal* score as ahead, and check it
+#    against `ties="pessimistic"`. Then compute `retrieval_metrics(..., ties="argsort")` on
+#    `similarity.half()`: why can it differ from the float32 result when `expected` does not?
 # 2. Evaluate with `PRETRAINED=None` (random weights). Is the result near the chance mR printed
 #    above? What does that say about the protocol?
 # 3. Write three prompt templates of your own. Is the best template the same for i2t and t2i?

@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from rsretrieval.files import atomic_write_text
+
 
 _WORDS = ("two", "white", "planes", "are", "parked", "beside", "the", "terminal", "many", "cars", "in", "a",
           "parking", "lot", "green", "trees", "near", "river", "boats", "port", "large", "storage", "tanks")
@@ -170,7 +172,7 @@ def _child_main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     result = measure(a.model, a.method, batch_size=a.batch_size, steps=a.steps, warmup=a.warmup,
                      device=a.device, loss=a.loss)
-    Path(a.json).write_text(json.dumps(result))
+    atomic_write_text(a.json, json.dumps(result))
     return 0
 
 

@@ -19,7 +19,7 @@ from rsretrieval.files import atomic_write_json
 from rsretrieval.training import TrainConfig
 
 
-RESULTS_VERSION = 2  # the schema of results.json (below)
+RESULTS_VERSION = 3  # the schema of results.json (below); 3: metrics with expected ties
 
 
 def run_method(
@@ -58,9 +58,9 @@ def run_method(
         The ``results.json`` written to ``run_dir``: ``identity``, ``method``, ``loss``, ``seed``,
         ``trainable``, ``total``, ``method_file``, ``best_epoch``, ``val`` (metrics of the best epoch),
         ``val_mr``, ``test`` (metrics), ``test_per_scene``, ``seconds_per_epoch``, ``samples_per_s``,
-        ``history``. Under torchrun, ranks other than 0 return ``{"rank": rank}`` after training.
+        ``history``. ``identity["ties"]`` is the metrics' tie rule. Under torchrun, ranks other than 0 return ``{"rank": rank}`` after training.
     """
-    from rsretrieval.evaluation import evaluate
+    from rsretrieval.evaluation import DEFAULT_TIES, evaluate
     from rsretrieval.methods import apply_method, get_method, save_method, wrap_tokenizer
     from rsretrieval.models import count_parameters, create_model, print_trainable_parameters, seed_everything
     from rsretrieval.models import select_device
@@ -72,7 +72,7 @@ def run_method(
     cfg = replace(config, output_dir=str(run_dir))
     identity = {"model": model, "pretrained": pretrained, "method": method, "loss": loss,
                 "method_kwargs": method_kwargs or {}, "loss_kwargs": loss_kwargs or {}, "config": asdict(cfg),
-                "train_images": train.num_images, "results_version": RESULTS_VERSION}
+                "train_images": train.num_images, "ties": DEFAULT_TIES, "results_version": RESULTS_VERSION}
     wanted = json.loads(json.dumps(identity))
     done, started = run_dir / "results.json", run_dir / "identity.json"
     if cfg.resume and done.exists() and (previous := json.loads(done.read_text())).get("identity") == wanted:

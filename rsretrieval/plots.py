@@ -17,7 +17,7 @@ import torch
 from matplotlib.figure import Figure
 
 from rsretrieval.data.dataset import open_image
-from rsretrieval.evaluation.metrics import RECALL_KEYS
+from rsretrieval.evaluation.metrics import RECALL_KEYS, Ranks
 
 _LABELS = {
     "i2t_r1": "i2t R@1", "i2t_r5": "i2t R@5", "i2t_r10": "i2t R@10",
@@ -25,10 +25,12 @@ _LABELS = {
     "mr": "mR", "rsum": "rsum",
 }
 _MATCH, _MISS = "tab:green", "tab:red"
-RanksLike = torch.Tensor | np.ndarray | Sequence[int]
+RanksLike = Ranks | torch.Tensor | np.ndarray | Sequence[int]
 
 
-def _numpy(x: torch.Tensor | np.ndarray | Sequence[float]) -> np.ndarray:
+def _numpy(x: Ranks | torch.Tensor | np.ndarray | Sequence[float]) -> np.ndarray:
+    if isinstance(x, Ranks):
+        x = x.rank()
     return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
 
 
@@ -106,7 +108,7 @@ def plot_rank_histogram(
     """Histogram of 1-based ranks, with every rank above ``max_rank`` gathered in the last bar.
 
     Args:
-        ranks: 0-based ranks (``EvalResult.t2i_ranks``), or name -> ranks to overlay several
+        ranks: :class:`Ranks` (``EvalResult.t2i_ranks``) or 0-based ranks, or name -> ranks to overlay several
             (e.g. ``{"i2t": r.i2t_ranks, "t2i": r.t2i_ranks}``); each is shown as a share of its
             own queries so different query counts compare.
         max_rank: last rank with its own bar.

@@ -59,9 +59,7 @@ def pretrain(cfg: PretrainConfig | None = None, out: str | Path | None = None) -
     """
     from rsretrieval.data import load_dataset
     from rsretrieval.data.synthrs import generate_synthrs
-    from rsretrieval.evaluation import evaluate
     from rsretrieval.models.compact import save_compact
-    from rsretrieval.models.utils import select_device
     from rsretrieval.errors import StaleRunError
     from rsretrieval.training import ContrastiveTask, TrainConfig, check_resumable, clear_run, fit
 
@@ -104,16 +102,50 @@ def pretrain(cfg: PretrainConfig | None = None, out: str | Path | None = None) -
     generate_synthrs(eval_root, n_images=cfg.eval_images, progress=cfg.progress)
     test = load_dataset("synthrs", eval_root, "test")
     shipped = create_model(cfg.model, cfg.tag) if out is None else _load_file(cfg.model, target)
-    device = select_device(cfg.device)
-    result = evaluate(shipped.model.to(device), test, transform=shipped.transform, tokenizer=shipped.tokenizer,
-                      device=device, progress=cfg.progress, per_scene=False)
-    report["zero_shot"] = result.metrics
-    report["chance_mr"] = chance_mr(test.num_images)
+    report.update(_zero_shot(shipped, test, cfg))
     report["total_seconds"] = round(time.perf_counter() - t0, 1)
     save_compact(bundle.model.cpu(), target, used, arch=cfg.model, meta=report)  # same weights, full report
     report["file_bytes"] = target.stat().st_size
     atomic_write_json(target.with_suffix(".json"), report)
     return report
+
+
+def rescore(weights: str | Path | None = None, eval_root: str | Path | None = None) -> dict[str, Any]:
+    """Measure the zero-shot line of a pretraining report again with today's metric, and rewrite the report.
+
+    The weights are not touched; use it when the evaluation protocol changes (e.g. its tie rule).
+
+    Args:
+        weights: a weights file written by :func:`pretrain` (default: the shipped MiniCLIP).
+        eval_root: the rs-domain SynthRS to score on (default: ``PretrainConfig.eval_root``; the
+            report's own path names the machine it was made on).
+    """
+    import json
+
+    from rsretrieval.data import load_dataset
+    from rsretrieval.data.synthrs import generate_synthrs
+
+    target = Path(weights) if weights else local_pretrained_path("mini", "synthrs")
+    report_path = target.with_suffix(".json")
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    cfg = PretrainConfig(**{k: v for k, v in report["config"].items() if k in PretrainConfig.__dataclass_fields__})
+    root = _abs(eval_root or PretrainConfig.eval_root)
+    generate_synthrs(root, n_images=cfg.eval_images, progress=cfg.progress)
+    test = load_dataset("synthrs", root, "test")
+    shipped = create_model(cfg.model, cfg.tag) if weights is None else _load_file(cfg.model, target)
+    report.update(_zero_shot(shipped, test, cfg))
+    atomic_write_json(report_path, report)
+    return report
+
+
+def _zero_shot(bundle: Any, test: Any, cfg: PretrainConfig) -> dict[str, Any]:
+    from rsretrieval.evaluation import DEFAULT_TIES, evaluate
+    from rsretrieval.models.utils import select_device
+
+    device = select_device(cfg.device)
+    result = evaluate(bundle.model.to(device), test, transform=bundle.transform, tokenizer=bundle.tokenizer,
+                      device=device, progress=cfg.progress, per_scene=False, ties=DEFAULT_TIES)
+    return {"zero_shot": result.metrics, "zero_shot_ties": DEFAULT_TIES, "chance_mr": chance_mr(test.num_images)}
 
 
 def chance_mr(n_images: int, captions_per_image: int = 5) -> float:

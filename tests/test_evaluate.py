@@ -221,7 +221,7 @@ def test_training_modes_restored(data: CaptionDataset) -> None:
 def test_to_dict_is_json_and_table_prints(data: CaptionDataset) -> None:
     result = run(FakeCLIP(), data)
     d = json.loads(json.dumps(result.to_dict()))
-    assert set(d) == {"metrics", "per_scene"}
+    assert set(d) == {"ties", "metrics", "per_scene"} and d["ties"] == "expected"
     assert d["metrics"]["mr"] == pytest.approx(result.metrics["mr"])
     assert d["per_scene"]["river"]["n_images"] == 2
     table = result.table()
@@ -280,7 +280,7 @@ def test_plots(data: CaptionDataset) -> None:
     _renders(plots.plot_recall_bars({"zero-shot": METRICS, "fake": result.metrics}))
     _renders(plots.plot_per_scene(result.per_scene))
     _renders(plots.plot_rank_histogram(result.t2i_ranks))
-    both = {"i2t": result.i2t_ranks, "t2i": result.t2i_ranks.numpy()}
+    both = {"i2t": result.i2t_ranks, "t2i": result.t2i_ranks.rank().numpy()}
     _renders(plots.plot_rank_histogram(both, max_rank=5))
     column = 3
     _renders(

@@ -23,7 +23,9 @@ from rsretrieval.evaluation.metrics import (
     recall_at_k,
     retrieval_metrics,
     retrieval_ranks,
+    tie_rule_table,
 )
+from rsretrieval.evaluation.metrics import TIE_RULES
 
 # ----------------------------------------------------------------------------------------------
 # Slow reference
@@ -111,13 +113,13 @@ def test_matches_reference_random(seed: int, n_images: int, max_captions: int, i
     gen = torch.Generator().manual_seed(seed)
     sim, t2i = random_case(gen, n_images, max_captions, integer)
     with pytest.warns() if integer else no_runtime_warning():
-        fast = retrieval_metrics(sim, t2i)
+        fast = retrieval_metrics(sim, t2i, ties="optimistic")
     assert_same(fast, naive_metrics(sim.tolist(), t2i))
     with pytest.warns() if integer else no_runtime_warning():
-        fast_ranks = retrieval_ranks(sim, t2i, chunk_size=3)
+        fast_ranks = retrieval_ranks(sim, t2i, ties="optimistic", chunk_size=3)
     slow_ranks = naive_ranks(sim.tolist(), t2i)
-    assert fast_ranks[0].tolist() == slow_ranks[0]
-    assert fast_ranks[1].tolist() == slow_ranks[1]
+    assert fast_ranks[0].rank().tolist() == slow_ranks[0]
+    assert fast_ranks[1].rank().tolist() == slow_ranks[1]
 
 
 def test_large_case_matches_reference() -> None:
@@ -137,9 +139,10 @@ def test_chunk_boundaries(chunk_size: int) -> None:
     gen = torch.Generator().manual_seed(11)
     sim, t2i = random_case(gen, 17, 5)  # 17 rows, ~50 columns: chunks straddle both sizes
     slow = naive_ranks(sim.tolist(), t2i)
-    i2t, t2i_ranks = retrieval_ranks(sim, t2i, chunk_size=chunk_size)
-    assert i2t.tolist() == slow[0]
-    assert t2i_ranks.tolist() == slow[1]
+    for ties in TIE_RULES:  # no ties here: every rule gives the same ranks
+        i2t, t2i_ranks = retrieval_ranks(sim, t2i, ties=ties, chunk_size=chunk_size)
+        assert i2t.rank().tolist() == slow[0], ties
+        assert t2i_ranks.rank().tolist() == slow[1], ties
 
 
 def test_default_chunking_on_wide_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -184,8 +187,8 @@ HAND_EXPECTED = {
 
 def test_hand_computed_3x6() -> None:
     i2t, t2i = retrieval_ranks(torch.tensor(HAND_SIM), HAND_T2I)
-    assert i2t.tolist() == [2, 0, 5]
-    assert t2i.tolist() == [0, 2, 2, 0, 1, 1]
+    assert i2t.rank().tolist() == [2, 0, 5]
+    assert t2i.rank().tolist() == [0, 2, 2, 0, 1, 1]
     assert_same(retrieval_metrics(torch.tensor(HAND_SIM), HAND_T2I), HAND_EXPECTED)
     assert_same(naive_metrics(HAND_SIM, HAND_T2I), HAND_EXPECTED)  # the reference agrees too
 
@@ -198,25 +201,43 @@ def test_numpy_input_and_dtypes() -> None:
     # Integer-valued scores are exact in every dtype: half precision and int tensors agree.
     gen = torch.Generator().manual_seed(3)
     sim, t2i = random_case(gen, 10, 4, integer=True)
-    with pytest.warns(RuntimeWarning):
-        ref = retrieval_metrics(sim, t2i)
-        for dtype in (torch.float16, torch.bfloat16, torch.int64):
-            assert retrieval_metrics(sim.to(dtype), t2i) == ref
+    # Not argsort: numpy sorts each dtype its own way, so its order among ties changes with the dtype
+    # (that is why it is not the default).
+    for ties in ("expected", "optimistic", "pessimistic"):
+        with pytest.warns(RuntimeWarning):
+            ref = retrieval_metrics(sim, t2i, ties=ties)
+            for dtype in (torch.float16, torch.bfloat16, torch.int64):
+                assert retrieval_metrics(sim.to(dtype), t2i, ties=ties) == ref, (ties, dtype)
 
 
-def test_ties_are_optimistic() -> None:
-    # A caption tied with a foreign caption, or an image tied with a foreign image, counts as a hit.
+def test_each_tie_rule_on_one_tie() -> None:
+    # img0's own caption c0 ties c1 (img1's); c0 scores img0 and img1 alike.
     sim = torch.tensor([[0.5, 0.5], [0.5, 0.2]])
-    with pytest.warns(RuntimeWarning, match="1 of 2 captions"):  # c0's tie is half the t2i queries
-        i2t, t2i = retrieval_ranks(sim, [0, 1])
-    assert i2t.tolist() == [0, 1]  # img0: own c0 ties c1 -> 0; img1: own c1 0.2 < c0 0.5 -> 1
-    assert t2i.tolist() == [0, 1]  # c0: img0 ties img1 -> 0;   c1: img1 0.2 < img0 0.5 -> 1
+    expected_ranks = {  # (i2t, t2i) ranks of each rule
+        "optimistic": ([0, 1], [0, 1]),  # the tied ground truth comes first
+        "pessimistic": ([1, 1], [1, 1]),  # ... last
+        "expected": ([0.5, 1], [0.5, 1]),  # ... on average half-way
+        "argsort": ([1, 1], [1, 1]),  # argsort()[::-1] puts the later of two equal scores first: the foreign one
+    }
+    for ties, (i2t_want, t2i_want) in expected_ranks.items():
+        with pytest.warns(RuntimeWarning, match="1 of 2 captions"):  # c0's tie is half the t2i queries
+            i2t, t2i = retrieval_ranks(sim, [0, 1], ties=ties)
+        assert i2t.rank().tolist() == i2t_want and t2i.rank().tolist() == t2i_want, ties
+    with pytest.warns(RuntimeWarning):
+        m = retrieval_metrics(sim, [0, 1])
+    assert m["i2t_r1"] == 25.0 and m["t2i_r1"] == 25.0  # half a hit for the tied query, none for the other
 
 
-def test_constant_similarity_warns_and_scores_100() -> None:
-    with pytest.warns(RuntimeWarning, match="optimistic"):
-        m = retrieval_metrics(torch.zeros(4, 8), [0, 0, 1, 1, 2, 2, 3, 3])
-    assert m["mr"] == 100.0
+def test_constant_similarity_warns_and_scores_chance_unless_optimistic() -> None:
+    t2i = [0, 0, 1, 1, 2, 2, 3, 3]
+    with pytest.warns(RuntimeWarning, match="optimistic.*inflated"):
+        assert retrieval_metrics(torch.zeros(4, 8), t2i, ties="optimistic")["mr"] == 100.0
+    with pytest.warns(RuntimeWarning, match="depend on how ties are broken"):
+        m = retrieval_metrics(torch.zeros(4, 8), t2i)
+    assert m["t2i_r1"] == 25.0  # one image in four
+    assert m["i2t_r1"] == pytest.approx(100 * 2 / 8)  # two own captions among eight
+    # the first five of eight places all foreign: C(6, 5) of C(8, 5) orders
+    assert m["i2t_r5"] == pytest.approx(100 * (1 - 6 / 56))
 
 
 def test_perfect_similarity_gives_100() -> None:
@@ -292,3 +313,102 @@ def test_metrics_from_ranks_subset() -> None:
     assert m["i2t_r1"] == 50.0 and m["i2t_r5"] == 100.0
     assert m["t2i_r1"] == 50.0 and m["t2i_r10"] == 75.0
     assert math.isclose(m["mr"], m["rsum"] / 6)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tie rules against the published procedure
+
+
+def published_ranks(sim: np.ndarray, per_image: int = 5) -> tuple[list[int], list[int]]:
+    """The AMFMN / PE-RSITR evaluation loop: caption j belongs to image j // 5, positions in argsort[::-1]."""
+    n_images = sim.shape[0]
+    i2t = []
+    for i in range(n_images):
+        order = np.argsort(sim[i])[::-1]
+        i2t.append(min(int(np.where(order == j)[0][0]) for j in range(per_image * i, per_image * i + per_image)))
+    t2i = []
+    for j, column in enumerate(sim.T):
+        order = np.argsort(column)[::-1]
+        t2i.append(int(np.where(order == j // per_image)[0][0]))
+    return i2t, t2i
+
+
+@pytest.mark.parametrize(("n_images", "levels"), [(3, 3), (17, 4), (60, 6)])
+def test_argsort_rule_is_the_published_procedure(n_images: int, levels: int) -> None:
+    gen = torch.Generator().manual_seed(n_images)
+    sim = torch.randint(0, levels, (n_images, 5 * n_images), generator=gen).float()  # ties everywhere
+    t2i = np.repeat(np.arange(n_images), 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        i2t_ranks, t2i_ranks = retrieval_ranks(sim, t2i, ties="argsort", chunk_size=7)
+    want_i2t, want_t2i = published_ranks(sim.numpy())
+    assert i2t_ranks.rank().tolist() == want_i2t and t2i_ranks.rank().tolist() == want_t2i
+
+
+def _exact_expectation(sim: list[list[int]], t2i: list[int]) -> dict[str, float]:
+    """Mean over every order of the tied candidates, by enumerating the orders (small cases only)."""
+    import itertools
+
+    n_images, n_texts = len(sim), len(sim[0])
+    hits = {f"{d}_r{k}": 0.0 for d in ("i2t", "t2i") for k in (1, 5, 10)}
+    for i in range(n_images):  # every tie-break order of the captions
+        orders = list(itertools.permutations(range(n_texts)))
+        for k in (1, 5, 10):
+            good = 0
+            for tiebreak in orders:
+                ranking = sorted(range(n_texts), key=lambda j: (-sim[i][j], tiebreak[j]))
+                good += any(t2i[j] == i for j in ranking[:k])
+            hits[f"i2t_r{k}"] += 100 * good / len(orders) / n_images
+    for j in range(n_texts):
+        orders = list(itertools.permutations(range(n_images)))
+        for k in (1, 5, 10):
+            good = 0
+            for tiebreak in orders:
+                ranking = sorted(range(n_images), key=lambda i: (-sim[i][j], tiebreak[i]))
+                good += t2i[j] in ranking[:k]
+            hits[f"t2i_r{k}"] += 100 * good / len(orders) / n_texts
+    return hits
+
+
+def test_expected_rule_is_the_mean_over_tie_orders() -> None:
+    gen = torch.Generator().manual_seed(5)
+    t2i = [0, 1, 0, 2, 1, 2, 0]  # 7 captions: 5,040 orders per image query
+    sim = torch.randint(0, 3, (3, 7), generator=gen).float()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        got = retrieval_metrics(sim, t2i)
+    for key, value in _exact_expectation(sim.int().tolist(), t2i).items():
+        assert got[key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_rules_bound_each_other_and_agree_without_ties() -> None:
+    gen = torch.Generator().manual_seed(8)
+    sim, t2i = random_case(gen, 40, 6, integer=True)
+    table = tie_rule_table(sim, t2i)
+    assert list(table) == list(TIE_RULES)
+    for key in METRIC_KEYS:
+        assert table["pessimistic"][key] <= table["expected"][key] <= table["optimistic"][key], key
+        assert table["pessimistic"][key] <= table["argsort"][key] <= table["optimistic"][key], key
+    assert table["optimistic"]["mr"] > table["pessimistic"]["mr"] + 1  # the case has many ties
+    sim, t2i = random_case(gen, 40, 6)  # continuous scores: no ties
+    table = tie_rule_table(sim, t2i)
+    assert all(table[rule] == table["expected"] for rule in TIE_RULES)
+
+
+def test_expected_ranks_add_up_over_subsets() -> None:
+    # Per-scene numbers are subsets of the queries: weighted by query counts they give the whole.
+    gen = torch.Generator().manual_seed(9)
+    sim, t2i = random_case(gen, 30, 5, integer=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        i2t, t2i_ranks = retrieval_ranks(sim, t2i)
+    whole = metrics_from_ranks(i2t, t2i_ranks)
+    half = torch.arange(len(i2t)) < 12
+    part_a, part_b = recall_at_k(i2t[half]), recall_at_k(i2t[~half])
+    for k in (1, 5, 10):
+        assert (part_a[k] * 12 + part_b[k] * (len(i2t) - 12)) / len(i2t) == pytest.approx(whole[f"i2t_r{k}"])
+
+
+def test_unknown_tie_rule_is_refused() -> None:
+    with pytest.raises(ValueError, match="ties must be one of 'expected', 'argsort'"):
+        retrieval_metrics(torch.eye(2), [0, 1], ties="random")

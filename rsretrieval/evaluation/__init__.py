@@ -10,18 +10,25 @@ from rsretrieval.evaluation.evaluate import (
     format_metrics,
 )
 from rsretrieval.evaluation.metrics import (
+    DEFAULT_TIES,
     METRIC_KEYS,
     RECALL_KEYS,
+    TIE_RULES,
+    Ranks,
     metrics_from_ranks,
     rank_stats,
     recall_at_k,
     retrieval_metrics,
     retrieval_ranks,
+    tie_rule_table,
 )
 
 __all__ = [
+    "DEFAULT_TIES",
     "METRIC_KEYS",
     "RECALL_KEYS",
+    "TIE_RULES",
+    "Ranks",
     "EvalResult",
     "compare_table",
     "encode_images",
@@ -34,4 +41,5 @@ __all__ = [
     "recall_at_k",
     "retrieval_metrics",
     "retrieval_ranks",
+    "tie_rule_table",
 ]

@@ -25,8 +25,10 @@ from tqdm.auto import tqdm
 
 from rsretrieval.data.dataset import CaptionDataset, ImageDataset
 from rsretrieval.evaluation.metrics import (
+    DEFAULT_TIES,
     METRIC_KEYS,
     RECALL_KEYS,
+    Ranks,
     metrics_from_ranks,
     rank_stats,
     retrieval_ranks,
@@ -191,19 +193,22 @@ class EvalResult:
             add up to the overall ones (weighted by query counts) and are not inflated by a
             smaller gallery.
         similarity: ``[n_images, n_texts]`` cosine similarities (CPU float32).
-        i2t_ranks: 0-based best rank of each image query.
-        t2i_ranks: 0-based rank of each caption query.
+        i2t_ranks: the standing of each image query (``.rank()`` gives 0-based ranks).
+        t2i_ranks: the standing of each caption query.
+        ties: the tie rule the metrics were computed with (see :mod:`.metrics`).
     """
 
     metrics: dict[str, float]
     per_scene: dict[str, dict[str, float]] = field(default_factory=dict)
     similarity: torch.Tensor | None = field(default=None, repr=False)
-    i2t_ranks: torch.Tensor | None = field(default=None, repr=False)
-    t2i_ranks: torch.Tensor | None = field(default=None, repr=False)
+    i2t_ranks: Ranks | None = field(default=None, repr=False)
+    t2i_ranks: Ranks | None = field(default=None, repr=False)
+    ties: str = DEFAULT_TIES
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable metrics and per-scene metrics (no similarity, no ranks)."""
         return {
+            "ties": self.ties,
             "metrics": {k: _plain(v) for k, v in self.metrics.items()},
             "per_scene": {s: {k: _plain(v) for k, v in m.items()} for s, m in self.per_scene.items()},
         }
@@ -247,9 +252,7 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def _per_scene(
-    data: CaptionDataset, i2t_ranks: torch.Tensor, t2i_ranks: torch.Tensor
-) -> dict[str, dict[str, float]]:
+def _per_scene(data: CaptionDataset, i2t_ranks: Ranks, t2i_ranks: Ranks) -> dict[str, dict[str, float]]:
     image_scenes = np.asarray(data.scenes, dtype=object)
     caption_scenes = image_scenes[np.asarray(data.text_to_image, dtype=np.int64)]
     out: dict[str, dict[str, float]] = {}
@@ -269,6 +272,7 @@ def evaluate_features(
     data: CaptionDataset,
     *,
     per_scene: bool = True,
+    ties: str = DEFAULT_TIES,
 ) -> EvalResult:
     """Score pre-computed (e.g. cached) features with the retrieval protocol.
 
@@ -277,6 +281,7 @@ def evaluate_features(
         text_features: ``[n_texts, dim]``, row j = ``data.captions[j]``.
         data: the split the features come from; its ``text_to_image`` is the ground truth.
         per_scene: also compute the per-scene breakdown.
+        ties: how tied candidates are ranked (:data:`rsretrieval.evaluation.metrics.TIE_RULES`).
 
     Returns:
         An :class:`EvalResult`. Features are L2-normalised here (again), so the similarity is
@@ -292,14 +297,15 @@ def evaluate_features(
     if img.shape[1] != txt.shape[1]:
         raise ValueError(f"image features have dim {img.shape[1]} but text features {txt.shape[1]}")
     similarity = img @ txt.T  # [n_images, n_texts]
-    i2t, t2i = retrieval_ranks(similarity, data.text_to_image)
+    i2t, t2i = retrieval_ranks(similarity, data.text_to_image, ties=ties)
     metrics = metrics_from_ranks(i2t, t2i)
     for name, ranks in (("i2t", i2t), ("t2i", t2i)):
         metrics |= {f"{name}_{k}": v for k, v in rank_stats(ranks).items()}
     metrics["n_images"] = data.num_images
     metrics["n_captions"] = data.num_captions
     scenes = _per_scene(data, i2t, t2i) if per_scene else {}
-    return EvalResult(metrics=metrics, per_scene=scenes, similarity=similarity, i2t_ranks=i2t, t2i_ranks=t2i)
+    return EvalResult(metrics=metrics, per_scene=scenes, similarity=similarity, i2t_ranks=i2t, t2i_ranks=t2i,
+                      ties=ties)
 
 
 def evaluate(
@@ -313,6 +319,7 @@ def evaluate(
     per_scene: bool = True,
     progress: bool = True,
     num_workers: int = 0,
+    ties: str = DEFAULT_TIES,
 ) -> EvalResult:
     """Zero-shot or fine-tuned retrieval evaluation of ``model`` on one split.
 
@@ -330,6 +337,7 @@ def evaluate(
         per_scene: also compute the per-scene breakdown.
         progress: show tqdm bars.
         num_workers: DataLoader workers for image decoding.
+        ties: how tied candidates are ranked (:data:`rsretrieval.evaluation.metrics.TIE_RULES`).
 
     Returns:
         An :class:`EvalResult`; ``print(result.table())`` for a summary.
@@ -339,7 +347,7 @@ def evaluate(
         progress=progress,
     )
     text_features = encode_texts(model, data.captions, tokenizer=tokenizer, device=device, progress=progress)
-    result = evaluate_features(image_features, text_features, data, per_scene=per_scene)
+    result = evaluate_features(image_features, text_features, data, per_scene=per_scene, ties=ties)
     _logger.info("%s/%s: %s", data.name, data.split, format_metrics(result.metrics))
     return result
 

@@ -48,8 +48,9 @@ def run_key(config: TrainConfig, train_data: CaptionDataset, task: Task) -> dict
     """What a checkpoint must share with a run to be resumed by it: everything that changes the computation.
 
     That is the training settings, a digest of the training pairs (captions, their images' file
-    names), the method and its config, the task and loss with their settings, and a digest of the
-    model's weights as training starts (base weights by content, and the method's initial weights).
+    names), the method and its config, the task and loss with their settings, a digest of the
+    model's weights as training starts (base weights by content, and the method's initial weights),
+    and the validation metric that picks the best epoch (with its tie rule).
     Call it before any step is taken or a checkpoint restored.
     """
     h = hashlib.sha256()
@@ -57,8 +58,11 @@ def run_key(config: TrainConfig, train_data: CaptionDataset, task: Task) -> dict
         h.update(f"{int(image)}\t{text}\n".encode())
     for path in train_data.image_paths:
         h.update(f"{Path(path).name}\n".encode())
+    from rsretrieval.evaluation.metrics import DEFAULT_TIES
+
     settings = {k: v for k, v in asdict(config).items() if k not in FREE_ON_RESUME}
-    key = {"config": settings, "data": h.hexdigest()[:16], **_task_identity(task)}
+    key = {"config": settings, "data": h.hexdigest()[:16], **_task_identity(task),
+           "selection": {"metric": "mr", "ties": DEFAULT_TIES}}  # how the best epoch is chosen
     return json.loads(json.dumps(key, default=str))  # as it reads back from a checkpoint (tuples -> lists)
 
 
