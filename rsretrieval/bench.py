@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from rsretrieval.errors import ChildProcessFailed, ModelNotFoundError
 from rsretrieval.files import atomic_write_text
 
 
@@ -124,16 +125,28 @@ def run_isolated(model_name: str, method: str, **kwargs: Any) -> dict[str, Any]:
         for key, value in kwargs.items():
             if value is not None:
                 args += [f"--{key.replace('_', '-')}", str(value)]
-        proc = subprocess.run(args, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.run(args, stderr=subprocess.PIPE, text=True, check=False)
         if proc.returncode != 0:
-            raise RuntimeError(f"bench of {method} on {model_name} failed (exit {proc.returncode}):\n"
-                               f"{proc.stderr[-2000:]}")
+            last = next((line for line in reversed(proc.stderr.splitlines()) if line.strip()), "no message")
+            raise ChildProcessFailed(f"bench of {method} on {model_name} failed (exit {proc.returncode}): {last}\n"
+                                     f"{proc.stderr[-2000:]}")
         return json.loads(out.read_text())
 
 
 def bench(model_name: str, methods: list[str], *, batch_size: int = 32, steps: int = 3, warmup: int = 1,
           device: str = "cpu", loss: str = "infonce", progress: bool = True) -> list[dict[str, Any]]:
     """Benchmark each method in its own process; ratios are relative to the first method."""
+    from rsretrieval.methods import get_method
+    from rsretrieval.models import list_models
+
+    if not methods:
+        raise ValueError("no methods to bench: name them, e.g. --methods full,mrs_adapter")
+    for method in methods:
+        get_method(method)  # an unknown name fails here, before any process starts
+    if model_name not in list_models():
+        raise ModelNotFoundError(f"unknown model {model_name!r}. Available: {', '.join(list_models())}")
+    if batch_size < 1 or steps < 1 or warmup < 0:
+        raise ValueError(f"need batch_size >= 1, steps >= 1 and warmup >= 0; got {batch_size}, {steps} and {warmup}")
     results = []
     for method in methods:
         if progress:

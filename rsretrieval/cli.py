@@ -222,6 +222,8 @@ def _parse_params(pairs: list[list[str]]) -> dict[str, Any]:
     """``-p NAME VALUE`` pairs; values are read as JSON literals when they parse, else kept as strings."""
     out: dict[str, Any] = {}
     for item in pairs or []:
+        if not (len(item) == 2 or (len(item) == 1 and "=" in item[0])):
+            raise ValueError(f"-p takes NAME VALUE or NAME=VALUE, got {' '.join(item)!r} (e.g. -p DATASET rsitmd)")
         name, value = item if len(item) == 2 else item[0].split("=", 1)
         try:
             out[name] = json.loads(value)
@@ -239,6 +241,9 @@ def cmd_course(args: argparse.Namespace) -> int:
     notebooks = list_notebooks()
     if args.only:
         notebooks = [nb for nb in notebooks if any(nb.stem.startswith(o) for o in args.only)]
+        if not notebooks:
+            raise ValueError(f"no notebook name starts with {' or '.join(args.only)}; the notebooks are "
+                             f"{', '.join(nb.stem for nb in list_notebooks())}")
     try:
         summary = run_course(args.out, params, notebooks=notebooks, cell_timeout=args.cell_timeout)
     except NotebookFailed as exc:

@@ -120,7 +120,9 @@ def run_course(
     summary: dict[str, Any] = {"parameters": parameters or {}, "notebooks": [], "status": "running"}
     start = time.perf_counter()
     os.environ.setdefault("MPLBACKEND", "Agg")
-    for nb in notebooks or list_notebooks():
+    if notebooks is not None and not notebooks:
+        raise ValueError("no notebooks to run (an empty list); pass None for all of them")
+    for nb in list_notebooks() if notebooks is None else notebooks:
         print(f"running {nb.name} ...", flush=True)
         try:
             entry = run_notebook(nb, out, parameters, cell_timeout=cell_timeout)

@@ -63,6 +63,10 @@ class NotebookFailed(RSRetrievalError, RuntimeError):
     """A notebook raised; the message names the notebook, the cell and the error."""
 
 
+class ChildProcessFailed(RSRetrievalError, RuntimeError):
+    """A measurement run in its own process failed; the message ends with that process's error."""
+
+
 class DependencyNotFoundError(RSRetrievalError, ModuleNotFoundError):
     """An optional package is needed and not installed."""
 

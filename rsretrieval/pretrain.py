@@ -127,6 +127,9 @@ def rescore(weights: str | Path | None = None, eval_root: str | Path | None = No
 
     target = Path(weights) if weights else local_pretrained_path("mini", "synthrs")
     report_path = target.with_suffix(".json")
+    if not report_path.is_file():
+        raise FileNotFoundError(f"no pretraining report {report_path} beside the weights {target}: rescore reads "
+                                "the report `pretrain` wrote; pass the weights file it saved")
     report = json.loads(report_path.read_text(encoding="utf-8"))
     cfg = PretrainConfig(**{k: v for k, v in report["config"].items() if k in PretrainConfig.__dataclass_fields__})
     root = _abs(eval_root or PretrainConfig.eval_root)

@@ -148,3 +148,79 @@ def test_index_build_and_search_from_the_command_line(synth_root, tmp_path, caps
     assert main(["search", str(index), "white planes", "-k", "3", "--json", "--device", "cpu"]) == 0
     hits = json.loads(capsys.readouterr().out)
     assert [h["rank"] for h in hits] == [1, 2, 3] and hits[0]["score"] >= hits[-1]["score"]
+
+
+# ---------------------------------------------------------------- every subcommand, given bad arguments
+
+
+@pytest.fixture(scope="module")
+def tiny_index(synth_root, tmp_path_factory):
+    index = tmp_path_factory.mktemp("cli-index") / "index"
+    assert main(["index", "build", "--images", str(synth_root / "images"), "--out", str(index), "--model", "tiny",
+                 "--pretrained", "", "--device", "cpu"]) == 0
+    return index
+
+
+# (argv with FILE: an existing file, INDEX: a built index, ROOT: SynthRS, OUT: a fresh folder; message; exit code)
+BAD_COMMANDS = {
+    "data synth": (["data", "synth", "--root", "FILE", "--n-images", "10"], "is not a SynthRS dataset", 1),
+    "data check": (["data", "check", "rsitmd"], "the following arguments are required: --root", 2),
+    "data info": (["data", "info", "rsitmdd"], "unknown dataset 'rsitmdd'", 1),
+    "train": (["train", "--dataset", "synthrs", "--root", "ROOT", "--model", "tiny", "--batch-size", "0",
+               "--out", "OUT"], "batch_size must be an integer >= 1, got 0", 1),
+    "train into a file": (["train", "--dataset", "synthrs", "--root", "ROOT", "--model", "tiny", "--out", "FILE"],
+                          "is a file, not a run folder", 1),
+    "params": (["params", "--model", "tiny", "--method", "loraa"], "unknown method 'loraa'", 1),
+    "bench": (["bench", "--model", "tiny", "--methods", "full,nosuch"], "unknown method 'nosuch'", 1),
+    "index build": (["index", "build", "--images", "FILE", "--out", "OUT", "--model", "tiny", "--pretrained", ""],
+                    "does not exist", 1),
+    "search": (["search", "INDEX", "", "--device", "cpu"], "empty", 1),
+    "search with another model": (["search", "INDEX", "planes", "--model", "mini", "--pretrained", "synthrs",
+                                   "--device", "cpu"], "built with", 1),
+    "bench-search": (["bench-search", "--vectors", "100", "--dim", "8", "--k", "0"], "k >= 1, got 0", 1),
+    "eval": (["eval", "--model", "tiny", "--ties", "random"], "invalid choice: 'random'", 2),
+    "eval a bad split": (["eval", "--dataset", "synthrs", "--root", "ROOT", "--model", "tiny", "--split", "tset"],
+                         "split must be one of", 1),
+    "pretrain": (["pretrain", "--rescore", "--out", "OUT/none.pt"], "no pretraining report", 1),
+    "course": (["course", "--only", "99", "--out", "OUT"], "no notebook name starts with 99", 1),
+    "course parameter": (["course", "-p", "SMOKE", "--out", "OUT"], "-p takes NAME VALUE or NAME=VALUE", 1),
+}
+
+
+def _subcommands(parser, prefix=()) -> set[str]:
+    import argparse
+
+    found = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                inner = _subcommands(sub, (*prefix, name))
+                found |= inner or {" ".join((*prefix, name))}
+    return found
+
+
+def test_every_subcommand_has_a_bad_argument_case():
+    from rsretrieval.cli import build_parser
+
+    covered = {name for name in BAD_COMMANDS if name in _subcommands(build_parser())}
+    assert covered == _subcommands(build_parser())
+
+
+@pytest.mark.parametrize(("argv", "says", "code"), BAD_COMMANDS.values(), ids=BAD_COMMANDS.keys())
+def test_bad_arguments_give_one_line_and_the_exit_code(argv, says, code, synth_root, tiny_index, tmp_path, capsys):
+    afile = tmp_path / "a-file"
+    afile.write_text("not a folder")
+    swap = {"FILE": str(afile), "INDEX": str(tiny_index), "ROOT": str(synth_root), "OUT": str(tmp_path / "out")}
+    argv = [swap.get(a, a).replace("OUT", str(tmp_path / "out")) if a.startswith("OUT") else swap.get(a, a)
+            for a in argv]
+    try:
+        got = main(argv)
+    except SystemExit as exc:  # argparse: usage errors exit 2 after printing usage
+        got = exc.code
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("WARNING")]
+    assert got == code, err
+    assert not any("Traceback" in line for line in err)
+    if code == 1:
+        assert len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
+    else:
+        assert says in err[-1] and err[0].startswith("usage:"), err

@@ -239,6 +239,14 @@ def bench_search(n: int = 1_000_000, dim: int = 512, queries: int = 1000, k: int
         if progress:
             print(msg, flush=True)
 
+    for name, value in (("n", n), ("dim", dim), ("queries", queries), ("k", k), ("pq_m", pq_m)):
+        if value < 1:
+            raise ValueError(f"bench_search needs {name} >= 1, got {value}")
+    if k > n:
+        raise ValueError(f"k={k} is more than the {n} vectors searched")
+    if dim % pq_m:
+        raise ValueError(f"IVF-PQ needs dim ({dim}) divisible by pq_m ({pq_m}): pick --pq-m from "
+                         f"{[m for m in (8, 16, 32, 48, 64, 96) if dim % m == 0]}")
     t0 = time.perf_counter()
     vectors = synthetic_vectors(n, dim, uniform=uniform, seed=seed)
     qs = synthetic_vectors(queries, dim, uniform=uniform, seed=seed)  # same cluster centres: same seed

@@ -73,6 +73,24 @@ class TrainConfig:
     resume: bool = True  # continue from output_dir/last.pt when it exists
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        at_least = {"epochs": 1, "batch_size": 1, "eval_batch_size": 1, "grad_accum": 1, "warmup_steps": 0,
+                    "eval_every": 0, "checkpoint_every_steps": 0}
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"TrainConfig.{name} must be an integer >= {low}, got {value!r}")
+        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
+            raise ValueError(f"TrainConfig.max_steps must be None or an integer >= 1, got {self.max_steps!r}")
+        if not self.lr > 0 or not self.weight_decay >= 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"TrainConfig needs lr > 0, weight_decay >= 0 and 0 <= min_lr_ratio <= 1; got "
+                             f"{self.lr}, {self.weight_decay} and {self.min_lr_ratio}")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            raise ValueError(f"TrainConfig.clip_grad_norm must be None or > 0, got {self.clip_grad_norm!r}")
+        if self.output_dir is not None and Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
+            raise ValueError(f"TrainConfig.output_dir {self.output_dir} is a file, not a run folder: "
+                             "choose a folder (it is created if missing)")
+
 
 @dataclass
 class History:
