@@ -377,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="pretrain MiniCLIP on SynthRS's source domain (about 15 min on CPU)")
     p.add_argument("--model", default="mini")
+    p.add_argument("--source-domain", default=None, choices=["source", "web"],
+                   help="pretraining images: object photos (source), or those plus aerial web photos (web)")
+    p.add_argument("--source-root", default=None, help="where the pretraining images are generated")
     p.add_argument("--n-images", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)

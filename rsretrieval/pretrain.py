@@ -33,6 +33,7 @@ class PretrainConfig:
 
     model: str = "mini"
     tag: str = "synthrs"
+    source_domain: str = "source"  # "web" adds aerial web photos of each rs scene (rsretrieval.data.synthrs)
     source_root: str = "synthrs-source"  # relative paths are taken from the data home (rsretrieval.paths)
     n_images: int = 9000
     image_size: int = 96  # render at the model's resolution: decoding 224 px images would cost more than training
@@ -71,7 +72,7 @@ def pretrain(cfg: PretrainConfig | None = None, out: str | Path | None = None) -
     t0 = time.perf_counter()
     source_root = _abs(cfg.source_root)
     generate_synthrs(source_root, n_images=cfg.n_images, image_size=cfg.image_size, seed=cfg.seed,
-                     domain="source", progress=cfg.progress, overwrite=True)  # our own cache folder
+                     domain=cfg.source_domain, progress=cfg.progress, overwrite=True)  # our own cache folder
     source = load_dataset("synthrs", source_root, "all")
     t_data = time.perf_counter() - t0
 

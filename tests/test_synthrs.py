@@ -20,6 +20,7 @@ from rsretrieval.data.synthrs import (
     SCENES,
     SOURCE_SCENES,
     VERSIONS,
+    WEB_SCENES,
     SynthRSExistsError,
     generate_synthrs,
     make_captions,
@@ -214,6 +215,28 @@ def test_source_domain(source_root):
     assert len(grounds & set(scenes._SOURCE_GROUNDS)) >= 5  # and real grounds are named
     assert any(o["kind"] == "landmark" for objs in objects.values() for o in objs)
     assert len(named_places) >= 12  # captions teach most scene words, as web captions say where
+
+
+def test_web_domain_has_object_photos_and_aerial_photos_with_alt_text(tmp_path):
+    root = generate_synthrs(tmp_path / "web", n_images=108, image_size=64, seed=3, domain="web", progress=False)
+    images, objects = _load(root)
+    labels = Counter(NAME.match(rec["filename"])[1] for rec in images)
+    assert set(labels) == set(SOURCE_SCENES) | set(SCENES) and set(WEB_SCENES) == set(labels)
+    checked = 0
+    for rec in images:
+        label = NAME.match(rec["filename"])[1]
+        caps = [s["raw"] for s in rec["sentences"]]
+        assert len(set(caps)) == 5, caps
+        checked += sum(_check_claims(c, objects[rec["filename"]]) for c in caps)
+        if label in SCENE_INFO:  # alt-text names the place the photo is of, in most captions
+            named = [c for c in caps if captions._mentions(c.lower(), SCENE_INFO[label].nouns)]
+            assert len(named) >= 3, caps
+    assert checked > 200
+    # an aerial web photo is not an rs image: another rng stream, and a colour cast, haze and blur
+    rs = generate_synthrs(tmp_path / "rs", n_images=18, image_size=64, seed=3, progress=False)
+    web_airport = np.asarray(Image.open(root / "images" / "airport_1.png"), np.float32)
+    rs_airport = np.asarray(Image.open(rs / "images" / "airport_1.png"), np.float32)
+    assert np.abs(web_airport - rs_airport).mean() > 5
 
 
 def test_deterministic_and_order_free(tmp_path):

@@ -10,6 +10,10 @@ Two domains share one vocabulary of objects, colours, counts and positions:
   vary in colour and texture, objects from small to large) with simpler captions. It is the
   pretraining domain: transfer to the rs domain appears only when the source shares the rs
   vocabulary and visual statistics (``docs/design.md``).
+* ``domain="web"``: the source domain's photos plus, for each rs scene, aerial photos of it as the
+  web has them: painted like the rs scenes but with a colour cast, haze and blur, from their own
+  random stream, and captioned like alt-text ("aerial view of a busy airport", "five planes at
+  the airport, seen from above"), never in the rs captions' style.
 
 Layout written by :func:`generate_synthrs` (RSITMD's, so the RSITMD reader loads it)::
 
@@ -52,8 +56,10 @@ from rsretrieval.data.synthrs.vocabulary import (
     SCENES,
     SOURCE_SCENES,
     VERSIONS,
+    WEB_SCENES,
     ObjectClass,
     SceneInfo,
+    domain_scenes,
 )
 from rsretrieval.errors import SynthRSExistsError
 
@@ -66,8 +72,10 @@ __all__ = [
     "SCENE_INFO",
     "SOURCE_SCENES",
     "VERSIONS",
+    "WEB_SCENES",
     "ObjectClass",
     "SceneInfo",
+    "domain_scenes",
     "SynthRSExistsError",
     "benchmark",
     "generate_synthrs",

@@ -287,6 +287,46 @@ def _source_captions(rng: np.random.Generator, objects: Sequence[dict[str, Any]]
     return out
 
 
+def _web_aerial_captions(rng: np.random.Generator, scene: str, objects: Sequence[dict[str, Any]],
+                         n: int) -> list[str]:
+    """Alt-text of an aerial web photo: short, naming the place the page is about, sometimes what is in it."""
+    groups = _groups(objects)
+    info = SCENE_INFO[scene]
+    out: list[str] = []
+    for attempt in range(300):
+        if len(out) == n:
+            break
+        noun = _pick(rng, info.nouns)
+        adj = _pick(rng, [w for w in info.adjectives if w not in noun] or [""])
+        place = _a(f"{adj} {noun}".strip()) if rng.random() < 0.5 else _a(noun)
+        a = _pick(rng, groups) if groups else None
+        np_a, pl = _np(rng, a, sizes=True) if a else ("", False)
+        prep = info.prep or _pick(rng, _NEAR)
+        t = int(rng.integers(8)) if attempt < 150 else 8
+        s: str | None = None
+        if t == 0:
+            s = f"{_pick(rng, ('aerial view of', 'aerial photo of', 'top view of'))} {place}"
+        elif t == 1 and a:
+            s = f"{np_a} {_verb(rng, a[0]['class'], pl)} {prep} the {noun}"
+        elif t == 2 and a:
+            s = f"{_pick(rng, ('satellite image of', 'drone photo of', 'aerial view of'))} {place} with {np_a}"
+        elif t == 3:
+            s = f"{place} seen from above"
+        elif t == 4 and a:
+            s = f"{np_a} {prep} the {noun}, seen from above"
+        elif t == 5:
+            s = f"{place}: {_pick(rng, info.ground)}"
+        elif t == 6 and len(groups) > 1:
+            s = f"{_join([_np(rng, g)[0] for g in groups])} {prep} the {noun}"
+        elif t == 7 and a:
+            s = f"{np_a} from above"
+        elif t == 8:  # rare: the templates ran out of distinct sentences
+            s = f"{_pick(rng, ('an overhead photo of', 'a picture of', 'a map view of'))} {place} {len(out)}"
+        if s and _finish(s) not in out:
+            out.append(_finish(s))
+    return out
+
+
 def make_captions(rng: np.random.Generator, scene: str, objects: Sequence[dict[str, Any]], domain: str = "rs",
                   n: int = 5) -> list[str]:
     """Write ``n`` distinct captions that describe an image's objects truthfully.
@@ -298,14 +338,17 @@ def make_captions(rng: np.random.Generator, scene: str, objects: Sequence[dict[s
         rng: random generator (the image's own, after rendering).
         scene: the image's scene label.
         objects: the objects returned by :func:`render_scene`.
-        domain: ``"rs"`` (RSITMD-like captions, ~40% without any scene word) or ``"source"``.
+        domain: ``"rs"`` (RSITMD-like captions, ~40% without any scene word), ``"source"`` or
+            ``"web"`` (source captions for object photos, alt-text for aerial photos).
         n: number of captions.
 
     Returns:
         ``n`` capitalised sentences ending with a full stop.
     """
-    if domain == "source":
-        return _source_captions(rng, objects, n)
-    return _rs_captions(rng, scene, objects, n)
+    if domain == "rs":
+        return _rs_captions(rng, scene, objects, n)
+    if domain == "web" and scene in SCENE_INFO:
+        return _web_aerial_captions(rng, scene, objects, n)
+    return _source_captions(rng, objects, n)
 
 

@@ -25,9 +25,8 @@ from rsretrieval.data.synthrs.vocabulary import (
     LANDMARKS,
     OBJECTS,
     PALETTE,
-    SCENES,
-    SOURCE_SCENES,
     VERSIONS,
+    domain_scenes,
 )
 from rsretrieval.errors import SynthRSExistsError
 
@@ -80,7 +79,7 @@ def _splits(scenes: list[str], fractions: Sequence[float], seed: int) -> list[st
 def _render_one(i: int, params: dict[str, Any]) -> tuple[str, str, Image.Image, list[dict[str, Any]],
                                                          np.ndarray, list[str]]:
     """Image ``i`` of a dataset: a pure function of (seed, domain, i)."""
-    names = SCENES if params["domain"] == "rs" else SOURCE_SCENES
+    names = domain_scenes(params["domain"])
     scene = names[i % len(names)]
     rng = np.random.default_rng([params["seed"], DOMAINS.index(params["domain"]), i])
     img, objects, mask = render_scene(rng, scene, params["image_size"], params["domain"])
@@ -110,7 +109,7 @@ def _png_bytes(arr: np.ndarray) -> bytes:
 def _write_dataset(folder: Path, params: dict[str, Any], progress: bool) -> None:
     (folder / "images").mkdir()
     (folder / "masks").mkdir()
-    names = SCENES if params["domain"] == "rs" else SOURCE_SCENES
+    names = domain_scenes(params["domain"])
     n = params["n_images"]
     splits = _splits([names[i % len(names)] for i in range(n)], params["split_fractions"], params["seed"])
     images, objects_by_file = [], {}

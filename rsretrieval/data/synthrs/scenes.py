@@ -8,7 +8,7 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from rsretrieval.data.synthrs.canvas import _Canvas, _Frame
 from rsretrieval.data.synthrs.textures import (
@@ -27,7 +27,7 @@ from rsretrieval.data.synthrs.textures import (
     _water_field,
     _weighted,
 )
-from rsretrieval.data.synthrs.vocabulary import DOMAINS, OBJECTS, PALETTE, SCENES, SOURCE_SCENES
+from rsretrieval.data.synthrs.vocabulary import DOMAINS, OBJECTS, PALETTE, SCENES, SOURCE_SCENES, domain_scenes
 
 # ----------------------------------------------------------------------------- rs scenes
 
@@ -519,6 +519,20 @@ def _source(cv: _Canvas, label: str) -> None:
         cv.scatter(other, int(rng.integers(1, 3)), (0.08, 0.25), colour=_pick(rng, pal))
 
 
+def _web_photo(rng: np.random.Generator, img: Image.Image) -> Image.Image:
+    """An aerial photo as the web has it: a colour cast, haze, another contrast, some blur."""
+    arr = np.asarray(img, np.float32)
+    gains = rng.uniform(0.85, 1.15, 3).astype(np.float32)
+    haze, haze_level = rng.uniform(0.0, 0.3), rng.uniform(170, 235)
+    contrast = rng.uniform(0.8, 1.2)
+    mean = arr.mean()
+    arr = (arr - mean) * contrast + mean
+    arr = (arr * gains) * (1 - haze) + haze * haze_level
+    out = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    radius = rng.uniform(0.0, 1.2) * img.size[0] / 224
+    return out.filter(ImageFilter.GaussianBlur(radius)) if radius > 0.2 else out
+
+
 # ----------------------------------------------------------------------------- public rendering
 
 
@@ -528,25 +542,28 @@ def render_scene(rng: np.random.Generator, scene: str, image_size: int = 224,
 
     Args:
         rng: the image's random generator (all randomness comes from it).
-        scene: an entry of :data:`SCENES` (``domain="rs"``) or :data:`SOURCE_SCENES` (``"source"``).
+        scene: an entry of :func:`domain_scenes` of the domain (:data:`SCENES` for ``"rs"``).
         image_size: side in pixels; every length scales with it.
-        domain: ``"rs"`` or ``"source"``.
+        domain: ``"rs"``, ``"source"`` or ``"web"`` (source photos, and rs scenes as aerial web photos).
 
     Returns:
         The RGB image, its objects (see the module docstring) and the uint8 id mask.
     """
     if domain not in DOMAINS:
         raise ValueError(f"domain must be one of {DOMAINS}, not {domain!r}")
-    names = SCENES if domain == "rs" else SOURCE_SCENES
+    names = domain_scenes(domain)
     if scene not in names:
         raise ValueError(f"unknown {domain} scene {scene!r}; choose one of {', '.join(names)}")
     if image_size < 32:
         raise ValueError(f"image_size must be at least 32, not {image_size}")
     cv = _Canvas(rng, image_size)
-    if domain == "rs":
+    if scene in _RS_SCENES:
         _RS_SCENES[scene](cv)
     else:
         _source(cv, scene)
-    return cv.finish()
+    img, objects, mask = cv.finish()
+    if domain == "web" and scene in _RS_SCENES:
+        img = _web_photo(rng, img)
+    return img, objects, mask
 
 

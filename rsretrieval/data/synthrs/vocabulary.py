@@ -6,10 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-DOMAINS = ("rs", "source")
+DOMAINS = ("rs", "source", "web")
 # Generator version per domain, so a change to one does not invalidate the other's datasets.
-# source 1.1: names grounds, landmarks and places.
-VERSIONS: Mapping[str, str] = MappingProxyType({"rs": "1.0", "source": "1.1"})
+# source 1.1: names grounds, landmarks and places. web 1.0: source photos plus aerial web photos.
+VERSIONS: Mapping[str, str] = MappingProxyType({"rs": "1.0", "source": "1.1", "web": "1.0"})
 Colour = tuple[int, int, int]
 
 
@@ -133,6 +133,14 @@ SCENE_INFO: Mapping[str, SceneInfo] = MappingProxyType({
 })
 SCENES: tuple[str, ...] = tuple(SCENE_INFO)
 SOURCE_SCENES: tuple[str, ...] = tuple(OBJECTS)
+# The web domain: the source domain's object photos and, for each rs scene, aerial photos of it
+# as the web has them (another look, alt-text captions); never the rs images themselves.
+WEB_SCENES: tuple[str, ...] = SOURCE_SCENES + SCENES
+
+
+def domain_scenes(domain: str) -> tuple[str, ...]:
+    """The scene labels of a domain, in the order image ``i`` takes them (``i % len``)."""
+    return {"rs": SCENES, "source": SOURCE_SCENES, "web": WEB_SCENES}[domain]
 _NUMBERS = ("zero", "one", "two", "three", "four", "five")
 _POS = MappingProxyType({
     ("top", "left"): ("in the top left corner", "at the top left"),
