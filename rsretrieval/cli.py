@@ -205,9 +205,18 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if args.rescore:
         from rsretrieval.pretrain import rescore
 
-        report = rescore(args.out)
+        report = rescore(args.out, progress=args.progress is not False)
         print(f"zero-shot mR on SynthRS test {report['zero_shot']['mr']:.2f} (ties={report['zero_shot_ties']}) "
               f"written to the report beside {args.out or 'the shipped weights'}")
+        return 0
+    if args.variants:
+        from rsretrieval.pretrain import VARIANTS_FILE, pretrain_variants
+
+        names = None if args.variants == ["all"] else args.variants
+        for row in pretrain_variants(names, out_dir=args.out, progress=args.progress is not False):
+            print(f"{row['name']:16s} zero-shot mR val {row['zero_shot_val_mr']:6.2f} test {row['zero_shot_test_mr']:6.2f}"
+                  f"  {row['minutes']:5.1f} min  {row['file_bytes'] / 1e6:4.1f} MB")
+        print(f"table written to {VARIANTS_FILE}")
         return 0
     cfg_fields = {f.name for f in fields(PretrainConfig)}
     cfg = PretrainConfig(**{k: v for k, v in vars(args).items() if k in cfg_fields and v is not None})
@@ -386,8 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None)
-    p.add_argument("--out", default=None, help="weights file (default: the shipped data/miniclip/mini-synthrs.pt)")
+    p.add_argument("--out", default=None, help="weights file (default: the shipped MiniCLIP's); with --variants, "
+                                               "their folder (default: <data home>/miniclip/variants)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    p.add_argument("--variants", nargs="+", default=None, metavar="NAME",
+                   help="pretrain these variants (or `all`) into <data home>/miniclip/variants and update the "
+                        "table of what each choice buys (rsretrieval/models/weights/pretrain-variants.json)")
     p.add_argument("--rescore", action="store_true",
                    help="only re-measure the report's zero-shot line with the current metric (weights unchanged)")
     p.set_defaults(func=cmd_pretrain)

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from rsretrieval.models.factory import create_model, local_pretrained_path
-from rsretrieval.files import atomic_write_json
+from rsretrieval.files import atomic_write_json, sha256_file
 from rsretrieval.paths import data_home
 
 _logger = logging.getLogger(__name__)
@@ -99,11 +99,8 @@ def pretrain(cfg: PretrainConfig | None = None, out: str | Path | None = None) -
     report["file_bytes"] = target.stat().st_size
 
     # Zero-shot on the rs domain, measured on the weights as shipped (reloaded from the file).
-    eval_root = _abs(cfg.eval_root)
-    generate_synthrs(eval_root, n_images=cfg.eval_images, progress=cfg.progress)
-    test = load_dataset("synthrs", eval_root, "test")
     shipped = create_model(cfg.model, cfg.tag) if out is None else _load_file(cfg.model, target)
-    report.update(_zero_shot(shipped, test, cfg))
+    report.update(_zero_shot(shipped, _abs(cfg.eval_root), cfg))
     report["total_seconds"] = round(time.perf_counter() - t0, 1)
     save_compact(bundle.model.cpu(), target, used, arch=cfg.model, meta=report)  # same weights, full report
     report["file_bytes"] = target.stat().st_size
@@ -111,7 +108,54 @@ def pretrain(cfg: PretrainConfig | None = None, out: str | Path | None = None) -
     return report
 
 
-def rescore(weights: str | Path | None = None, eval_root: str | Path | None = None) -> dict[str, Any]:
+# What each choice of the pretraining buys: a variant overrides PretrainConfig's defaults. The
+# table of their zero-shot results (val chooses, test is reported) is VARIANTS_FILE.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "source": {},  # MiniCLIP 1: object photos only
+    "web": {"source_domain": "web"},  # plus aerial web photos of each rs scene, with alt-text
+}
+VARIANTS_FILE = Path(__file__).parent / "models" / "weights" / "pretrain-variants.json"
+
+
+def pretrain_variants(names: list[str] | None = None, out_dir: str | Path | None = None,
+                      progress: bool = True) -> list[dict[str, Any]]:
+    """Pretrain each variant (a finished one is read back, an interrupted one resumes) and update the table.
+
+    Args:
+        names: keys of :data:`VARIANTS` (default: all).
+        out_dir: where the variants' weights and reports go (default: ``<data home>/miniclip/variants``).
+
+    Returns:
+        The table's rows, one per variant run so far: name, overrides, zero-shot val and test mR,
+        minutes, parameters and file size.
+    """
+    import json
+
+    unknown = [n for n in names or () if n not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown pretraining variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    folder = Path(out_dir) if out_dir else data_home() / "miniclip" / "variants"
+    rows = {r["name"]: r for r in json.loads(VARIANTS_FILE.read_text())["variants"]} if VARIANTS_FILE.is_file() \
+        else {}
+    for name in names or list(VARIANTS):
+        cfg = replace(PretrainConfig(), **VARIANTS[name], source_root=str(folder / f"{name}-source"),
+                      progress=progress)
+        target = folder / f"{name}.pt"
+        report_file = target.with_suffix(".json")
+        same = lambda c: {k: v for k, v in c.items() if k != "progress"}  # noqa: E731
+        done = report_file.is_file() and same(json.loads(report_file.read_text())["config"]) == same(asdict(cfg))
+        report = json.loads(report_file.read_text()) if done else pretrain(cfg, out=target)
+        rows[name] = {
+            "name": name, "overrides": VARIANTS[name], "zero_shot_val_mr": report["zero_shot_val"]["mr"],
+            "zero_shot_test_mr": report["zero_shot"]["mr"], "minutes": report["total_seconds"] / 60,
+            "file_bytes": report["file_bytes"], "weights_sha256": sha256_file(target),
+        }
+        atomic_write_json(VARIANTS_FILE, {"ties": report["zero_shot_ties"], "variants": list(rows.values())})
+    return list(rows.values())
+
+
+def rescore(weights: str | Path | None = None, eval_root: str | Path | None = None,
+            progress: bool = True) -> dict[str, Any]:
     """Measure the zero-shot line of a pretraining report again with today's metric, and rewrite the report.
 
     The weights are not touched; use it when the evaluation protocol changes (e.g. its tie rule).
@@ -123,9 +167,6 @@ def rescore(weights: str | Path | None = None, eval_root: str | Path | None = No
     """
     import json
 
-    from rsretrieval.data import load_dataset
-    from rsretrieval.data.synthrs import generate_synthrs
-
     target = Path(weights) if weights else local_pretrained_path("mini", "synthrs")
     report_path = target.with_suffix(".json")
     if not report_path.is_file():
@@ -133,23 +174,30 @@ def rescore(weights: str | Path | None = None, eval_root: str | Path | None = No
                                 "the report `pretrain` wrote; pass the weights file it saved")
     report = json.loads(report_path.read_text(encoding="utf-8"))
     cfg = PretrainConfig(**{k: v for k, v in report["config"].items() if k in PretrainConfig.__dataclass_fields__})
-    root = _abs(eval_root or PretrainConfig.eval_root)
-    generate_synthrs(root, n_images=cfg.eval_images, progress=cfg.progress)
-    test = load_dataset("synthrs", root, "test")
+    cfg = replace(cfg, progress=progress)
     shipped = create_model(cfg.model, cfg.tag) if weights is None else _load_file(cfg.model, target)
-    report.update(_zero_shot(shipped, test, cfg))
+    report.update(_zero_shot(shipped, _abs(eval_root or PretrainConfig.eval_root), cfg))
     atomic_write_json(report_path, report)
     return report
 
 
-def _zero_shot(bundle: Any, test: Any, cfg: PretrainConfig) -> dict[str, Any]:
+def _zero_shot(bundle: Any, eval_root: Path, cfg: PretrainConfig) -> dict[str, Any]:
+    """Zero-shot on the rs domain's val split (what variants are chosen by) and test split (what is reported)."""
+    from rsretrieval.data import load_dataset
+    from rsretrieval.data.synthrs import generate_synthrs
     from rsretrieval.evaluation import DEFAULT_TIES, evaluate
     from rsretrieval.models.utils import select_device
 
+    generate_synthrs(eval_root, n_images=cfg.eval_images, progress=cfg.progress)
     device = select_device(cfg.device)
-    result = evaluate(bundle.model.to(device), test, transform=bundle.transform, tokenizer=bundle.tokenizer,
-                      device=device, progress=cfg.progress, per_scene=False, ties=DEFAULT_TIES)
-    return {"zero_shot": result.metrics, "zero_shot_ties": DEFAULT_TIES, "chance_mr": chance_mr(test.num_images)}
+    out: dict[str, Any] = {}
+    for split, key in (("val", "zero_shot_val"), ("test", "zero_shot")):
+        data = load_dataset("synthrs", eval_root, split)
+        result = evaluate(bundle.model.to(device), data, transform=bundle.transform, tokenizer=bundle.tokenizer,
+                          device=device, progress=cfg.progress, per_scene=False, ties=DEFAULT_TIES)
+        out[key] = result.metrics
+    out |= {"zero_shot_ties": DEFAULT_TIES, "chance_mr": chance_mr(out["zero_shot"]["n_images"])}
+    return out
 
 
 def chance_mr(n_images: int, captions_per_image: int = 5) -> float:

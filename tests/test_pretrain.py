@@ -25,3 +25,25 @@ def test_pretrain_saves_reports_and_restarts_a_stale_run(tmp_path):
     again = pretrain(PretrainConfig(**{**cfg.__dict__, "n_images": 27}), out)
     assert again["pairs"] == 5 * 27
     assert again["history"]["records"][-1]["updates"] == 9  # 135 pairs / 16, all trained in this run
+
+
+@pytest.mark.slow
+def test_variants_are_run_once_and_tabled_with_val_and_test(tmp_path, monkeypatch):
+    import rsretrieval.pretrain as pretraining
+
+    tiny = {"model": "tiny", "n_images": 18, "image_size": 32, "epochs": 1, "batch_size": 16, "warmup_steps": 1,
+            "eval_root": str(tmp_path / "rs"), "eval_images": 36, "device": "cpu"}
+    monkeypatch.setattr(pretraining, "VARIANTS", {"a": tiny, "b": {**tiny, "source_domain": "web"}})
+    monkeypatch.setattr(pretraining, "VARIANTS_FILE", tmp_path / "table.json")
+    rows = pretraining.pretrain_variants(["a", "b"], out_dir=tmp_path / "variants", progress=False)
+    assert [r["name"] for r in rows] == ["a", "b"]
+    for row in rows:
+        assert 0 <= row["zero_shot_val_mr"] <= 100 and 0 <= row["zero_shot_test_mr"] <= 100 and row["minutes"] > 0
+    table = json.loads((tmp_path / "table.json").read_text())
+    assert table["ties"] == "expected" and table["variants"] == rows
+    calls = []
+    monkeypatch.setattr(pretraining, "pretrain", lambda *a, **k: calls.append(a))
+    assert pretraining.pretrain_variants(["a"], out_dir=tmp_path / "variants", progress=False)[0] == rows[0]
+    assert calls == []  # a finished variant is read back, not retrained
+    with pytest.raises(ValueError, match="unknown pretraining variant"):
+        pretraining.pretrain_variants(["nope"])
