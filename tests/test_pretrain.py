@@ -9,7 +9,8 @@ from rsretrieval.pretrain import PretrainConfig, chance_mr, pretrain
 
 
 @pytest.mark.slow
-def test_pretrain_saves_reports_and_restarts_a_stale_run(tmp_path):
+def test_pretrain_saves_reports_and_restarts_a_stale_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("RSR_HOME", str(tmp_path / "home"))  # the run folder goes there, not into the checkout
     cfg = PretrainConfig(model="tiny", source_root=str(tmp_path / "source"), n_images=18, image_size=32, epochs=1,
                          batch_size=16, warmup_steps=1, eval_root=str(tmp_path / "rs"), eval_images=36,
                          device="cpu", progress=False)
@@ -31,6 +32,7 @@ def test_pretrain_saves_reports_and_restarts_a_stale_run(tmp_path):
 def test_variants_are_run_once_and_tabled_with_val_and_test(tmp_path, monkeypatch):
     import rsretrieval.pretrain as pretraining
 
+    monkeypatch.setenv("RSR_HOME", str(tmp_path / "home"))
     tiny = {"model": "tiny", "n_images": 18, "image_size": 32, "epochs": 1, "batch_size": 16, "warmup_steps": 1,
             "eval_root": str(tmp_path / "rs"), "eval_images": 36, "device": "cpu"}
     monkeypatch.setattr(pretraining, "VARIANTS", {"a": tiny, "b": {**tiny, "source_domain": "web"}})
