@@ -320,8 +320,13 @@ def _web_aerial_captions(rng: np.random.Generator, scene: str, objects: Sequence
             s = f"{_join([_np(rng, g)[0] for g in groups])} {prep} the {noun}"
         elif t == 7 and a:
             s = f"{np_a} from above"
-        elif t == 8:  # rare: the templates ran out of distinct sentences
-            s = f"{_pick(rng, ('an overhead photo of', 'a picture of', 'a map view of'))} {place} {len(out)}"
+        elif t == 8:  # rare: the templates ran out of distinct sentences; walk through distinct variants
+            k = attempt - 150
+            forms = ("an overhead photo of", "a picture of", "a map view of")
+            adjs = ("", *info.adjectives)
+            noun = info.nouns[(k // len(forms)) % len(info.nouns)]
+            adj = adjs[(k // (len(forms) * len(info.nouns))) % len(adjs)]
+            s = f"{forms[k % len(forms)]} {_a(f'{adj} {noun}'.strip())}"
         if s and _finish(s) not in out:
             out.append(_finish(s))
     return out
