@@ -113,6 +113,8 @@ def pretrain(cfg: PretrainConfig | None = None, out: str | Path | None = None) -
 VARIANTS: dict[str, dict[str, Any]] = {
     "source": {},  # MiniCLIP 1: object photos only
     "web": {"source_domain": "web"},  # plus aerial web photos of each rs scene, with alt-text
+    "web-half-data": {"source_domain": "web", "n_images": 4500},  # what the data's size buys
+    "web-3-epochs": {"source_domain": "web", "epochs": 3},  # what training longer buys
 }
 VARIANTS_FILE = Path(__file__).parent / "models" / "weights" / "pretrain-variants.json"
 
