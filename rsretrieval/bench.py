@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from rsretrieval.errors import ChildProcessFailed, ModelNotFoundError
+from rsretrieval.errors import ChildProcessFailed
 from rsretrieval.files import atomic_write_text
 
 
@@ -137,14 +137,13 @@ def bench(model_name: str, methods: list[str], *, batch_size: int = 32, steps: i
           device: str = "cpu", loss: str = "infonce", progress: bool = True) -> list[dict[str, Any]]:
     """Benchmark each method in its own process; ratios are relative to the first method."""
     from rsretrieval.methods import get_method
-    from rsretrieval.models import list_models
+    from rsretrieval.models.factory import check_model_name
 
     if not methods:
         raise ValueError("no methods to bench: name them, e.g. --methods full,mrs_adapter")
     for method in methods:
         get_method(method)  # an unknown name fails here, before any process starts
-    if model_name not in list_models():
-        raise ModelNotFoundError(f"unknown model {model_name!r}. Available: {', '.join(list_models())}")
+    check_model_name(model_name)
     if batch_size < 1 or steps < 1 or warmup < 0:
         raise ValueError(f"need batch_size >= 1, steps >= 1 and warmup >= 0; got {batch_size}, {steps} and {warmup}")
     results = []

@@ -129,7 +129,7 @@ def pretrain_variants(names: list[str] | None = None, out_dir: str | Path | None
 
     Returns:
         The table's rows, one per variant run so far: name, overrides, zero-shot val and test mR,
-        minutes, parameters and file size.
+        minutes, file size and the weights' sha256.
     """
     import json
 
@@ -144,9 +144,9 @@ def pretrain_variants(names: list[str] | None = None, out_dir: str | Path | None
                       progress=progress)
         target = folder / f"{name}.pt"
         report_file = target.with_suffix(".json")
-        same = lambda c: {k: v for k, v in c.items() if k != "progress"}  # noqa: E731
-        done = report_file.is_file() and same(json.loads(report_file.read_text())["config"]) == same(asdict(cfg))
-        report = json.loads(report_file.read_text()) if done else pretrain(cfg, out=target)
+        previous = json.loads(report_file.read_text()) if report_file.is_file() else None
+        done = previous is not None and _settings(previous["config"]) == _settings(asdict(cfg))
+        report = previous if done else pretrain(cfg, out=target)
         rows[name] = {
             "name": name, "overrides": VARIANTS[name], "zero_shot_val_mr": report["zero_shot_val"]["mr"],
             "zero_shot_test_mr": report["zero_shot"]["mr"], "minutes": report["total_seconds"] / 60,
@@ -154,6 +154,11 @@ def pretrain_variants(names: list[str] | None = None, out_dir: str | Path | None
         }
         atomic_write_json(VARIANTS_FILE, {"ties": report["zero_shot_ties"], "variants": list(rows.values())})
     return list(rows.values())
+
+
+def _settings(config: dict[str, Any]) -> dict[str, Any]:
+    """What decides a pretraining's result: its config without the display switch."""
+    return {k: v for k, v in config.items() if k != "progress"}
 
 
 def rescore(weights: str | Path | None = None, eval_root: str | Path | None = None,

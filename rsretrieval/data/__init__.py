@@ -32,7 +32,7 @@ from rsretrieval.data.readers import (
     carve_validation,
     locate,
     read_records,
-    summarize,
+    left_out_summary,
 )
 from rsretrieval.data.registry import SPLITS, DatasetInfo, get_dataset_info, list_datasets
 from rsretrieval.errors import DatasetFormatError, DatasetNotFoundError
@@ -126,7 +126,7 @@ def load_dataset(
     if not chosen:
         raise DatasetFormatError(
             f"{source.annotation}: split {split!r} has no usable images"
-            + (f" (left out {summarize(mine)}; first: {mine[0].message})" if mine else "")
+            + (f" (left out {left_out_summary(mine)}; first: {mine[0].message})" if mine else "")
         )
     data = _build(info, source, split, [records[i] for i in chosen], [scenes[i] for i in chosen], mine)
     data.metadata.update(
@@ -134,7 +134,7 @@ def load_dataset(
     )
     if mine:
         warnings.warn(
-            f"{info.name} {split}: left out {summarize(mine)} of {source.annotation}; first: "
+            f"{info.name} {split}: left out {left_out_summary(mine)} of {source.annotation}; first: "
             f"{mine[0].message}. See CaptionDataset.skipped for all of them.",
             UserWarning,
             stacklevel=2,

@@ -110,7 +110,7 @@ class Problems:
         ]
 
 
-def summarize(problems: list[Problem]) -> str:
+def left_out_summary(problems: list[Problem]) -> str:
     """``3 image record(s) and 1 caption(s) of kept images``: what was left out, counted right."""
     dropped = {p.record for p in problems if not p.caption}
     captions = sum(p.caption and p.record not in dropped for p in problems)

@@ -47,6 +47,13 @@ def list_models() -> list[str]:
     return ours + [m for m in open_clip.list_models() if m not in ours]
 
 
+def check_model_name(name: str) -> None:
+    """Raise :class:`ModelNotFoundError` listing the known architectures unless ``name`` is one."""
+    _register_configs()
+    if name not in open_clip.list_models():
+        raise ModelNotFoundError(f"unknown model {name!r}. Available: {', '.join(list_models())}")
+
+
 def list_pretrained(name: str | None = None) -> list[tuple[str, str]]:
     """(architecture, tag) pairs with known weights; ours are local files, open_clip's download."""
     pairs = list(LOCAL_PRETRAINED) + [tuple(p) for p in open_clip.list_pretrained()]
@@ -233,9 +240,7 @@ def create_model(
         CheckpointError: a weights file that cannot be read, holds no state dict, or does not fit the
             architecture (``read_weights_file``).
     """
-    _register_configs()
-    if name not in open_clip.list_models():
-        raise ModelNotFoundError(f"unknown model {name!r}. Available: {', '.join(list_models())}")
+    check_model_name(name)
     # "", "none" (command lines, papermill parameters) mean random weights, like None
     tag = str(pretrained) if pretrained is not None and str(pretrained).lower() not in ("", "none") else None
     weights: str | None = tag

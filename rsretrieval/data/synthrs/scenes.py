@@ -27,7 +27,7 @@ from rsretrieval.data.synthrs.textures import (
     _water_field,
     _weighted,
 )
-from rsretrieval.data.synthrs.vocabulary import DOMAINS, OBJECTS, PALETTE, SCENES, SOURCE_SCENES, domain_scenes
+from rsretrieval.data.synthrs.vocabulary import DOMAINS, OBJECTS, PALETTE, SOURCE_SCENES, domain_scenes
 
 # ----------------------------------------------------------------------------- rs scenes
 
