@@ -150,6 +150,8 @@ def pretrain_variants(names: list[str] | None = None, out_dir: str | Path | None
         rows[name] = {
             "name": name, "overrides": VARIANTS[name], "zero_shot_val_mr": report["zero_shot_val"]["mr"],
             "zero_shot_test_mr": report["zero_shot"]["mr"], "minutes": report["total_seconds"] / 60,
+            # a resumed run's minutes are those of its last call only: flag it, and rerun for a timing
+            "resumed": sum(r["seconds"] for r in report["history"]["records"]) > report["train_seconds"] + 1,
             "file_bytes": report["file_bytes"], "weights_sha256": sha256_file(target),
         }
         atomic_write_json(VARIANTS_FILE, {"ties": report["zero_shot_ties"], "variants": list(rows.values())})
