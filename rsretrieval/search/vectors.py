@@ -114,6 +114,13 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return hits / truth.size
 
 
+def check_pq_split(dim: int, m: int) -> None:
+    """IVF-PQ cuts each vector into ``m`` sub-vectors of one byte each: ``dim`` must divide by ``m``."""
+    if dim % m:
+        raise ValueError(f"IVF-PQ needs dim ({dim}) divisible by m ({m}): pick m from "
+                         f"{[k for k in (8, 16, 32, 48, 64, 96) if dim % k == 0]}")
+
+
 def build(
     vectors: np.ndarray,
     backend: str = "auto",
@@ -155,8 +162,7 @@ def build(
     if backend == "ivf":
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
     else:
-        if d % m:
-            raise ValueError(f"ivfpq needs dim ({d}) divisible by m ({m})")
+        check_pq_split(d, m)
         index = faiss.IndexIVFPQ(quantizer, d, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(seed)
     # 40 points a cell train k-means well (FAISS warns below 39); more only slows the build
@@ -244,9 +250,7 @@ def bench_search(n: int = 1_000_000, dim: int = 512, queries: int = 1000, k: int
             raise ValueError(f"bench_search needs {name} >= 1, got {value}")
     if k > n:
         raise ValueError(f"k={k} is more than the {n} vectors searched")
-    if dim % pq_m:
-        raise ValueError(f"IVF-PQ needs dim ({dim}) divisible by pq_m ({pq_m}): pick --pq-m from "
-                         f"{[m for m in (8, 16, 32, 48, 64, 96) if dim % m == 0]}")
+    check_pq_split(dim, pq_m)  # before anything is built
     t0 = time.perf_counter()
     vectors = synthetic_vectors(n, dim, uniform=uniform, seed=seed)
     qs = synthetic_vectors(queries, dim, uniform=uniform, seed=seed)  # same cluster centres: same seed
