@@ -24,7 +24,9 @@ def _add_data_args(p: argparse.ArgumentParser, split: str | None = None) -> None
                    help="dataset folder (synthrs: default <data home>/synthrs, generated on first use)")
     if split is not None:
         p.add_argument("--split", default=split, help="train, val, test or all")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of train carved out as val if none")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="share of train carved out as val if the files have none (default 0.1, or the recipe's); "
+                        "0: no validation, train on all of train and keep the last epoch")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -76,7 +78,8 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace, split: str):
     from rsretrieval.data import load_dataset
 
-    return load_dataset(args.dataset, args.root or None, split, val_fraction=args.val_fraction, seed=args.seed)
+    val_fraction = {} if args.val_fraction is None else {"val_fraction": args.val_fraction}
+    return load_dataset(args.dataset, args.root or None, split, seed=args.seed, **val_fraction)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -86,10 +89,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rsretrieval.training import TrainConfig
 
     cfg_fields = {f.name for f in fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in cfg_fields and v is not None})
-    train, val, test = _load(args, "train"), _load(args, "val"), _load(args, "test")
-    results = run_method(args.model, args.pretrained, args.method, train, val, test, cfg, loss=args.loss,
-                         run_dir=cfg.output_dir, per_scene=True, verbose=True)
+    given = {k: v for k, v in vars(args).items() if k in cfg_fields and v is not None}
+    if args.recipe:
+        from rsretrieval.recipes import load_recipe
+
+        recipe = load_recipe(args.recipe, args.method)
+        if args.val_fraction is None and recipe.val_fraction is not None:
+            args.val_fraction = recipe.val_fraction
+        config: Any = given  # the recipe's settings, under the flags given
+    else:
+        config = TrainConfig(**given)
+    train, test = _load(args, "train"), _load(args, "test")
+    val = None if args.val_fraction == 0 else _load(args, "val")  # 0: all of train, the last epoch kept
+    results = run_method(args.model, args.pretrained, args.method, train, val, test, config, recipe=args.recipe,
+                         loss=args.loss, run_dir=args.output_dir, per_scene=True, verbose=True)
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     if "rank" in results:  # another torchrun rank: rank 0 reports
@@ -222,8 +235,47 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = PretrainConfig(**{k: v for k, v in vars(args).items() if k in cfg_fields and v is not None})
     report = pretrain(cfg, out=args.out)
     zs = report["zero_shot"]
-    print(f"MiniCLIP saved ({report['file_bytes'] / 1e6:.1f} MB) after {report['total_seconds']:.0f} s; "
-          f"zero-shot mR on SynthRS test {zs['mr']:.2f} (chance {report['chance_mr']:.2f})")
+    print(f"MiniCLIP saved ({report['file_bytes'] / 1e6:.1f} MB, sha256 {report['file_sha256'][:12]}) after "
+          f"{report['total_seconds']:.0f} s; zero-shot mR on SynthRS val {report['zero_shot_val']['mr']:.2f}, "
+          f"test {zs['mr']:.2f} (chance {report['chance_mr']:.2f})")
+    return 0
+
+
+def cmd_recipes_list(args: argparse.Namespace) -> int:
+    from rsretrieval.recipes import list_recipes, read_recipe_file
+
+    for name in list_recipes():
+        doc = read_recipe_file(name)
+        print(f"{name:14s} {doc.get('model')} ({doc.get('pretrained')}) on {', '.join(doc.get('datasets', []))}: "
+              f"{', '.join(doc['methods'])}")
+    return 0
+
+
+def cmd_recipes_show(args: argparse.Namespace) -> int:
+    from rsretrieval.recipes import load_recipe, read_recipe_file
+
+    if args.method:
+        recipe = load_recipe(args.name, args.method)
+        print(json.dumps({**recipe.to_dict(), "sweep": recipe.sweep}, indent=1))
+    else:
+        print(json.dumps(read_recipe_file(args.name), indent=1))
+    return 0
+
+
+def cmd_recipes_sweep(args: argparse.Namespace) -> int:
+    from rsretrieval.recipes.sweep import SEARCH_SPACES, sweep
+
+    methods = list(SEARCH_SPACES) if args.method == ["all"] else args.method
+    unknown = [m for m in methods if m not in SEARCH_SPACES]
+    if unknown:
+        raise ValueError(f"no search space for {', '.join(unknown)}; known: {', '.join(SEARCH_SPACES)} (or all)")
+    for method in methods:
+        entry = sweep(method, dataset=args.dataset, root=args.root, model=args.model, pretrained=args.pretrained,
+                      out_dir=Path(args.out) / method if args.out else None, recipe_file=args.recipe_file,
+                      device=args.device, progress=args.progress)
+        chosen = ", ".join(f"{k}={v}" for k, v in entry["sweep"]["chosen"].items())
+        print(f"{method}: {chosen}: val mR {entry['sweep']['val_mr']:.2f} at epoch {entry['sweep']['best_epoch']} "
+              f"({len(entry['sweep']['points'])} points)")
     return 0
 
 
@@ -297,12 +349,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model; selects the best epoch on val, reports test")
     _add_data_args(p)
     _add_model_args(p)
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--warmup-steps", type=int, default=20)
-    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--recipe", default=None,
+                   help="take the method's settings from this recipe (`recipes list`); the flags below override it")
+    p.add_argument("--epochs", type=int, default=None, help="default 5")
+    p.add_argument("--patience", type=int, default=None, help="stop after this many epochs without a better val mR")
+    p.add_argument("--batch-size", type=int, default=None, help="default 64")
+    p.add_argument("--lr", type=float, default=None, help="default 1e-4")
+    p.add_argument("--weight-decay", type=float, default=None, help="default 0.05")
+    p.add_argument("--warmup-steps", type=int, default=None, help="default 20")
+    p.add_argument("--grad-accum", type=int, default=None)
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", default="full",
@@ -313,8 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "e.g. cmer for --method cmer, else infonce)")
     p.add_argument("--out", dest="output_dir", required=True,
                    help="run folder: checkpoints, history, results, method.pt")
-    p.add_argument("--no-resume", dest="resume", action="store_false")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--no-resume", dest="resume", action="store_false", default=None)
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("params", help="trainable / total parameters of a method, as JSON (random weights)")
@@ -384,10 +439,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None)
     p.set_defaults(func=cmd_eval)
 
+    recipes = sub.add_parser("recipes", help="training recipes: list, show, or choose them on validation (sweep)")
+    rsub = recipes.add_subparsers(dest="recipes_command", required=True)
+    p = rsub.add_parser("list", help="the recipes the library ships, with the methods each covers")
+    p.set_defaults(func=cmd_recipes_list)
+    p = rsub.add_parser("show", help="a recipe's settings (and the sweep behind them) as JSON")
+    p.add_argument("name")
+    p.add_argument("--method", default=None)
+    p.set_defaults(func=cmd_recipes_show)
+    p = rsub.add_parser("sweep", help="choose a method's settings on the validation split; resumable")
+    p.add_argument("--method", nargs="+", required=True, metavar="METHOD", help="methods to sweep, or all")
+    p.add_argument("--dataset", default="synthrs")
+    p.add_argument("--root", default=None, help="dataset folder (synthrs: generated on first use)")
+    p.add_argument("--model", default="mini")
+    p.add_argument("--pretrained", default="synthrs")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, help="run folders (default <data home>/sweeps/<model>-<dataset>)")
+    p.add_argument("--recipe-file", default=None, help="where to store the recipe (default: the library's "
+                                                       "rsretrieval/recipes/<model>-<dataset>.json)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=cmd_recipes_sweep)
+
     p = sub.add_parser("pretrain", help="pretrain MiniCLIP on SynthRS's source domain (about 15 min on CPU)")
     p.add_argument("--model", default="mini")
     p.add_argument("--source-domain", default=None, choices=["source", "web"],
-                   help="pretraining images: object photos (source), or those plus aerial web photos (web)")
+                   help="pretraining images: object photos plus aerial web photos (web, the default), or the "
+                        "photos only (source, MiniCLIP 1)")
     p.add_argument("--source-root", default=None, help="where the pretraining images are generated")
     p.add_argument("--n-images", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
@@ -395,6 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default 2); the weights repeat bit for bit only with the same count")
     p.add_argument("--out", default=None, help="weights file (default: the shipped MiniCLIP's); with --variants, "
                                                "their folder (default: <data home>/miniclip/variants)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)

@@ -27,10 +27,11 @@ def run_method(
     pretrained: str | None,
     method: str,
     train: CaptionDataset,
-    val: CaptionDataset,
-    test: CaptionDataset,
-    config: TrainConfig,
+    val: CaptionDataset | None,
+    test: CaptionDataset | None,
+    config: TrainConfig | dict[str, Any] | None = None,
     *,
+    recipe: str | None = None,
     loss: str | None = None,
     method_kwargs: dict[str, Any] | None = None,
     loss_kwargs: dict[str, Any] | None = None,
@@ -47,9 +48,15 @@ def run_method(
     Args:
         model, pretrained: the base model (:func:`rsretrieval.models.create_model`).
         method: a registered method; ``method_kwargs`` set its config fields.
-        train, val, test: the splits. Checkpoints are chosen on ``val`` only.
-        config: the training settings; ``output_dir`` is set to ``run_dir``.
-        loss: a training loss (:func:`rsretrieval.training.list_losses`); None: the method's default.
+        train, val, test: the splits. Checkpoints are chosen on ``val`` only. ``val=None``: no selection,
+            the last epoch is kept (to compare with papers that train on all of train). ``test=None``:
+            nothing is scored on test (what a recipe sweep does).
+        config: the training settings (``output_dir`` is set to ``run_dir``); with ``recipe``, a dict
+            of the fields that override the recipe's.
+        recipe: a recipe name (:mod:`rsretrieval.recipes`): its settings for ``method``, under
+            ``config``, ``loss``, ``method_kwargs`` and ``loss_kwargs`` when those are given.
+        loss: a training loss (:func:`rsretrieval.training.list_losses`); None: the recipe's, else the
+            method's default.
         run_dir: the run folder.
         per_scene: also score ``test`` per scene.
         verbose: print the trainable-parameter line (rank 0 only).
@@ -65,14 +72,17 @@ def run_method(
     from rsretrieval.models import count_parameters, create_model, print_trainable_parameters, seed_everything
     from rsretrieval.models import select_device
     from rsretrieval.training import build_task, clear_run, fit, init_distributed, load_best
+    from rsretrieval.training.checkpoint import save_best
 
     rank, world = init_distributed()  # under torchrun: one process per rank, rank 0 reports and writes
+    config, loss, method_kwargs, loss_kwargs = _with_recipe(recipe, method, config, loss, method_kwargs, loss_kwargs)
     loss = loss or get_method(method).default_loss
     run_dir = Path(run_dir)
     cfg = replace(config, output_dir=str(run_dir))
     identity = {"model": model, "pretrained": pretrained, "method": method, "loss": loss,
                 "method_kwargs": method_kwargs or {}, "loss_kwargs": loss_kwargs or {}, "config": asdict(cfg),
-                "train_images": train.num_images, "ties": DEFAULT_TIES, "results_version": RESULTS_VERSION}
+                "train_images": train.num_images, "selection": "val" if val is not None else "last epoch",
+                "recipe": recipe, "ties": DEFAULT_TIES, "results_version": RESULTS_VERSION}
     wanted = json.loads(json.dumps(identity))
     done, started = run_dir / "results.json", run_dir / "identity.json"
     if cfg.resume and done.exists() and (previous := json.loads(done.read_text())).get("identity") == wanted:
@@ -97,10 +107,13 @@ def run_method(
                   task=build_task(loss, net, train, **(loss_kwargs or {})))
     if rank != 0:
         return {"rank": rank}
+    if val is None:  # no selection: the last epoch is the one kept
+        save_best(net, run_dir, history.records[-1]["epoch"], None)
     best = load_best(net, run_dir)
     device = select_device(cfg.device)
-    result = evaluate(net.to(device), test, transform=bundle.transform, tokenizer=tokenizer, device=device,
-                      batch_size=cfg.eval_batch_size, per_scene=per_scene, progress=False)
+    result = None if test is None else evaluate(
+        net.to(device), test, transform=bundle.transform, tokenizer=tokenizer, device=device,
+        batch_size=cfg.eval_batch_size, per_scene=per_scene, progress=False)
     # full fine-tuning's best.pt holds every weight; other methods also get a small portable file
     method_file = save_method(net, run_dir / "method.pt", base_name=bundle.name) if method != "full" \
         else run_dir / "best.pt"
@@ -108,13 +121,32 @@ def run_method(
     out = {
         "identity": identity, "method": method, "loss": loss, "seed": cfg.seed, "trainable": trainable,
         "total": total, "method_file": str(method_file), "best_epoch": best["epoch"], "val": best["metrics"],
-        "val_mr": best["metrics"]["mr"], "test": result.metrics, "test_per_scene": result.to_dict()["per_scene"],
+        "val_mr": best["metrics"]["mr"] if best["metrics"] else None,
+        "test": result.metrics if result else None, "test_per_scene": result.to_dict()["per_scene"] if result else None,
         "seconds_per_epoch": statistics.mean(r["seconds"] for r in epochs),
         "samples_per_s": statistics.mean(r["samples_per_s"] for r in epochs),
         "history": history.to_dict(),
     }
     atomic_write_json(done, out, default=float)
     return json.loads(done.read_text())
+
+
+def _with_recipe(recipe: str | None, method: str, config: TrainConfig | dict[str, Any] | None, loss: str | None,
+                 method_kwargs: dict[str, Any] | None, loss_kwargs: dict[str, Any] | None
+                 ) -> tuple[TrainConfig, str | None, dict[str, Any], dict[str, Any]]:
+    """The run's settings: the recipe's for ``method`` (if any), under what the caller gave explicitly."""
+    if recipe is None:
+        if isinstance(config, dict):
+            config = TrainConfig(**config)
+        return config or TrainConfig(), loss, method_kwargs or {}, loss_kwargs or {}
+    if isinstance(config, TrainConfig):
+        raise TypeError("with a recipe, pass `config` as a dict of the fields that override it (e.g. "
+                        "{'epochs': 1}), not a whole TrainConfig, which would hide every recipe setting")
+    from rsretrieval.recipes import load_recipe
+
+    r = load_recipe(recipe, method)
+    return (r.config(**(config or {})), loss or r.loss, {**r.method_kwargs, **(method_kwargs or {})},
+            {**r.loss_kwargs, **(loss_kwargs or {})})
 
 
 def summarize(runs: list[dict[str, Any]], key: str = "mr", group: str = "method") -> list[dict[str, Any]]:

@@ -26,10 +26,18 @@ def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, then rename it into place."""
+    """``torch.save`` to a temporary file beside ``path``, then rename it into place.
+
+    Saved through a file object, so the archive's inner folder is always ``archive`` rather than
+    the (random) temporary name: the same object gives the same bytes.
+    """
     import torch
 
-    return _atomic(path, lambda tmp: torch.save(obj, tmp))
+    def save(tmp: str | Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    return _atomic(path, save)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

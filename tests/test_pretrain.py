@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from rsretrieval.files import sha256_file
 from rsretrieval.pretrain import PretrainConfig, chance_mr, pretrain
 
 
@@ -20,6 +21,10 @@ def test_pretrain_saves_reports_and_restarts_a_stale_run(tmp_path, monkeypatch):
     assert out.exists() and json.loads(out.with_suffix(".json").read_text())["zero_shot"] == report["zero_shot"]
     assert report["pairs"] == 5 * 18 and report["history"]["records"][-1]["updates"] == 6  # 90 pairs / 16
     assert 0 < report["used_tokens"] < 200 and report["chance_mr"] == chance_mr(report["zero_shot"]["n_images"])
+
+    # From nothing again (another run folder): the same file, bit for bit.
+    twin = pretrain(cfg, tmp_path / "tiny-twin.pt")
+    assert twin["file_sha256"] == report["file_sha256"] == sha256_file(out)
 
     # Another source domain: the run folder's checkpoint is stale, so pretraining starts afresh
     # instead of resuming (and silently shipping) the old weights.

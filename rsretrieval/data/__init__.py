@@ -87,7 +87,8 @@ def load_dataset(
             first use; a folder you name must hold the files.
         split: ``train``, ``val``, ``test`` or ``all``.
         val_fraction: share of the file's train images carved out as ``val`` when the file has
-            no val images (ignored otherwise).
+            no val images (ignored otherwise). 0: no carve, all of train is trained on, and such a
+            file has no ``val`` split (to compare with papers that train on all of train).
         seed: seed of that carve.
         on_error: ``raise`` stops at the first bad record; ``skip`` leaves bad records and
             captions out, notes those of this split in :attr:`CaptionDataset.skipped` and warns
@@ -110,8 +111,8 @@ def load_dataset(
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), not {val_fraction}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), not {val_fraction}")
     if root is None:
         root = default_root(info)
     source = locate(info, root, images_dir)
@@ -120,6 +121,9 @@ def load_dataset(
     scenes = assign_scenes(info, records, source.root, scene_rule)
     splits, val_source = _final_splits(records, scenes, val_fraction, seed)
     chosen = [i for i, s in enumerate(splits) if split == "all" or s == split]
+    if split == "val" and not chosen and val_fraction == 0:
+        raise DatasetFormatError(f"{source.annotation} has no val images and val_fraction=0 carves none: "
+                                 "train without validation (the last epoch is kept) or give val_fraction > 0")
     if verify_images:
         chosen = _existing_images(records, chosen, splits, source.images_dir, problems)
     mine = problems.of_split(split, {rec.where: s for rec, s in zip(records, splits, strict=True)})
@@ -151,7 +155,7 @@ def _final_splits(
     if "val" in splits:
         return splits, "file"
     train = [i for i, s in enumerate(splits) if s == "train"]
-    if len(train) < 2:
+    if len(train) < 2 or val_fraction == 0:
         return splits, "none"
     names = [records[i].filename for i in train]
     picked = carve_validation(names, [scenes[i] for i in train], val_fraction, seed)

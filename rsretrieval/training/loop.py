@@ -49,16 +49,25 @@ from rsretrieval.training.tasks import Batch, ContrastiveTask, Task
 _logger = logging.getLogger(__name__)
 
 
+OPTIMIZERS = ("adamw", "adam")
+SCHEDULES = ("cosine", "step", "constant")
+
+
 @dataclass
 class TrainConfig:
     """Settings of one training run. Every field has a default fit for a CPU course run."""
 
-    epochs: int = 5
+    epochs: int = 5  # at most: with `patience`, training stops earlier
     batch_size: int = 64
     lr: float = 1e-4
     weight_decay: float = 0.05
-    warmup_steps: int = 20  # linear warm-up, then cosine decay to lr * min_lr_ratio
+    optimizer: str = "adamw"  # or "adam" (PE-RSITR's: Adam, with weight_decay as L2 in the gradient)
+    schedule: str = "cosine"  # linear warm-up, then: "cosine" decay to lr * min_lr_ratio, "step" or "constant"
+    warmup_steps: int = 20
     min_lr_ratio: float = 0.0
+    step_epochs: tuple[int, ...] = ()  # "step": lr *= step_gamma after each of these epochs
+    step_gamma: float = 0.1
+    patience: int | None = None  # stop after this many validations without a better val mR (None: never)
     grad_accum: int = 1  # optimizer step every grad_accum batches
     clip_grad_norm: float | None = 1.0
     seed: int = 0
@@ -80,6 +89,17 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"TrainConfig.{name} must be an integer >= {low}, got {value!r}")
+        for name, known in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+            if getattr(self, name) not in known:
+                raise ValueError(f"TrainConfig.{name} must be one of {', '.join(known)}, got {getattr(self, name)!r}")
+        self.step_epochs = tuple(self.step_epochs)  # a list from JSON or the command line
+        if not all(isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in self.step_epochs):
+            raise ValueError(f"TrainConfig.step_epochs must be epochs >= 1, got {self.step_epochs!r}")
+        if not 0 < self.step_gamma <= 1:
+            raise ValueError(f"TrainConfig.step_gamma must be in (0, 1], got {self.step_gamma!r}")
+        if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(self.patience, int)
+                                          or self.patience < 1):
+            raise ValueError(f"TrainConfig.patience must be None or an integer >= 1, got {self.patience!r}")
         if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
             raise ValueError(f"TrainConfig.max_steps must be None or an integer >= 1, got {self.max_steps!r}")
         if not self.lr > 0 or not self.weight_decay >= 0 or not 0 <= self.min_lr_ratio <= 1:
@@ -211,13 +231,19 @@ def _optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+    optimizer = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return optimizer([g for g in groups if g["params"]], lr=cfg.lr)
 
 
-def _schedule(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def _schedule(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int,
+              updates_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
     def factor(step: int) -> float:
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "step":  # the epoch of update `step` is step // updates_per_epoch (0-based)
+            return cfg.step_gamma ** sum(step // updates_per_epoch >= e for e in cfg.step_epochs)
+        if cfg.schedule == "constant":
+            return 1.0
         progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
@@ -350,6 +376,14 @@ def _done(run: _Run, cfg: TrainConfig) -> bool:
     return cfg.max_steps is not None and run.updates >= cfg.max_steps
 
 
+def _out_of_patience(history: History, cfg: TrainConfig) -> bool:
+    """Early stopping: the last ``cfg.patience`` validations found no better val mR than the best."""
+    if cfg.patience is None or history.best_epoch is None:
+        return False
+    later = [r for r in history.records if r["epoch"] > history.best_epoch and r.get("val_mr") is not None]
+    return len(later) >= cfg.patience
+
+
 def _validate(run: _Run, model: nn.Module, tokenizer: Callable, val_data: CaptionDataset, transform: Callable,
               cfg: TrainConfig, device: torch.device, out: Path | None) -> dict[str, float]:
     """Validation metrics of the current weights; keeps ``best.pt`` at the best validation mR."""
@@ -374,7 +408,8 @@ def _start(task: Task, cfg: TrainConfig, train_data: CaptionDataset, steps_per_e
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported())
     runner = task if world == 1 else nn.parallel.DistributedDataParallel(
         task, device_ids=[device.index] if device.type == "cuda" else None)
-    run = _Run(task, runner, opt, _schedule(opt, cfg, total), scaler, run_key(cfg, train_data, task))
+    run = _Run(task, runner, opt, _schedule(opt, cfg, total, updates_per_epoch), scaler,
+               run_key(cfg, train_data, task))
     found = resume_checkpoint(cfg, run.key)
     if found is not None:
         run.restore(found[1], source=str(found[0]))
@@ -422,7 +457,7 @@ def fit(
     pairs = _training_pairs(task, train_data, transform, cfg)
     steps = math.ceil(len(epoch_order(len(pairs), cfg.seed, 0, rank, world)) / cfg.batch_size)
     run = _start(task, cfg, train_data, steps, device, world)
-    while run.epoch < cfg.epochs and not _done(run, cfg):
+    while run.epoch < cfg.epochs and not _done(run, cfg) and not _out_of_patience(run.history, cfg):
         record = _train_epoch(run, cfg, tokenizer, pairs, device, out, rank, world)
         last_epoch = _done(run, cfg) or run.epoch + 1 == cfg.epochs
         if val_data is not None and cfg.eval_every and rank == 0 and ((run.epoch + 1) % cfg.eval_every == 0

@@ -1,0 +1,149 @@
+"""The recipe sweep: each method's knobs chosen on the validation split, and stored as a recipe.
+
+A coordinate search, as one tunes by hand but written down: the method's knobs are swept one
+after the other (learning rate first), each over a few values with the earlier knobs at their
+best so far and the later ones at their defaults; every point trains with early stopping on
+validation (``patience``), so the number of epochs is chosen too. Only ``train`` and ``val`` are
+ever loaded: no test score can reach a choice.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from rsretrieval.files import atomic_write_json
+from rsretrieval.recipes import recipe_path
+
+# What every sweep point shares (the model/dataset's training budget): at most `epochs`, early
+# stopping after `patience` epochs without a better val mR.
+BASE_TRAIN: dict[str, Any] = {"epochs": 12, "patience": 2, "batch_size": 64, "warmup_steps": 20}
+
+_PETL_LR = [3e-4, 1e-3, 3e-3]
+
+# The knobs of each method, in the order they are swept: "train.<TrainConfig field>",
+# "method.<method config field>" or "loss.<loss keyword>".
+SEARCH_SPACES: dict[str, dict[str, list[Any]]] = {
+    "full": {"train.lr": [1e-5, 3e-5, 1e-4]},
+    "linear_probe": {"train.lr": _PETL_LR},
+    "adapter": {"train.lr": _PETL_LR},
+    "lora": {"train.lr": _PETL_LR},
+    "vpt": {"train.lr": _PETL_LR},
+    "coop": {"train.lr": [1e-3, 3e-3, 1e-2]},
+    "clip_adapter": {"train.lr": _PETL_LR, "method.alpha": [0.2, 0.5]},
+    "adaptformer": {"train.lr": _PETL_LR, "method.scale": [0.1, 0.5]},
+    "mrs_adapter": {"train.lr": _PETL_LR},
+    "focus_adapter": {"train.lr": _PETL_LR, "method.gate_scale": [16.0, 64.0, 128.0, 256.0],
+                      "method.focus_temperature": [0.1, 0.3, 1.0]},
+    "cmer": {"train.lr": _PETL_LR, "method.gate_scale": [16.0, 64.0, 128.0, 256.0],
+             "loss.queue_weight": [0.25, 0.5, 1.0], "loss.queue_size": [256, 512, 1024],
+             "loss.scene_prob": [0.0, 0.25, 0.5]},
+}
+
+
+def sweep(
+    method: str,
+    *,
+    dataset: str = "synthrs",
+    root: str | Path | None = None,
+    model: str = "mini",
+    pretrained: str | None = "synthrs",
+    loss: str | None = None,
+    space: dict[str, list[Any]] | None = None,
+    base: dict[str, Any] | None = None,
+    out_dir: str | Path | None = None,
+    recipe_file: str | Path | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Sweep ``method``'s knobs on ``dataset``'s validation split and store the choice as a recipe.
+
+    Resumable point by point: a finished point is read back, an interrupted one resumes.
+
+    Args:
+        method: a registered method; its knobs are ``SEARCH_SPACES[method]`` unless ``space`` is given.
+        dataset, root: the data (train and val are loaded; a missing test split does not matter).
+        model, pretrained: the base model.
+        loss: the training loss (None: the method's default).
+        base: the shared TrainConfig fields (default :data:`BASE_TRAIN`).
+        out_dir: the points' run folders (default ``<data home>/sweeps/<model>-<dataset>/<method>``).
+        recipe_file: where the recipe goes (default: the library's ``<model>-<dataset>.json``).
+
+    Returns:
+        The recipe entry written for ``method``: ``train``, ``method_kwargs``, ``loss``,
+        ``loss_kwargs`` and ``sweep`` (the space, every point's settings and val mR, the chosen one).
+    """
+    from rsretrieval.data import load_dataset
+    from rsretrieval.experiments import run_method
+    from rsretrieval.methods import get_method
+    from rsretrieval.paths import data_home
+
+    get_method(method)
+    space = space if space is not None else SEARCH_SPACES.get(method)
+    if not space:
+        raise ValueError(f"no search space for method {method!r}: pass `space` (known: {', '.join(SEARCH_SPACES)})")
+    for knob in space:
+        if knob.split(".", 1)[0] not in ("train", "method", "loss") or "." not in knob:
+            raise ValueError(f"knob {knob!r} must be train.<field>, method.<field> or loss.<keyword>")
+    base = dict(BASE_TRAIN if base is None else base)
+    name = f"{model}-{dataset}"
+    folder = Path(out_dir) if out_dir else data_home() / "sweeps" / name / method
+    train = load_dataset(dataset, root, "train")
+    val = load_dataset(dataset, root, "val")
+
+    points: list[dict[str, Any]] = []
+    chosen: dict[str, Any] = {}
+    total = sum(len(values) for values in space.values())
+    bar = tqdm(total=total, desc=f"sweep {method}", disable=not progress)
+    for knob, values in space.items():
+        stage = []
+        for value in values:
+            settings = {**chosen, knob: value}
+            train_kw, method_kw, loss_kw = _split(settings)
+            result = run_method(model, pretrained, method, train, val, None, {**base, **train_kw, "device": device,
+                                                                                "progress": False},
+                                loss=loss, method_kwargs=method_kw, loss_kwargs=loss_kw,
+                                run_dir=folder / _slug(settings))
+            point = {"settings": settings, "val_mr": result["val_mr"], "best_epoch": result["best_epoch"],
+                     "epochs_run": len(result["history"]["records"]),
+                     "train_seconds": sum(r["seconds"] for r in result["history"]["records"])}
+            stage.append(point)
+            bar.update(1)
+            bar.set_postfix({knob.split(".", 1)[1]: value, "val_mr": f"{point['val_mr']:.2f}"})
+        points += stage
+        chosen = max(stage, key=lambda p: p["val_mr"])["settings"]  # ties: the first (the smaller value)
+    bar.close()
+
+    train_kw, method_kw, loss_kw = _split(chosen)
+    best = next(p for p in points if p["settings"] == chosen)
+    entry = {"train": {**base, **train_kw}, "method_kwargs": method_kw, "loss": loss, "loss_kwargs": loss_kw,
+             "sweep": {"model": model, "pretrained": pretrained, "dataset": dataset, "selected_on": "val",
+                       "space": space, "points": points, "chosen": chosen, "val_mr": best["val_mr"],
+                       "best_epoch": best["best_epoch"]}}
+    _store(Path(recipe_file) if recipe_file else recipe_path(name), name, model, pretrained, dataset, method, entry)
+    return entry
+
+
+def _split(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    parts: dict[str, dict[str, Any]] = {"train": {}, "method": {}, "loss": {}}
+    for knob, value in settings.items():
+        group, key = knob.split(".", 1)
+        parts[group][key] = value
+    return parts["train"], parts["method"], parts["loss"]
+
+
+def _slug(settings: dict[str, Any]) -> str:
+    return "_".join(f"{k.split('.', 1)[1]}={v}" for k, v in sorted(settings.items())) or "defaults"
+
+
+def _store(path: Path, name: str, model: str, pretrained: str | None, dataset: str, method: str,
+           entry: dict[str, Any]) -> None:
+    doc = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {
+        "description": f"Chosen on {dataset}'s validation split for {model} ({pretrained}) by "
+                       f"`python -m rsretrieval recipes sweep`; each method's entry keeps the sweep behind it.",
+        "model": model, "pretrained": pretrained, "datasets": [dataset], "methods": {}}
+    doc["methods"][method] = entry
+    atomic_write_json(path, doc)

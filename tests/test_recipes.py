@@ -1,0 +1,132 @@
+"""Recipes: named settings per method, taken by train/run_method, and the sweep that chooses them on val."""
+
+import json
+
+import pytest
+import torch
+
+import rsretrieval.recipes as recipes
+from fakedata import karpathy_doc, write_image, write_json
+from rsretrieval.experiments import run_method
+from rsretrieval.recipes import load_recipe
+from rsretrieval.training import TrainConfig, fit
+from rsretrieval.training.loop import _optimizer, _schedule
+
+
+def test_pe_rsitr_recipe_is_the_published_protocol():
+    r = load_recipe("pe-rsitr", "mrs_adapter")
+    cfg = r.config()
+    assert (cfg.optimizer, cfg.lr, cfg.epochs, cfg.batch_size, cfg.schedule, cfg.step_epochs, cfg.step_gamma) == \
+        ("adam", 2e-4, 30, 16, "step", (19,), 0.7)
+    assert r.loss == "hmmc" and r.val_fraction == 0.2
+    assert load_recipe("pe-rsitr", "linear_probe").loss is None  # the "*" entry: the method's own loss
+    assert r.config(epochs=2, lr=None).epochs == 2 and r.config(epochs=2).lr == 2e-4  # explicit wins, None doesn't
+
+
+def test_recipe_errors_name_the_fix(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="unknown recipe 'nope'.*recipes sweep"):
+        load_recipe("nope", "full")
+    monkeypatch.setattr(recipes, "RECIPE_DIR", tmp_path)
+    write_json(tmp_path / "r.json", {"methods": {"full": {"train": {"lr": 1e-4, "lrr": 2}}}})
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['lrr'\]"):
+        load_recipe("r", "full")
+    with pytest.raises(ValueError, match="no entry for method 'vpt'.*--method vpt"):
+        load_recipe("r", "vpt")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match="bad.json is not valid JSON"):
+        load_recipe("bad", "full")
+
+
+def test_step_schedule_and_adam():
+    cfg = TrainConfig(optimizer="adam", schedule="step", step_epochs=(2, 3), step_gamma=0.5, warmup_steps=0,
+                      lr=1.0, weight_decay=0.0)
+    opt = _optimizer(torch.nn.Linear(2, 2), cfg)
+    assert type(opt) is torch.optim.Adam
+    sched = _schedule(opt, cfg, total_steps=12, updates_per_epoch=3)
+    lrs = []
+    for _ in range(12):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == [1.0] * 6 + [0.5] * 3 + [0.25] * 3  # after epoch 2, then after epoch 3
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        TrainConfig(schedule="linear")
+    with pytest.raises(ValueError, match="patience must be None or an integer >= 1"):
+        TrainConfig(patience=0)
+
+
+@pytest.mark.slow
+def test_patience_stops_when_val_stops_improving(colour_data, tiny_bundle):
+    import copy
+
+    model = copy.deepcopy(tiny_bundle.model)
+    cfg = TrainConfig(epochs=6, batch_size=8, lr=1e-12, warmup_steps=0, patience=2, progress=False, device="cpu")
+    history = fit(model, tiny_bundle.tokenizer, colour_data, tiny_bundle.transform, cfg, val_data=colour_data)
+    assert history.best_epoch == 1 and len(history.records) == 3  # two epochs without a better val mR
+
+
+def _no_test_dataset(root):
+    """A Karpathy json with train and val images only: no test split at all."""
+    items = []
+    for k, colour in enumerate(["red", "green", "blue", "white"] * 3):
+        name = f"{colour}_{k}.png"
+        write_image(root / name, size=(32, 32), value=60 * k)
+        items.append({"filename": name, "split": "val" if k >= 8 else "train",
+                      "captions": [f"a {colour} square", f"{colour} image {k}"]})
+    write_json(root / "captions.json", karpathy_doc(items))
+    return root
+
+
+@pytest.mark.slow
+def test_sweep_reads_no_test_split_and_stores_a_recipe(tmp_path, monkeypatch):
+    from rsretrieval.data import load_dataset
+    from rsretrieval.recipes.sweep import sweep
+
+    root = _no_test_dataset(tmp_path / "data")
+    with pytest.raises(Exception, match="no usable images"):
+        load_dataset("karpathy", root, "test")  # there is no test split to read
+    monkeypatch.setattr(recipes, "RECIPE_DIR", tmp_path / "recipes")
+    (tmp_path / "recipes").mkdir()
+    space = {"train.lr": [1e-3, 1e-2], "method.bottleneck": [2, 4]}
+    base = {"epochs": 2, "patience": 1, "batch_size": 8, "warmup_steps": 1}
+    entry = sweep("adapter", dataset="karpathy", root=root, model="tiny", pretrained=None, space=space, base=base,
+                  out_dir=tmp_path / "runs", device="cpu", progress=False)
+    points = entry["sweep"]["points"]
+    assert len(points) == 4 and all(p["val_mr"] is not None for p in points)
+    assert [p["settings"]["method.bottleneck"] for p in points[2:]] == [2, 4]  # the second knob, lr fixed
+    lr_best = max(points[:2], key=lambda p: p["val_mr"])["settings"]["train.lr"]
+    assert all(p["settings"]["train.lr"] == lr_best for p in points[2:])
+    assert entry["sweep"]["chosen"] == max(points[2:], key=lambda p: p["val_mr"])["settings"]
+    for results in (tmp_path / "runs").glob("*/results.json"):
+        assert json.loads(results.read_text())["test"] is None  # nothing was scored on test
+
+    r = load_recipe("tiny-karpathy", "adapter")  # the stored recipe, read back by name
+    assert r.train["lr"] == entry["train"]["lr"] and r.method_kwargs == entry["method_kwargs"]
+    assert r.sweep["selected_on"] == "val"
+
+    # Resumable: a second sweep reads every point back instead of training it.
+    import rsretrieval.training as training
+    calls = []
+    monkeypatch.setattr(training, "fit", lambda *a, **k: calls.append(1))
+    assert sweep("adapter", dataset="karpathy", root=root, model="tiny", pretrained=None, space=space, base=base,
+                 out_dir=tmp_path / "runs", device="cpu", progress=False) == entry
+    assert calls == []
+
+
+@pytest.mark.slow
+def test_run_method_takes_a_recipe_and_trains_without_val(tmp_path, monkeypatch, colour_data):
+    monkeypatch.setattr(recipes, "RECIPE_DIR", tmp_path)
+    write_json(tmp_path / "mine.json", {"methods": {"*": {"train": {"lr": 1e-3, "batch_size": 8, "epochs": 2,
+                                                                     "warmup_steps": 1}},
+                                                    "adapter": {"method_kwargs": {"bottleneck": 3}}}})
+    out = run_method("tiny", None, "adapter", colour_data, None, colour_data, {"epochs": 1, "device": "cpu",
+                                                                                "progress": False},
+                     recipe="mine", run_dir=tmp_path / "run")
+    identity = out["identity"]
+    assert identity["recipe"] == "mine" and identity["selection"] == "last epoch"
+    assert identity["config"]["lr"] == 1e-3 and identity["config"]["epochs"] == 1  # the dict overrides the recipe
+    assert identity["method_kwargs"] == {"bottleneck": 3}
+    assert out["val"] is None and out["best_epoch"] == 1 and out["test"]["mr"] >= 0
+    with pytest.raises(TypeError, match="dict of the fields that override it"):
+        run_method("tiny", None, "adapter", colour_data, None, colour_data, TrainConfig(), recipe="mine",
+                   run_dir=tmp_path / "run2")
