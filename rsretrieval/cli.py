@@ -279,6 +279,34 @@ def cmd_recipes_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _zoo_settings(args: argparse.Namespace):
+    from rsretrieval.zoo import ZooSettings
+
+    return ZooSettings(model=args.model, pretrained=args.pretrained or None, dataset=args.dataset,
+                       root=args.root, recipe=args.recipe or None, device=args.device, threads=args.threads)
+
+
+def cmd_zoo_build(args: argparse.Namespace) -> int:
+    from rsretrieval.zoo import build_zoo, zoo_dir
+
+    settings = _zoo_settings(args)
+    out = Path(args.out) if args.out else zoo_dir(settings.model, settings.dataset)
+    doc = build_zoo(args.only, args.seed, out, settings, progress=args.progress)
+    print(f"{len(doc['entries'])} entries in {out / 'zoo.json'}")
+    return 0
+
+
+def cmd_zoo_show(args: argparse.Namespace) -> int:
+    from rsretrieval.zoo import load_zoo
+
+    doc = load_zoo(args.out)
+    print(f"{'entry':28s} {'epoch':>5s} {'val mR':>7s} {'test mR':>7s} {'train s':>8s} {'peak MB':>8s} {'file MB':>7s}")
+    for e in doc["entries"]:
+        print(f"{e['key']:28s} {e['best_epoch']:5d} {e['val_mr']:7.2f} {e['test_mr']:7.2f} {e['train_seconds']:8.0f} "
+              f"{e['peak_memory_bytes'] / 2**20:8.0f} {e['file_bytes'] / 1e6:7.2f}")
+    return 0
+
+
 def _parse_params(pairs: list[list[str]]) -> dict[str, Any]:
     """``-p NAME VALUE`` pairs; values are read as JSON literals when they parse, else kept as strings."""
     out: dict[str, Any] = {}
@@ -459,6 +487,26 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "rsretrieval/recipes/<model>-<dataset>.json)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=cmd_recipes_sweep)
+
+    zoo = sub.add_parser("zoo", help="the zoo of trained checkpoints notebooks 02-04 compare: build or show it")
+    zsub = zoo.add_subparsers(dest="zoo_command", required=True)
+    p = zsub.add_parser("build", help="train every configuration (or --only some) over seeds; resumable")
+    p.add_argument("--only", nargs="+", default=None, metavar="LABEL", help="zoo labels or methods (default: all)")
+    p.add_argument("--seed", nargs="+", type=int, default=None, help="seeds (default 0 1 2)")
+    p.add_argument("--out", default=None, help="zoo folder (default: the checkout's data/zoo/<model>-<dataset>)")
+    p.add_argument("--model", default="mini")
+    p.add_argument("--pretrained", default="synthrs")
+    p.add_argument("--dataset", default="synthrs")
+    p.add_argument("--root", default=None)
+    p.add_argument("--recipe", default="mini-synthrs", help="recipe name ('' for TrainConfig's defaults)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads; the files repeat bit for bit only with "
+                                                          "the same count")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=cmd_zoo_build)
+    p = zsub.add_parser("show", help="the zoo's entries: best epoch, val and test mR, time, memory, file size")
+    p.add_argument("--out", default=None, help="zoo folder (default: the committed MiniCLIP zoo)")
+    p.set_defaults(func=cmd_zoo_show)
 
     p = sub.add_parser("pretrain", help="pretrain MiniCLIP on SynthRS's source domain (about 15 min on CPU)")
     p.add_argument("--model", default="mini")

@@ -186,6 +186,8 @@ BAD_COMMANDS = {
     "recipes list": (["recipes", "list", "--method", "full"], "unrecognized arguments", 2),
     "recipes show": (["recipes", "show", "nosuch"], "unknown recipe 'nosuch'", 1),
     "recipes sweep": (["recipes", "sweep", "--method", "nope"], "no search space for nope", 1),
+    "zoo build": (["zoo", "build", "--only", "nope", "--out", "OUT"], "no zoo configuration or method 'nope'", 1),
+    "zoo show": (["zoo", "show", "--out", "OUT"], "no zoo at", 1),
     "pretrain": (["pretrain", "--rescore", "--out", "OUT/none.pt"], "no pretraining report", 1),
     "course": (["course", "--only", "99", "--out", "OUT"], "no notebook name starts with 99", 1),
     "course parameter": (["course", "-p", "SMOKE", "--out", "OUT"], "-p takes NAME VALUE or NAME=VALUE", 1),

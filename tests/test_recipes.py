@@ -130,3 +130,15 @@ def test_run_method_takes_a_recipe_and_trains_without_val(tmp_path, monkeypatch,
     with pytest.raises(TypeError, match="dict of the fields that override it"):
         run_method("tiny", None, "adapter", colour_data, None, colour_data, TrainConfig(), recipe="mine",
                    run_dir=tmp_path / "run2")
+
+
+def test_val_fraction_zero_trains_on_all_of_train(tmp_path):
+    from fakedata import make_rsitmd
+    from rsretrieval.data import load_dataset
+    from rsretrieval.errors import DatasetFormatError
+
+    expected = make_rsitmd(tmp_path)
+    assert load_dataset("rsitmd", tmp_path, "train", val_fraction=0).num_images == len(expected["train"])
+    assert load_dataset("rsitmd", tmp_path, "train").num_images < len(expected["train"])  # the default carves val
+    with pytest.raises(DatasetFormatError, match="val_fraction=0 carves none"):
+        load_dataset("rsitmd", tmp_path, "val", val_fraction=0)

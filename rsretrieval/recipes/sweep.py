@@ -19,8 +19,14 @@ from rsretrieval.files import atomic_write_json
 from rsretrieval.recipes import recipe_path
 
 # What every sweep point shares (the model/dataset's training budget): at most `epochs`, early
-# stopping after `patience` epochs without a better val mR.
+# stopping after `patience` epochs without a better val mR. New weights (every method but full
+# fine-tuning) train without weight decay, as the course's notebooks always did.
 BASE_TRAIN: dict[str, Any] = {"epochs": 12, "patience": 2, "batch_size": 64, "warmup_steps": 20}
+
+
+def base_train(method: str) -> dict[str, Any]:
+    """The shared settings of ``method``'s sweep points."""
+    return {**BASE_TRAIN, "weight_decay": 0.05 if method == "full" else 0.0}
 
 _PETL_LR = [3e-4, 1e-3, 3e-3]
 
@@ -68,7 +74,7 @@ def sweep(
         dataset, root: the data (train and val are loaded; a missing test split does not matter).
         model, pretrained: the base model.
         loss: the training loss (None: the method's default).
-        base: the shared TrainConfig fields (default :data:`BASE_TRAIN`).
+        base: the shared TrainConfig fields (default :func:`base_train`).
         out_dir: the points' run folders (default ``<data home>/sweeps/<model>-<dataset>/<method>``).
         recipe_file: where the recipe goes (default: the library's ``<model>-<dataset>.json``).
 
@@ -88,7 +94,7 @@ def sweep(
     for knob in space:
         if knob.split(".", 1)[0] not in ("train", "method", "loss") or "." not in knob:
             raise ValueError(f"knob {knob!r} must be train.<field>, method.<field> or loss.<keyword>")
-    base = dict(BASE_TRAIN if base is None else base)
+    base = dict(base_train(method) if base is None else base)
     name = f"{model}-{dataset}"
     folder = Path(out_dir) if out_dir else data_home() / "sweeps" / name / method
     train = load_dataset(dataset, root, "train")

@@ -1,0 +1,281 @@
+"""The zoo: every configuration notebooks 02-04 compare, trained with its recipe over seeds, with provenance.
+
+One entry is one configuration and one seed, trained by :func:`rsretrieval.experiments.run_method`
+(best epoch on val, test scored once after) in a fresh child process, so its peak memory is its
+own and the thread count is pinned (the same settings give the same file bit for bit on the same
+kind of CPU). The committed zoo holds, per entry, a file of the trained weights only (a method
+file; a full fine-tune as a compact float16 model) and a row of ``zoo.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from rsretrieval.errors import ChildProcessFailed
+from rsretrieval.files import atomic_write_json, sha256_file
+
+ZOO_VERSION = 1
+SEEDS = (0, 1, 2)
+
+
+@dataclass(frozen=True)
+class ZooConfig:
+    """One configuration: a method with its loss and settings, over the recipe's."""
+
+    label: str
+    method: str
+    loss: str | None = None  # None: the recipe's, else the method's default
+    method_kwargs: dict[str, Any] = field(default_factory=dict)
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields over the recipe's
+    notebooks: tuple[str, ...] = ()
+
+    @property
+    def slug(self) -> str:
+        return "".join(c if c.isalnum() or c in "-_+" else "_" for c in self.label)
+
+
+_MEAN = {"pooling": "mean"}
+CONFIGS: tuple[ZooConfig, ...] = (
+    *(ZooConfig(m, m, notebooks=("02",)) for m in ("full", "linear_probe", "adapter", "lora", "vpt", "coop",
+                                                    "clip_adapter", "adaptformer")),
+    ZooConfig("mrs_adapter", "mrs_adapter", "infonce", notebooks=("02", "03")),
+    ZooConfig("mrs_adapter+hmmc", "mrs_adapter", "hmmc", notebooks=("02",)),
+    ZooConfig("focus_adapter", "focus_adapter", "infonce", notebooks=("03", "04")),  # 04's "+focus"
+    ZooConfig("side_branch", "focus_adapter", "infonce", _MEAN, notebooks=("03", "04")),  # mean pooling
+    ZooConfig("focus_adapter_gate1", "focus_adapter", "infonce", {"gate_scale": 1.0}, notebooks=("03",)),
+    ZooConfig("+scene", "focus_adapter", "cmer", _MEAN, {"queue_weight": 0.0}, notebooks=("04",)),
+    ZooConfig("+recycling", "focus_adapter", "recycling", _MEAN, notebooks=("04",)),
+    ZooConfig("cmer", "cmer", "cmer", notebooks=("04",)),
+    # 04's batch x queue sweep: the side branch without and with the queues at two batch sizes, and
+    # two other queue sizes at the small batch; the same number of pairs for every batch size.
+    *(ZooConfig(f"sweep-b{b}-q{q}", "focus_adapter", "recycling" if q else "infonce", _MEAN,
+                {"queue_size": q} if q else {}, {"batch_size": b}, notebooks=("04",))
+      for b, q in ((16, 0), (16, 512), (64, 0), (64, 512), (16, 128), (16, 2048))),
+)
+
+
+def zoo_dir(model: str = "mini", dataset: str = "synthrs") -> Path:
+    """Where the committed zoo of ``model`` on ``dataset`` lives: the checkout's ``data/zoo/<model>-<dataset>``."""
+    from rsretrieval.paths import checkout_root, data_home
+
+    root = checkout_root()
+    return (root / "data" if root is not None else data_home()) / "zoo" / f"{model}-{dataset}"
+
+
+def select(only: list[str] | None, configs: tuple[ZooConfig, ...] = CONFIGS) -> list[ZooConfig]:
+    """Configurations by label, or every configuration of a method; all when ``only`` is empty."""
+    if not only:
+        return list(configs)
+    picked = []
+    for name in only:
+        found = [c for c in configs if c.label == name] or [c for c in configs if c.method == name]
+        if not found:
+            raise ValueError(f"no zoo configuration or method {name!r}; labels: {', '.join(c.label for c in configs)}")
+        picked += [c for c in found if c not in picked]
+    return picked
+
+
+@dataclass
+class ZooSettings:
+    """What every entry of one zoo shares."""
+
+    model: str = "mini"
+    pretrained: str | None = "synthrs"
+    dataset: str = "synthrs"
+    root: str | None = None
+    recipe: str | None = "mini-synthrs"
+    device: str = "cpu"  # CPU by default: the committed files are made, and reproduced, there
+    threads: int = 2
+
+
+def build_zoo(only: list[str] | None = None, seeds: list[int] | None = None, out: str | Path | None = None,
+              settings: ZooSettings | None = None, *, configs: tuple[ZooConfig, ...] = CONFIGS,
+              progress: bool = True) -> dict[str, Any]:
+    """Train every selected configuration for every seed (a finished entry is kept, an interrupted one resumes).
+
+    Args:
+        only: labels or methods (:func:`select`); None: all.
+        seeds: default :data:`SEEDS`.
+        out: the zoo folder (default :func:`zoo_dir`): ``zoo.json``, ``files/``, and the run folders in
+            ``runs/`` (checkpoints to resume from; not committed).
+        settings: model, data, recipe, device, threads.
+
+    Returns:
+        The zoo document, as written to ``zoo.json`` after every entry.
+    """
+    settings = settings or ZooSettings()
+    folder = Path(out) if out else zoo_dir(settings.model, settings.dataset)
+    picked = select(only, configs)
+    seeds = list(SEEDS if seeds is None else seeds)
+    index = folder / "zoo.json"
+    doc = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else \
+        {"zoo_version": ZOO_VERSION, "settings": asdict(settings), "entries": []}
+    if doc.get("settings") != json.loads(json.dumps(asdict(settings))):
+        raise ValueError(f"{index} is a zoo of other settings ({doc.get('settings')}); build into another --out "
+                         "folder, or delete it to rebuild")
+    todo = [(c, s) for c in picked for s in seeds]
+    bar = tqdm(total=len(todo), desc="zoo", disable=not progress)
+    for config, seed in todo:
+        key = f"{config.slug}-s{seed}"
+        bar.set_postfix_str(key)
+        row = next((e for e in doc["entries"] if e["key"] == key), None)
+        if row is None or row["config"] != _plain(config) or not _file_ok(folder, row):
+            row = _run_child(config, seed, folder, settings)
+            doc["entries"] = [e for e in doc["entries"] if e["key"] != key] + [row]
+            doc["entries"].sort(key=lambda e: (_order(configs, e["label"]), e["seed"]))
+            atomic_write_json(index, doc)
+        bar.update(1)
+    bar.close()
+    return doc
+
+
+def _plain(config: ZooConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(config)))
+
+
+def _order(configs: tuple[ZooConfig, ...], label: str) -> int:
+    return next((k for k, c in enumerate(configs) if c.label == label), len(configs))
+
+
+def _file_ok(folder: Path, row: dict[str, Any]) -> bool:
+    path = folder / row["file"]
+    return path.is_file() and sha256_file(path) == row["file_sha256"]
+
+
+def _run_child(config: ZooConfig, seed: int, folder: Path, settings: ZooSettings) -> dict[str, Any]:
+    folder.mkdir(parents=True, exist_ok=True)
+    job = folder / "runs" / f"{config.slug}-s{seed}.job.json"
+    job.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(job, {"config": _plain(config), "seed": seed, "folder": str(folder),
+                            "settings": asdict(settings)})
+    proc = subprocess.run([sys.executable, "-m", "rsretrieval.zoo", "--child", str(job)],
+                          stderr=subprocess.PIPE, text=True, check=False)
+    if proc.returncode != 0:
+        last = next((line for line in reversed(proc.stderr.splitlines()) if line.strip()), "no message")
+        raise ChildProcessFailed(f"zoo entry {config.label} seed {seed} failed (exit {proc.returncode}): {last}\n"
+                                 f"{proc.stderr[-2000:]}")
+    return json.loads(job.with_suffix(".row.json").read_text())
+
+
+def train_entry(config: ZooConfig, seed: int, folder: Path, settings: ZooSettings) -> dict[str, Any]:
+    """Train one entry in this process and return its ``zoo.json`` row (what the child process runs)."""
+    import shutil
+
+    import torch
+
+    import rsretrieval
+    from rsretrieval.bench import peak_rss_bytes
+    from rsretrieval.data import load_dataset
+    from rsretrieval.experiments import run_method
+
+    torch.set_num_threads(settings.threads)
+    key = f"{config.slug}-s{seed}"
+    splits = [load_dataset(settings.dataset, settings.root, s) for s in ("train", "val", "test")]
+    overrides = {**config.train, "seed": seed, "device": settings.device, "progress": False}
+    result = run_method(settings.model, settings.pretrained, config.method, *splits,
+                        overrides if settings.recipe else _no_recipe(overrides), recipe=settings.recipe,
+                        loss=config.loss, method_kwargs=config.method_kwargs, loss_kwargs=config.loss_kwargs,
+                        run_dir=folder / "runs" / key)
+    target = folder / "files" / f"{key}.pt"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    test = result["test"]
+    if config.method == "full":  # the whole model: compact float16, scored again as stored
+        test = _save_full(result, settings, splits, target)
+    else:
+        shutil.copyfile(result["method_file"], target)
+    records = result["history"]["records"]
+    command = ["python", "-m", "rsretrieval", "zoo", "build", "--only", config.label, "--seed", str(seed)]
+    return {
+        "key": key, "label": config.label, "method": config.method, "config": _plain(config),
+        "loss": result["loss"], "seed": seed, "recipe": settings.recipe, "best_epoch": result["best_epoch"],
+        "epochs_run": len(records), "val_mr": result["val_mr"], "test_mr": test["mr"], "test": test,
+        "trainable": result["trainable"], "total": result["total"],
+        "train_seconds": round(sum(r["seconds"] for r in records), 1),
+        "seconds_per_epoch": round(result["seconds_per_epoch"], 2),
+        "peak_memory_bytes": peak_rss_bytes(), "file": str(target.relative_to(folder)),
+        "file_bytes": target.stat().st_size, "file_sha256": sha256_file(target), "identity": result["identity"],
+        "history": [{k: r.get(k) for k in ("epoch", "train_loss", "val_mr", "lr")} for r in records],
+        "library_version": rsretrieval.__version__, "command": shlex.join(command + _settings_args(settings)),
+    }
+
+
+def _no_recipe(overrides: dict[str, Any]):
+    from rsretrieval.training import TrainConfig
+
+    return TrainConfig(**overrides)
+
+
+def _settings_args(settings: ZooSettings) -> list[str]:
+    default = ZooSettings()
+    args = []
+    for name in ("model", "pretrained", "dataset", "root", "recipe", "device", "threads"):
+        value = getattr(settings, name)
+        if value != getattr(default, name):
+            args += [f"--{name}", "" if value is None else str(value)]
+    return args
+
+
+def _save_full(result: dict[str, Any], settings: ZooSettings, splits: list, target: Path) -> dict[str, float]:
+    """A full fine-tune's best weights as a compact file, and the test metrics of the file as stored."""
+    import torch
+
+    from rsretrieval.evaluation import evaluate
+    from rsretrieval.models import create_model
+    from rsretrieval.models.compact import load_compact, save_compact
+    from rsretrieval.training import load_best
+
+    bundle = create_model(settings.model, settings.pretrained)
+    load_best(bundle.model, Path(result["method_file"]).parent)
+    captions = [c for data in splits for c in data.captions]
+    used = torch.unique(torch.cat([bundle.tokenizer(captions).flatten(), _pretrained_rows(settings)]))
+    save_compact(bundle.model, target, used, arch=settings.model, meta={"zoo": result["identity"]})
+    stored = create_model(settings.model, None)
+    load_compact(stored.model, target, arch=settings.model)
+    return evaluate(stored.model, splits[2], transform=stored.transform, tokenizer=stored.tokenizer,
+                    device=settings.device, progress=False).metrics
+
+
+def _pretrained_rows(settings: ZooSettings):
+    """The token rows the base weights were pretrained on (kept as well), when they are a compact file."""
+    import torch
+
+    from rsretrieval.models.compact import is_compact
+    from rsretrieval.models.factory import local_pretrained_path
+
+    path = local_pretrained_path(settings.model, settings.pretrained) if settings.pretrained else None
+    if path is None or not is_compact(path):
+        return torch.empty(0, dtype=torch.long)
+    return torch.load(path, map_location="cpu", weights_only=True)["payload"]["token_rows"].long()
+
+
+def load_zoo(folder: str | Path | None = None) -> dict[str, Any]:
+    """The zoo document of ``folder`` (default: the committed MiniCLIP zoo on SynthRS)."""
+    index = Path(folder or zoo_dir()) / "zoo.json"
+    if not index.is_file():
+        raise FileNotFoundError(f"no zoo at {index}: build it with `python -m rsretrieval zoo build`")
+    return json.loads(index.read_text(encoding="utf-8"))
+
+
+def _child_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--child", required=True, help="the job file the parent wrote")
+    job_path = Path(p.parse_args(argv).child)
+    job = json.loads(job_path.read_text())
+    config = ZooConfig(**{**job["config"], "notebooks": tuple(job["config"]["notebooks"])})
+    row = train_entry(config, job["seed"], Path(job["folder"]), ZooSettings(**job["settings"]))
+    atomic_write_json(job_path.with_suffix(".row.json"), row)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_child_main())

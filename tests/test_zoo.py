@@ -1,0 +1,61 @@
+"""The zoo on the tiny config: entries with provenance, resumable, and files that rebuild bit for bit."""
+
+import json
+
+import pytest
+
+import rsretrieval.zoo as zoo
+from rsretrieval.cli import main
+from rsretrieval.files import sha256_file
+from rsretrieval.zoo import CONFIGS, ZooConfig, ZooSettings, build_zoo, select
+
+FIELDS = {"label", "method", "config", "loss", "seed", "recipe", "best_epoch", "val_mr", "test_mr", "train_seconds",
+          "peak_memory_bytes", "file_sha256", "identity", "library_version", "command", "history"}
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo") / "synthrs"
+    assert main(["data", "synth", "--root", str(root), "--n-images", "40", "--image-size", "32"]) == 0
+    return root
+
+
+def test_the_zoo_covers_every_comparison_of_notebooks_02_to_04():
+    labels = [c.label for c in CONFIGS]
+    assert len(set(labels)) == len(labels) and len({c.slug for c in CONFIGS}) == len(CONFIGS)
+    for needed in ("full", "linear_probe", "coop", "vpt", "mrs_adapter", "mrs_adapter+hmmc", "focus_adapter",
+                   "side_branch", "+scene", "+recycling", "cmer"):
+        assert needed in labels
+    assert {c.train["batch_size"] for c in CONFIGS if c.label.startswith("sweep-")} == {16, 64}
+    assert [c.label for c in select(["mrs_adapter"])] == ["mrs_adapter"]  # a label first
+    assert {c.method for c in select(["cmer", "focus_adapter"])} == {"cmer", "focus_adapter"}
+    with pytest.raises(ValueError, match="no zoo configuration or method 'nope'"):
+        select(["nope"])
+
+
+@pytest.mark.slow
+def test_zoo_entries_have_provenance_resume_and_rebuild_bit_for_bit(tiny_root, tmp_path, monkeypatch):
+    settings = ZooSettings(model="tiny", pretrained=None, root=str(tiny_root), recipe=None)
+    quick = {"epochs": 2, "batch_size": 16, "warmup_steps": 1}
+    configs = (ZooConfig("linear_probe", "linear_probe", train=quick), ZooConfig("full", "full", train=quick))
+    doc = build_zoo(None, [0], tmp_path / "a", settings, configs=configs, progress=False)
+    assert [e["key"] for e in doc["entries"]] == ["linear_probe-s0", "full-s0"]
+    for e in doc["entries"]:
+        assert FIELDS <= set(e) and e["identity"]["selection"] == "val"
+        assert e["peak_memory_bytes"] > 0 and 1 <= e["best_epoch"] <= 2 and len(e["history"]) == 2
+        assert sha256_file(tmp_path / "a" / e["file"]) == e["file_sha256"]
+    assert json.loads((tmp_path / "a" / "zoo.json").read_text()) == doc
+
+    # Finished entries are kept: nothing is trained again.
+    monkeypatch.setattr(zoo, "_run_child", lambda *a: pytest.fail("a finished entry was retrained"))
+    assert build_zoo(None, [0], tmp_path / "a", settings, configs=configs, progress=False) == doc
+    monkeypatch.undo()
+
+    # Rebuilt from nothing in another folder: the same bytes.
+    again = build_zoo(["linear_probe"], [0], tmp_path / "b", settings, configs=configs, progress=False)
+    assert again["entries"][0]["file_sha256"] == doc["entries"][0]["file_sha256"]
+
+    # A zoo folder of other settings is refused by name.
+    with pytest.raises(ValueError, match="zoo of other settings"):
+        build_zoo(None, [0], tmp_path / "a", ZooSettings(model="tiny", pretrained=None, root=str(tiny_root),
+                                                          recipe=None, threads=1), configs=configs, progress=False)
