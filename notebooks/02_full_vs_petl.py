@@ -43,6 +43,7 @@ OUTPUT_DIR = ""
 METHODS = "full,linear_probe,adapter,lora,vpt,coop,clip_adapter,adaptformer,mrs_adapter"
 LR_FULL = 3e-5
 LR_PETL = 1e-3
+RECIPE = ""  # a recipe name (`python -m rsretrieval recipes list`): its settings replace EPOCHS, BATCH_SIZE, STEPS and the learning rates
 COUNT_MODEL = "ViT-B-32"
 
 # %%
@@ -58,7 +59,7 @@ from IPython.display import display
 from rsretrieval.experiments import format_summary, run_method, summarize
 from rsretrieval.methods import apply_method, list_methods
 from rsretrieval.models import create_model, print_trainable_parameters
-from rsretrieval.notebook import load_splits, record, setup
+from rsretrieval.notebook import load_splits, recipe_data_kwargs, record, run_settings, setup
 from rsretrieval.plots import plot_score_vs_params
 from rsretrieval.training import TrainConfig
 
@@ -66,7 +67,7 @@ cfg = setup(device=DEVICE, dataset=DATASET, data_dir=DATA_DIR, output_dir=OUTPUT
             pretrained=PRETRAINED, smoke=SMOKE, seed=SEED, notebook="02_full_vs_petl")
 methods = [m.strip() for m in METHODS.split(",") if m.strip()]
 seeds = [SEED + k for k in range(N_SEEDS)]
-splits = load_splits(cfg, DATASET)
+splits = load_splits(cfg, DATASET, **recipe_data_kwargs(RECIPE))
 train, val, test = splits["train"], splits["val"], splits["test"]
 max_steps = 1 if SMOKE else STEPS  # smoke runs only check that the pieces fit together
 print(cfg, f"\nmethods: {methods}\nseeds: {seeds}\n{train}\n{test}")
@@ -248,8 +249,8 @@ for method, loss in plan:
                            warmup_steps=0 if SMOKE else 10, seed=seed, device=str(cfg.device),
                            max_steps=max_steps, progress=False, weight_decay=0.05 if method == "full" else 0.0)
         label = method if loss == "infonce" else f"{method}+{loss}"
-        r = run_method(MODEL, cfg.pretrained, method, train, val, test, tcfg, loss=loss,
-                       run_dir=cfg.output_dir / "runs" / f"{label}-s{seed}")
+        r = run_method(MODEL, cfg.pretrained, method, train, val, test, **run_settings(RECIPE, tcfg, smoke=SMOKE),
+                       loss=loss, run_dir=cfg.output_dir / "runs" / f"{label}-s{seed}")
         r["label"] = label
         runs.append(r)
         print(f"{label:20s} seed {seed}: test mR {r['test']['mr']:6.2f}  ({r['seconds_per_epoch']:.0f} s/epoch)")

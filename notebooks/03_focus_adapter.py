@@ -44,6 +44,7 @@ STEPS = 40  # optimizer steps per run (None: EPOCHS full epochs); 40 x 64 pairs 
 N_SEEDS = 2
 OUTPUT_DIR = ""
 LR = 1e-3
+RECIPE = ""  # a recipe name (`python -m rsretrieval recipes list`): its settings replace EPOCHS, BATCH_SIZE, STEPS and the learning rates
 
 # %%
 # %matplotlib inline
@@ -58,13 +59,13 @@ from rsretrieval.methods import apply_method
 from rsretrieval.cmer import FocusPool, focus_mass_on_objects
 from rsretrieval.data.synthrs import object_masks
 from rsretrieval.models import create_model, print_trainable_parameters
-from rsretrieval.notebook import load_splits, record, setup
+from rsretrieval.notebook import load_splits, recipe_data_kwargs, record, run_settings, setup
 from rsretrieval.plots import plot_focus_maps
 from rsretrieval.training import TrainConfig
 
 cfg = setup(device=DEVICE, dataset=DATASET, data_dir=DATA_DIR, output_dir=OUTPUT_DIR, model=MODEL,
             pretrained=PRETRAINED, smoke=SMOKE, seed=SEED, notebook="03_focus_adapter")
-splits = load_splits(cfg, DATASET)
+splits = load_splits(cfg, DATASET, **recipe_data_kwargs(RECIPE))
 train, val, test = splits["train"], splits["val"], splits["test"]
 seeds = [SEED + k for k in range(N_SEEDS)]
 max_steps = 1 if SMOKE else STEPS  # smoke runs only check that the pieces fit together
@@ -221,7 +222,8 @@ for label, method, kwargs in [("focus_adapter", "focus_adapter", {}),
     for seed in seeds:
         tcfg = TrainConfig(epochs=EPOCHS, batch_size=BATCH_SIZE, lr=LR, warmup_steps=0 if SMOKE else 10,
                            weight_decay=0.0, seed=seed, device=str(cfg.device), max_steps=max_steps, progress=False)
-        r = run_method(MODEL, cfg.pretrained, method, train, val, test, tcfg, method_kwargs=kwargs,
+        r = run_method(MODEL, cfg.pretrained, method, train, val, test, **run_settings(RECIPE, tcfg, smoke=SMOKE),
+                       method_kwargs=kwargs,
                        run_dir=cfg.output_dir / "runs" / f"{label.replace(' ', '_')}-s{seed}")
         r["label"] = label
         runs.append(r)

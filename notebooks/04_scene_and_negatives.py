@@ -45,6 +45,7 @@ STEPS = 40  # optimizer steps per run (None: EPOCHS full epochs); 40 x 64 pairs 
 N_SEEDS = 3
 OUTPUT_DIR = ""
 LR = 1e-3
+RECIPE = ""  # a recipe name (`python -m rsretrieval recipes list`): its settings replace EPOCHS, BATCH_SIZE, STEPS and the learning rates
 QUEUE_SIZE = 512
 SWEEP_BATCH_SIZES = "16,64"
 SWEEP_QUEUE_SIZES = "128,2048"
@@ -59,12 +60,12 @@ from rsretrieval.cmer import effective_negatives, scene_caption, scene_protocols
 from rsretrieval.experiments import format_summary, run_method, summarize
 from rsretrieval.methods import load_method
 from rsretrieval.models import create_model
-from rsretrieval.notebook import load_splits, record, setup
+from rsretrieval.notebook import load_splits, recipe_data_kwargs, record, run_settings, setup
 from rsretrieval.training import TrainConfig
 
 cfg = setup(device=DEVICE, dataset=DATASET, data_dir=DATA_DIR, output_dir=OUTPUT_DIR, model=MODEL,
             pretrained=PRETRAINED, smoke=SMOKE, seed=SEED, notebook="04_scene_and_negatives")
-splits = load_splits(cfg, DATASET)
+splits = load_splits(cfg, DATASET, **recipe_data_kwargs(RECIPE))
 train, val, test = splits["train"], splits["val"], splits["test"]
 seeds = [SEED + k for k in range(N_SEEDS)]
 max_steps = 1 if SMOKE else STEPS  # smoke runs only check that the pieces fit together
@@ -78,7 +79,9 @@ def train_run(label, method="focus_adapter", loss="infonce", *, seed, batch_size
     steps = max_steps if max_steps is None or SMOKE else max(1, max_steps * BATCH_SIZE // batch_size)
     tcfg = TrainConfig(epochs=EPOCHS, batch_size=batch_size, lr=LR, warmup_steps=0 if SMOKE else 10,
                        weight_decay=0.0, seed=seed, device=str(cfg.device), max_steps=steps, progress=False)
-    r = run_method(MODEL, cfg.pretrained, method, train, val, test, tcfg, loss=loss, method_kwargs=method_kwargs,
+    r = run_method(MODEL, cfg.pretrained, method, train, val, test,
+                   **run_settings(RECIPE, tcfg, keep=("seed", "device", "progress", "batch_size"), smoke=SMOKE),
+                   loss=loss, method_kwargs=method_kwargs,
                    loss_kwargs=loss_kwargs, run_dir=cfg.output_dir / "runs" / f"{label}-b{batch_size}-s{seed}")
     r["label"] = label
     return r

@@ -223,12 +223,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
               f"written to the report beside {args.out or 'the shipped weights'}")
         return 0
     if args.variants:
-        from rsretrieval.pretrain import VARIANTS_FILE, pretrain_variants
+        from rsretrieval.pretrain import VARIANTS_FILE, format_variants, pretrain_variants, read_variants
 
         names = None if args.variants == ["all"] else args.variants
-        for row in pretrain_variants(names, out_dir=args.out, progress=args.progress is not False):
-            print(f"{row['name']:16s} zero-shot mR val {row['zero_shot_val_mr']:6.2f} test {row['zero_shot_test_mr']:6.2f}"
-                  f"  {row['minutes']:5.1f} min  {row['file_bytes'] / 1e6:4.1f} MB")
+        pretrain_variants(names, out_dir=args.out, progress=args.progress is not False)
+        print(format_variants(read_variants()))
         print(f"table written to {VARIANTS_FILE}")
         return 0
     cfg_fields = {f.name for f in fields(PretrainConfig)}

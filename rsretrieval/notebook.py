@@ -95,3 +95,26 @@ def load_splits(cfg: Setup, dataset: str, splits: tuple[str, ...] = ("train", "v
 
         generate_synthrs(cfg.data_dir, seed=0, **(SYNTHRS_SMOKE if cfg.smoke else SYNTHRS_DEFAULT))
     return {s: load_dataset(dataset, cfg.data_dir, s, **kwargs) for s in splits}
+
+
+def run_settings(recipe: str | None, config: Any, *, keep: tuple[str, ...] = ("seed", "device", "progress"),
+                 smoke: bool = False) -> dict[str, Any]:
+    """``run_method``'s settings for a notebook run: ``config`` itself, or, with a recipe, the recipe's
+    settings under the fields of ``config`` named in ``keep`` (and its ``max_steps`` in a smoke run).
+
+    Example: ``run_method(..., **run_settings(RECIPE, TrainConfig(epochs=EPOCHS, seed=seed)))``.
+    """
+    if not recipe:
+        return {"config": config}
+    fields = keep + (("max_steps",) if smoke else ())
+    return {"recipe": recipe, "config": {k: getattr(config, k) for k in fields}}
+
+
+def recipe_data_kwargs(recipe: str | None) -> dict[str, Any]:
+    """``load_splits`` keywords a recipe asks for (its validation share, e.g. PE-RSITR's 20%)."""
+    if not recipe:
+        return {}
+    from rsretrieval.recipes import read_recipe_file
+
+    share = read_recipe_file(recipe)["methods"].get("*", {}).get("val_fraction")
+    return {} if share is None else {"val_fraction": share}

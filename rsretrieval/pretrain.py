@@ -173,6 +173,27 @@ def pretrain_variants(names: list[str] | None = None, out_dir: str | Path | None
     return list(rows.values())
 
 
+def read_variants(path: str | Path | None = None) -> list[dict[str, Any]]:
+    """The rows of the variants table (:data:`VARIANTS_FILE`), in :data:`VARIANTS` order; [] before any run."""
+    import json
+
+    path = Path(path) if path else VARIANTS_FILE
+    rows = json.loads(path.read_text(encoding="utf-8"))["variants"] if path.is_file() else []
+    order = list(VARIANTS)
+    return sorted(rows, key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
+
+
+def format_variants(rows: list[dict[str, Any]]) -> str:
+    """The variants table as text: what each pretraining choice buys in zero-shot mR, and what it costs."""
+    head = f"{'variant':16s} {'changes':28s} {'val mR':>7s} {'test mR':>7s} {'minutes':>7s} {'MB':>5s}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        changes = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(the defaults: MiniCLIP 2)"
+        lines.append(f"{r['name']:16s} {changes:28s} {r['zero_shot_val_mr']:7.2f} {r['zero_shot_test_mr']:7.2f} "
+                     f"{r['minutes']:7.1f} {r['file_bytes'] / 1e6:5.1f}" + ("  (resumed)" if r["resumed"] else ""))
+    return "\n".join(lines)
+
+
 def _settings(config: dict[str, Any]) -> dict[str, Any]:
     """What decides a pretraining's result: its config without the display switch."""
     return {k: v for k, v in config.items() if k != "progress"}

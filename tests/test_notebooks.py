@@ -97,3 +97,17 @@ def test_notebook_runs(path: Path, tmp_path: Path):
     records = json.loads((tmp_path / path.stem / "records.json").read_text())
     assert records == result["records"]
     _check_records(path.stem, records)
+
+
+@pytest.mark.skipif(GPU, reason="a CPU smoke run")
+def test_notebook_takes_a_recipe_by_name(tmp_path: Path):
+    path = next(p for p in NOTEBOOKS if p.stem == "02_full_vs_petl")
+    params = {"SMOKE": True, "DEVICE": "cpu", "RECIPE": "pe-rsitr", "METHODS": "full,linear_probe,mrs_adapter"}
+    try:
+        run_notebook(path, tmp_path, params, cell_timeout=CELL_TIMEOUT, html=False)
+    except NotebookFailed as exc:
+        pytest.fail(str(exc), pytrace=False)
+    identities = [json.loads(p.read_text())["identity"] for p in (tmp_path / path.stem).rglob("results.json")]
+    assert identities and all(i["recipe"] == "pe-rsitr" for i in identities)
+    assert {i["config"]["optimizer"] for i in identities} == {"adam"}  # the recipe's, not the notebook's
+    assert {i["config"]["lr"] for i in identities} == {2e-4}

@@ -48,6 +48,9 @@ def test_variants_are_run_once_and_tabled_with_val_and_test(tmp_path, monkeypatc
         assert 0 <= row["zero_shot_val_mr"] <= 100 and 0 <= row["zero_shot_test_mr"] <= 100 and row["minutes"] > 0
     table = json.loads((tmp_path / "table.json").read_text())
     assert table["ties"] == "expected" and table["variants"] == rows
+    assert pretraining.read_variants(tmp_path / "table.json") == rows
+    text = pretraining.format_variants(rows)
+    assert len(text.splitlines()) == 2 + len(rows) and "source_domain=web" in text
     calls = []
     monkeypatch.setattr(pretraining, "pretrain", lambda *a, **k: calls.append(a))
     assert pretraining.pretrain_variants(["a"], out_dir=tmp_path / "variants", progress=False)[0] == rows[0]
