@@ -358,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="data_command", required=True)
     p = dsub.add_parser("synth", help="generate the offline SynthRS dataset")
     p.add_argument("--root", default=None, help="default: <data home>/synthrs (see rsretrieval.paths)")
-    p.add_argument("--domain", default="rs", choices=["rs", "source"])
+    p.add_argument("--domain", default="rs", choices=["rs", "source", "web"],
+                   help="rs: the top-down target domain; source, web: the pretraining domains of MiniCLIP 1 and 2")
     p.add_argument("--n-images", type=int, default=1500)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--seed", type=int, default=0)
