@@ -129,7 +129,8 @@ def build_zoo(only: list[str] | None = None, seeds: list[int] | None = None, out
         key = f"{config.slug}-s{seed}"
         bar.set_postfix_str(key)
         row = next((e for e in doc["entries"] if e["key"] == key), None)
-        if row is None or row["config"] != _plain(config) or not _file_ok(folder, row):
+        if row is None or row["config"] != _plain(config) or row.get("recipe_settings") != _recipe_of(
+                settings, config) or not _file_ok(folder, row):  # new, changed, re-swept or damaged
             row = _run_child(config, seed, folder, settings)
             doc["entries"] = [e for e in doc["entries"] if e["key"] != key] + [row]
             doc["entries"].sort(key=lambda e: (_order(configs, e["label"]), e["seed"]))
@@ -137,6 +138,15 @@ def build_zoo(only: list[str] | None = None, seeds: list[int] | None = None, out
         bar.update(1)
     bar.close()
     return doc
+
+
+def _recipe_of(settings: ZooSettings, config: ZooConfig) -> dict[str, Any] | None:
+    """The recipe's settings an entry trains with (a re-sweep that changes them makes the entry stale)."""
+    if not settings.recipe:
+        return None
+    from rsretrieval.recipes import load_recipe
+
+    return json.loads(json.dumps(load_recipe(settings.recipe, config.method).to_dict()))
 
 
 def _plain(config: ZooConfig) -> dict[str, Any]:
@@ -197,7 +207,8 @@ def train_entry(config: ZooConfig, seed: int, folder: Path, settings: ZooSetting
     command = ["python", "-m", "rsretrieval", "zoo", "build", "--only", config.label, "--seed", str(seed)]
     return {
         "key": key, "label": config.label, "method": config.method, "config": _plain(config),
-        "loss": result["loss"], "seed": seed, "recipe": settings.recipe, "best_epoch": result["best_epoch"],
+        "loss": result["loss"], "seed": seed, "recipe": settings.recipe,
+        "recipe_settings": _recipe_of(settings, config), "best_epoch": result["best_epoch"],
         "epochs_run": len(records), "val_mr": result["val_mr"], "test_mr": test["mr"], "test": test,
         "trainable": result["trainable"], "total": result["total"],
         "train_seconds": round(sum(r["seconds"] for r in records), 1),
