@@ -286,3 +286,17 @@ def test_fit_resume_restores_the_queue(colour_data, tiny_bundle, tmp_path):
     history = fit(model, tiny_bundle.tokenizer, colour_data, tiny_bundle.transform, cfg, task=second)
     assert history.records[-1]["updates"] == 6
     assert second.loss.image_queue.calls == 6 and second.loss.image_queue.valid == 16  # 2 restored + 4 new
+
+
+def test_queue_warmup_fills_the_queue_before_its_loss_counts():
+    loss = RecyclingLoss(queue_size=16, warmup_steps=2).train()
+    scale, ids = torch.tensor(10.0), torch.arange(4)
+    seen = []
+    for step in range(3):
+        img, txt = _batch(4, seed=step)
+        seen.append(float(loss(img, txt, scale, ids + 4 * step)["queue_loss"]))
+    assert seen[0] == 0.0 and seen[1] == 0.0 and seen[2] > 0  # steps 0 and 1 only fill the queue
+    assert loss.image_queue.valid == 12
+    assert float(loss.eval()(img, txt, scale, ids + 20)["queue_loss"]) > 0  # evaluation always counts it
+    with pytest.raises(ValueError, match="warmup_steps must be >= 0"):
+        RecyclingLoss(warmup_steps=-1)

@@ -54,6 +54,8 @@ class CMERConfig:
         "help": "w in L_batch + w * L_queue (0: no recycled negatives)"})
     max_age: int | None = field(default=None, metadata={
         "help": "leave out queue entries written more than this many steps ago (None: keep all)"})
+    queue_warmup: int = field(default=0, metadata={
+        "help": "training steps before the queue loss counts (the queue fills meanwhile)"})
     mask_same_image: bool = field(default=True, metadata={
         "help": "never count another caption of the same image as a negative"})
 
@@ -70,7 +72,7 @@ def _default_tokenizer(model: nn.Module) -> Callable[[list[str]], torch.Tensor]:
 
 
 def recycling_loss(model: nn.Module, *, queue_size: int = 512, weight: float = 1.0, max_age: int | None = None,
-                   dim: int | None = None, **infonce: Any) -> RecyclingLoss:
+                   warmup_steps: int = 0, dim: int | None = None, **infonce: Any) -> RecyclingLoss:
     """InfoNCE + two queues sized for ``model``: known up front, the queues are allocated at once, so
     DDP's buffer broadcast sees the real buffers (``dim`` is learnt from the first batch otherwise)."""
     if dim is None:
@@ -78,7 +80,8 @@ def recycling_loss(model: nn.Module, *, queue_size: int = 512, weight: float = 1
             dim = embed_dim(model)
         except TypeError:
             dim = None
-    return RecyclingLoss(InfoNCELoss(**infonce), queue_size=queue_size, dim=dim, weight=weight, max_age=max_age)
+    return RecyclingLoss(InfoNCELoss(**infonce), queue_size=queue_size, dim=dim, weight=weight, max_age=max_age,
+                         warmup_steps=warmup_steps)
 
 
 def cmer_task(model: nn.Module, train_data: CaptionDataset, config: CMERConfig | None = None, *,
@@ -92,7 +95,7 @@ def cmer_task(model: nn.Module, train_data: CaptionDataset, config: CMERConfig |
         raise ValueError("cmer needs the training split (the scene of every training image): "
                          "build_task('cmer', model, train)")
     loss = recycling_loss(model, queue_size=cfg.queue_size, weight=cfg.queue_weight, max_age=cfg.max_age,
-                          mask_same_image=cfg.mask_same_image)
+                          warmup_steps=cfg.queue_warmup, mask_same_image=cfg.mask_same_image)
     vocabulary = cfg.vocabulary if cfg.vocabulary is not None else vocabulary_of(train_data)
     return SceneAugmentedTask(model, loss, scenes=list(train_data.scenes),
                               tokenizer=tokenizer or _default_tokenizer(model), prob=cfg.scene_prob,
@@ -125,9 +128,9 @@ def _cmer_loss(model: nn.Module, train_data: CaptionDataset | None = None, *,
 
 def _recycling_loss(model: nn.Module, train_data: CaptionDataset | None = None, *, queue_size: int = 512,
                     weight: float = 1.0, dim: int | None = None, max_age: int | None = None,
-                    **kwargs: Any) -> Task:
+                    warmup_steps: int = 0, **kwargs: Any) -> Task:
     return ContrastiveTask(model, recycling_loss(model, queue_size=queue_size, weight=weight, max_age=max_age,
-                                                 dim=dim, **kwargs))
+                                                 warmup_steps=warmup_steps, dim=dim, **kwargs))
 
 
 register_loss("recycling", _recycling_loss,

@@ -207,6 +207,8 @@ class RecyclingLoss(nn.Module):
         mask_same_image: mask same-image queue entries (keep True; False only for ablations).
         max_age: if set, entries written more than ``max_age`` steps ago are left out (bounds the
             staleness independently of the pool size; :meth:`EmbeddingQueue.ages`).
+        warmup_steps: ``L_queue`` counts only from this training step on: the first steps fill the
+            queue with embeddings of a model that is still changing fast.
 
     Returns (forward):
         The base loss's dict (``contrastive_loss`` for InfoNCE) plus ``queue_loss``.
@@ -220,10 +222,14 @@ class RecyclingLoss(nn.Module):
         weight: float = 1.0,
         mask_same_image: bool = True,
         max_age: int | None = None,
+        warmup_steps: int = 0,
     ) -> None:
         super().__init__()
         if max_age is not None and max_age < 0:
             raise ValueError(f"max_age must be >= 0 or None, got {max_age}")
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        self.warmup_steps = warmup_steps
         self.base_loss = base_loss if base_loss is not None else InfoNCELoss()
         self.max_age = max_age
         self.image_queue = EmbeddingQueue(queue_size, dim)
@@ -280,7 +286,8 @@ class RecyclingLoss(nn.Module):
         """
         out = dict(self.base_loss(image_features, text_features, logit_scale, image_ids))
         queue = self.queue_loss(image_features, text_features, logit_scale, image_ids)
-        out["queue_loss"] = self.weight * queue
+        warming = self.training and int(self.image_queue.calls) < self.warmup_steps
+        out["queue_loss"] = (0.0 if warming else self.weight) * queue
         if self.training:
             ids = image_ids if image_ids is not None else torch.full((len(image_features),), -1)
             self.image_queue.enqueue(image_features, ids, scene_ids)
@@ -289,7 +296,7 @@ class RecyclingLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"queue_size={self.queue_size}, weight={self.weight}, "
-                f"mask_same_image={self.mask_same_image}, max_age={self.max_age}")
+                f"mask_same_image={self.mask_same_image}, max_age={self.max_age}, warmup_steps={self.warmup_steps}")
 
 
 def effective_negatives(batch_size: int, queue_size: int) -> int:

@@ -31,7 +31,7 @@ def base_train(method: str) -> dict[str, Any]:
 _PETL_LR = [3e-4, 1e-3, 3e-3]
 
 # The knobs of each method, in the order they are swept: "train.<TrainConfig field>",
-# "method.<method config field>" or "loss.<loss keyword>".
+# "method.<method config field>" or "loss.<loss keyword>" (cmer's: rsretrieval.cmer.CMERConfig's fields).
 SEARCH_SPACES: dict[str, dict[str, list[Any]]] = {
     "full": {"train.lr": [1e-5, 3e-5, 1e-4]},
     "linear_probe": {"train.lr": _PETL_LR},
@@ -46,7 +46,7 @@ SEARCH_SPACES: dict[str, dict[str, list[Any]]] = {
                       "method.focus_temperature": [0.1, 0.3, 1.0]},
     "cmer": {"train.lr": _PETL_LR, "method.gate_scale": [16.0, 64.0, 128.0, 256.0],
              "loss.queue_weight": [0.25, 0.5, 1.0], "loss.queue_size": [256, 512, 1024],
-             "loss.scene_prob": [0.0, 0.25, 0.5]},
+             "loss.queue_warmup": [0, 100], "loss.scene_prob": [0.0, 0.25, 0.5]},
 }
 
 
