@@ -76,6 +76,8 @@ def run_method(
 
     rank, world = init_distributed()  # under torchrun: one process per rank, rank 0 reports and writes
     config, loss, method_kwargs, loss_kwargs = _with_recipe(recipe, method, config, loss, method_kwargs, loss_kwargs)
+    if recipe is not None and rank == 0:
+        _warn_if_made_for_another_model(recipe, model, train.name)
     loss = loss or get_method(method).default_loss
     run_dir = Path(run_dir)
     cfg = replace(config, output_dir=str(run_dir))
@@ -147,6 +149,18 @@ def _with_recipe(recipe: str | None, method: str, config: TrainConfig | dict[str
     r = load_recipe(recipe, method)
     return (r.config(**(config or {})), loss or r.loss, {**r.method_kwargs, **(method_kwargs or {})},
             {**r.loss_kwargs, **(loss_kwargs or {})})
+
+
+def _warn_if_made_for_another_model(recipe: str, model: str, dataset: str) -> None:
+    import warnings
+
+    from rsretrieval.recipes import read_recipe_file
+
+    doc = read_recipe_file(recipe)
+    made_for = doc.get("model")
+    if made_for is not None and made_for != model:
+        warnings.warn(f"recipe {recipe!r} was chosen for {made_for} on {', '.join(doc.get('datasets', []))}; "
+                      f"this run trains {model} on {dataset}", UserWarning, stacklevel=3)
 
 
 def summarize(runs: list[dict[str, Any]], key: str = "mr", group: str = "method") -> list[dict[str, Any]]:

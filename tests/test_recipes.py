@@ -116,12 +116,12 @@ def test_sweep_reads_no_test_split_and_stores_a_recipe(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_run_method_takes_a_recipe_and_trains_without_val(tmp_path, monkeypatch, colour_data):
     monkeypatch.setattr(recipes, "RECIPE_DIR", tmp_path)
-    write_json(tmp_path / "mine.json", {"methods": {"*": {"train": {"lr": 1e-3, "batch_size": 8, "epochs": 2,
+    write_json(tmp_path / "mine.json", {"model": "mini", "datasets": ["synthrs"], "methods": {"*": {"train": {"lr": 1e-3, "batch_size": 8, "epochs": 2,
                                                                      "warmup_steps": 1}},
                                                     "adapter": {"method_kwargs": {"bottleneck": 3}}}})
-    out = run_method("tiny", None, "adapter", colour_data, None, colour_data, {"epochs": 1, "device": "cpu",
-                                                                                "progress": False},
-                     recipe="mine", run_dir=tmp_path / "run")
+    with pytest.warns(UserWarning, match="recipe 'mine' was chosen for mini on synthrs; this run trains tiny"):
+        out = run_method("tiny", None, "adapter", colour_data, None, colour_data,
+                         {"epochs": 1, "device": "cpu", "progress": False}, recipe="mine", run_dir=tmp_path / "run")
     identity = out["identity"]
     assert identity["recipe"] == "mine" and identity["selection"] == "last epoch"
     assert identity["config"]["lr"] == 1e-3 and identity["config"]["epochs"] == 1  # the dict overrides the recipe
