@@ -233,7 +233,8 @@ print(format_summary(table, group="label"))
 # %% [markdown]
 # Equal *steps* is one fair comparison; equal *time* is the one a user with a deadline cares
 # about. A side-branch step costs less than an MRS-Adapter step (no backward pass through the
-# backbone), so in MRS-Adapter's wall time the branch can take more steps. Measured here:
+# backbone; and `run_method` trains a side branch from the frozen-feature cache, notebook 05, so
+# not even a forward pass), so in MRS-Adapter's wall time the branch can take more steps. Measured here:
 
 # %%
 by_label = {r["label"]: r for r in table}

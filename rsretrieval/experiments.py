@@ -38,6 +38,7 @@ def run_method(
     run_dir: str | Path,
     per_scene: bool = False,
     verbose: bool = False,
+    cache_features: bool = True,
 ) -> dict[str, Any]:
     """Train ``method`` on ``train``, keep its best epoch on ``val``, score ``test`` once; the one pipeline
     behind ``python -m rsretrieval train``, the notebooks and the benchmark runs.
@@ -60,6 +61,9 @@ def run_method(
         run_dir: the run folder.
         per_scene: also score ``test`` per scene.
         verbose: print the trainable-parameter line (rank 0 only).
+        cache_features: a side branch (Focus-Adapter, CMER's branch) trained with a loss that reads
+            the frozen features as they are (``infonce``, ``recycling``) trains from the frozen-feature
+            cache (:mod:`rsretrieval.cmer.cache`), built once per backbone and split; False: from pixels.
 
     Returns:
         The ``results.json`` written to ``run_dir``: ``identity``, ``method``, ``loss``, ``seed``,
@@ -84,6 +88,7 @@ def run_method(
     identity = {"model": model, "pretrained": pretrained, "method": method, "loss": loss,
                 "method_kwargs": method_kwargs or {}, "loss_kwargs": loss_kwargs or {}, "config": asdict(cfg),
                 "train_images": train.num_images, "selection": "val" if val is not None else "last epoch",
+                "cached_features": cache_features and trains_from_cache(method, loss),
                 "recipe": recipe, "ties": DEFAULT_TIES, "results_version": RESULTS_VERSION}
     wanted = json.loads(json.dumps(identity))
     done, started = run_dir / "results.json", run_dir / "identity.json"
@@ -105,8 +110,14 @@ def run_method(
     trainable, total = count_parameters(net)
     if rank == 0 and verbose:
         print_trainable_parameters(net)
+    task = build_task(loss, net, train, **(loss_kwargs or {}))
+    if identity["cached_features"]:
+        from rsretrieval.cmer.cache import CachedSideBranchTask, build_cache
+
+        cache = build_cache(net.to(select_device(cfg.device)), train, bundle.transform, tokenizer, progress=False)
+        task = CachedSideBranchTask(net, cache, loss=task.loss)
     history = fit(net, tokenizer, train, bundle.transform, cfg, val_data=val, val_transform=bundle.transform,
-                  task=build_task(loss, net, train, **(loss_kwargs or {})))
+                  task=task)
     if rank != 0:
         return {"rank": rank}
     if val is None:  # no selection: the last epoch is the one kept
@@ -131,6 +142,17 @@ def run_method(
     }
     atomic_write_json(done, out, default=float)
     return json.loads(done.read_text())
+
+
+CACHEABLE_LOSSES = ("infonce", "recycling")  # losses of the frozen features as they are: no dropout, no rewriting
+
+
+def trains_from_cache(method: str, loss: str) -> bool:
+    """Whether ``run_method`` trains this method and loss from the frozen-feature cache."""
+    from rsretrieval.cmer.focus_adapter import FocusAdapterConfig
+    from rsretrieval.methods import get_method
+
+    return issubclass(get_method(method).config_cls, FocusAdapterConfig) and loss in CACHEABLE_LOSSES
 
 
 def _with_recipe(recipe: str | None, method: str, config: TrainConfig | dict[str, Any] | None, loss: str | None,

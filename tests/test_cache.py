@@ -191,3 +191,19 @@ def test_time_epochs_reports_both_runs(model, colour_data, tiny_bundle, cache_di
     assert out["speedup"] > 0 and out["cache_build_seconds"] > 0 and not out["cache_hit"]
     assert np.allclose(out["uncached_loss"], out["cached_loss"], atol=2e-3)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # trains copies only
+
+
+@pytest.mark.slow
+def test_run_method_trains_side_branches_from_the_cache(colour_data, tmp_path, monkeypatch):
+    from rsretrieval.experiments import run_method, trains_from_cache
+
+    monkeypatch.setenv("RSR_HOME", str(tmp_path / "home"))  # the cache goes there
+    assert trains_from_cache("focus_adapter", "recycling") and trains_from_cache("cmer", "infonce")
+    assert not trains_from_cache("cmer", "cmer") and not trains_from_cache("mrs_adapter", "infonce")
+    cfg = {"epochs": 1, "batch_size": 8, "lr": 1e-3, "warmup_steps": 1, "progress": False, "device": "cpu"}
+    runs = {cached: run_method("tiny", None, "focus_adapter", colour_data, colour_data, colour_data, cfg,
+                               run_dir=tmp_path / f"run-{cached}", cache_features=cached) for cached in (True, False)}
+    assert runs[True]["identity"]["cached_features"] and not runs[False]["identity"]["cached_features"]
+    assert any((tmp_path / "home" / "cache").iterdir())
+    losses = [runs[c]["history"]["records"][0]["train_loss"] for c in (True, False)]
+    assert losses[0] == pytest.approx(losses[1], abs=2e-3)  # the same training, up to the fp16 cache
