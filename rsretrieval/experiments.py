@@ -61,9 +61,10 @@ def run_method(
         run_dir: the run folder.
         per_scene: also score ``test`` per scene.
         verbose: print the trainable-parameter line (rank 0 only).
-        cache_features: a side branch (Focus-Adapter, CMER's branch) trained with a loss that reads
-            the frozen features as they are (``infonce``, ``recycling``) trains from the frozen-feature
-            cache (:mod:`rsretrieval.cmer.cache`), built once per backbone and split; False: from pixels.
+        cache_features: a side branch (Focus-Adapter, CMER's branch) trains from the frozen-feature
+            cache (:mod:`rsretrieval.cmer.cache`, built once per backbone and split): images and
+            captions with ``infonce`` and ``recycling``, images only with ``cmer`` (which rewrites
+            captions). False: from pixels and tokens.
 
     Returns:
         The ``results.json`` written to ``run_dir``: ``identity``, ``method``, ``loss``, ``seed``,
@@ -88,7 +89,7 @@ def run_method(
     identity = {"model": model, "pretrained": pretrained, "method": method, "loss": loss,
                 "method_kwargs": method_kwargs or {}, "loss_kwargs": loss_kwargs or {}, "config": asdict(cfg),
                 "train_images": train.num_images, "selection": "val" if val is not None else "last epoch",
-                "cached_features": cache_features and trains_from_cache(method, loss),
+                "cached_features": trains_from_cache(method, loss) if cache_features else False,
                 "recipe": recipe, "ties": DEFAULT_TIES, "results_version": RESULTS_VERSION}
     wanted = json.loads(json.dumps(identity))
     done, started = run_dir / "results.json", run_dir / "identity.json"
@@ -115,7 +116,8 @@ def run_method(
         from rsretrieval.cmer.cache import CachedSideBranchTask, build_cache
 
         cache = build_cache(net.to(select_device(cfg.device)), train, bundle.transform, tokenizer, progress=False)
-        task = CachedSideBranchTask(net, cache, loss=task.loss)
+        task = CachedSideBranchTask(net, cache, loss=task.loss) if identity["cached_features"] is True \
+            else task.read_images_from(cache)
     history = fit(net, tokenizer, train, bundle.transform, cfg, val_data=val, val_transform=bundle.transform,
                   task=task)
     if rank != 0:
@@ -145,14 +147,19 @@ def run_method(
 
 
 CACHEABLE_LOSSES = ("infonce", "recycling")  # losses of the frozen features as they are: no dropout, no rewriting
+IMAGE_CACHEABLE_LOSSES = ("cmer",)  # captions rewritten (scene prefixes): only the images' features are fixed
 
 
-def trains_from_cache(method: str, loss: str) -> bool:
-    """Whether ``run_method`` trains this method and loss from the frozen-feature cache."""
+def trains_from_cache(method: str, loss: str) -> bool | str:
+    """How ``run_method`` trains this method and loss from the frozen-feature cache: True (images and
+    captions), ``"images"`` (images only), or False (not at all: not a side branch, or a loss that
+    changes what the backbone reads)."""
     from rsretrieval.cmer.focus_adapter import FocusAdapterConfig
     from rsretrieval.methods import get_method
 
-    return issubclass(get_method(method).config_cls, FocusAdapterConfig) and loss in CACHEABLE_LOSSES
+    if not issubclass(get_method(method).config_cls, FocusAdapterConfig):
+        return False
+    return True if loss in CACHEABLE_LOSSES else "images" if loss in IMAGE_CACHEABLE_LOSSES else False
 
 
 def _with_recipe(recipe: str | None, method: str, config: TrainConfig | dict[str, Any] | None, loss: str | None,

@@ -199,7 +199,7 @@ def test_run_method_trains_side_branches_from_the_cache(colour_data, tmp_path, m
 
     monkeypatch.setenv("RSR_HOME", str(tmp_path / "home"))  # the cache goes there
     assert trains_from_cache("focus_adapter", "recycling") and trains_from_cache("cmer", "infonce")
-    assert not trains_from_cache("cmer", "cmer") and not trains_from_cache("mrs_adapter", "infonce")
+    assert trains_from_cache("cmer", "cmer") == "images" and not trains_from_cache("mrs_adapter", "infonce")
     cfg = {"epochs": 1, "batch_size": 8, "lr": 1e-3, "warmup_steps": 1, "progress": False, "device": "cpu"}
     runs = {cached: run_method("tiny", None, "focus_adapter", colour_data, colour_data, colour_data, cfg,
                                run_dir=tmp_path / f"run-{cached}", cache_features=cached) for cached in (True, False)}
@@ -207,3 +207,18 @@ def test_run_method_trains_side_branches_from_the_cache(colour_data, tmp_path, m
     assert any((tmp_path / "home" / "cache").iterdir())
     losses = [runs[c]["history"]["records"][0]["train_loss"] for c in (True, False)]
     assert losses[0] == pytest.approx(losses[1], abs=2e-3)  # the same training, up to the fp16 cache
+
+
+@pytest.mark.slow
+def test_scene_captions_read_only_the_images_from_the_cache(colour_data, tmp_path, monkeypatch):
+    from rsretrieval.experiments import run_method, trains_from_cache
+
+    monkeypatch.setenv("RSR_HOME", str(tmp_path / "home"))
+    assert trains_from_cache("cmer", "cmer") == "images"
+    cfg = {"epochs": 1, "batch_size": 8, "lr": 1e-3, "warmup_steps": 1, "progress": False, "device": "cpu"}
+    runs = {cached: run_method("tiny", None, "cmer", colour_data, colour_data, colour_data, cfg,
+                               loss_kwargs={"scene_prob": 1.0, "queue_size": 16}, run_dir=tmp_path / f"run-{cached}",
+                               cache_features=cached) for cached in (True, False)}
+    assert runs[True]["identity"]["cached_features"] == "images"
+    losses = [runs[c]["history"]["records"][0]["train_loss"] for c in (True, False)]
+    assert losses[0] == pytest.approx(losses[1], abs=2e-3)

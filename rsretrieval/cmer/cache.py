@@ -369,6 +369,25 @@ def clear_cache(cache_dir: str | Path | None = None, keep: Sequence[str] = ()) -
 
 # ----------------------------------------------------------------------------- training from the cache
 
+def check_cache_fits(model: nn.Module, cache: FeatureCache) -> None:
+    """Raise ``ValueError`` unless ``cache`` was built from ``model``'s frozen weights and tapped layers."""
+    layers = _tapped_layers(model)
+    if {k: tuple(v) for k, v in layers.items()} != cache.layers:
+        raise ValueError(f"the cache holds layers {cache.layers}, the model taps {layers}: build the "
+                         "cache with this model")
+    if cache.meta["parts"]["weights"] != frozen_weights_digest(model):
+        raise ValueError("the cache was built from other frozen weights than this model's: rebuild it "
+                         "with build_cache(model, ...)")
+
+
+def cached_image_features(model: nn.Module, cache: FeatureCache, image_ids: torch.Tensor) -> torch.Tensor:
+    """[B, E] L2-normalised side-branch image embeddings of training images, read from the cache."""
+    if len(image_ids) and int(image_ids.max()) >= cache.num_images:
+        raise IndexError(f"image ids beyond the cache's {cache.num_images} images: was it built on another split?")
+    emb, taps = cache.image_features(image_ids, model.logit_scale.device)
+    return F.normalize(model.branch_image(emb, taps), dim=-1)
+
+
 class CachedSideBranchTask(Task):
     """Model + cache + loss: trains a side branch from cached frozen features, with ``fit``.
 
@@ -390,13 +409,7 @@ class CachedSideBranchTask(Task):
     inputs = Inputs(pixels=False, tokens=False)
 
     def __init__(self, model: nn.Module, cache: FeatureCache, loss: nn.Module | None = None) -> None:
-        layers = _tapped_layers(model)
-        if {k: tuple(v) for k, v in layers.items()} != cache.layers:
-            raise ValueError(f"the cache holds layers {cache.layers}, the model taps {layers}: build the "
-                             "cache with this model")
-        if cache.meta["parts"]["weights"] != frozen_weights_digest(model):
-            raise ValueError("the cache was built from other frozen weights than this model's: rebuild it "
-                             "with build_cache(model, ...)")
+        check_cache_fits(model, cache)
         super().__init__(model, loss if loss is not None else InfoNCELoss())
         self.cache = cache
 

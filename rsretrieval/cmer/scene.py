@@ -20,6 +20,7 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from rsretrieval.data.dataset import CaptionDataset, normalize_scene
 from rsretrieval.evaluation.metrics import retrieval_metrics
 from rsretrieval.cmer.recycling import RecyclingLoss
 from rsretrieval.models.utils import encode_pair, logit_scale
-from rsretrieval.training.tasks import Batch, ContrastiveTask
+from rsretrieval.training.tasks import Batch, ContrastiveTask, Inputs
 
 __all__ = [
     "DEFAULT_TEMPLATES",
@@ -342,6 +343,7 @@ class SceneAugmentedTask(ContrastiveTask):
         prompts = [scene_template.format(with_article(scene_phrases(s, vocabulary)[0]))
                    for s in self.scene_names]
         self.register_buffer("prompt_tokens", tokenizer(prompts), persistent=False)  # [S, L]
+        self.image_cache: Any = None  # a FeatureCache once read_images_from is called
 
     def scene_loss(self, image_features: torch.Tensor, text_features: torch.Tensor,
                    logit_scale: torch.Tensor, scene_ids: torch.Tensor) -> torch.Tensor:
@@ -377,9 +379,25 @@ class SceneAugmentedTask(ContrastiveTask):
                                captions[r])
         return out
 
+    def read_images_from(self, cache: Any) -> SceneAugmentedTask:
+        """Read a side branch's image features from its frozen-feature cache (:mod:`rsretrieval.cmer.cache`)
+        instead of running the image tower: captions are rewritten, so only images can be cached."""
+        from rsretrieval.cmer.cache import check_cache_fits
+
+        check_cache_fits(self.model, cache)
+        self.image_cache = cache
+        self.inputs = Inputs(pixels=False, tokens=True)
+        return self
+
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         scene = self.scenes_of(batch.image_ids)  # [B], -1 = unknown
-        img, txt = encode_pair(self.model, batch.pixels, batch.tokens)
+        if self.image_cache is not None:
+            from rsretrieval.cmer.cache import cached_image_features
+
+            img = cached_image_features(self.model, self.image_cache, batch.image_ids)
+            txt = self.model.encode_text(batch.tokens, normalize=True)
+        else:
+            img, txt = encode_pair(self.model, batch.pixels, batch.tokens)
         scale = logit_scale(self.model)
         if isinstance(self.loss, RecyclingLoss):
             out = dict(self.loss(img, txt, scale, batch.image_ids, scene_ids=scene))
