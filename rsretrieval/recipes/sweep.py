@@ -2,7 +2,8 @@
 
 A coordinate search, as one tunes by hand but written down: the method's knobs are swept one
 after the other (learning rate first), each over a few values with the earlier knobs at their
-best so far and the later ones at their defaults; every point trains with early stopping on
+best so far and the later ones at their defaults (a learning rate best at the edge of its grid is
+tried further out, up to twice); every point trains with early stopping on
 validation (``patience``), so the number of epochs is chosen too. Only ``train`` and ``val`` are
 ever loaded: no test score can reach a choice.
 """
@@ -105,22 +106,29 @@ def sweep(
     total = sum(len(values) for values in space.values())
     bar = tqdm(total=total, desc=f"sweep {method}", disable=not progress)
     for knob, values in space.items():
-        stage = []
-        for value in values:
-            settings = {**chosen, knob: value}
-            train_kw, method_kw, loss_kw = _split(settings)
-            result = run_method(model, pretrained, method, train, val, None, {**base, **train_kw, "device": device,
-                                                                                "progress": False},
-                                loss=loss, method_kwargs=method_kw, loss_kwargs=loss_kw,
-                                run_dir=folder / _slug(settings))
-            point = {"settings": settings, "val_mr": result["val_mr"], "best_epoch": result["best_epoch"],
-                     "epochs_run": len(result["history"]["records"]),
-                     "train_seconds": sum(r["seconds"] for r in result["history"]["records"])}
-            stage.append(point)
-            bar.update(1)
-            bar.set_postfix({knob.split(".", 1)[1]: value, "val_mr": f"{point['val_mr']:.2f}"})
+        stage: list[dict[str, Any]] = []
+        values = list(values)
+        while True:
+            for value in values[len(stage):]:
+                settings = {**chosen, knob: value}
+                train_kw, method_kw, loss_kw = _split(settings)
+                result = run_method(model, pretrained, method, train, val, None,
+                                    {**base, **train_kw, "device": device, "progress": False},
+                                    loss=loss, method_kwargs=method_kw, loss_kwargs=loss_kw,
+                                    run_dir=folder / _slug(settings))
+                stage.append({"settings": settings, "val_mr": result["val_mr"], "best_epoch": result["best_epoch"],
+                              "epochs_run": len(result["history"]["records"]),
+                              "train_seconds": sum(r["seconds"] for r in result["history"]["records"])})
+                bar.update(1)
+                bar.set_postfix({knob.split(".", 1)[1]: value, "val_mr": f"{stage[-1]['val_mr']:.2f}"})
+            further = _beyond_the_edge(knob, values, max(stage, key=lambda p: p["val_mr"])["settings"][knob],
+                                       len(values) - len(space[knob]))
+            if further is None:
+                break
+            values.append(further)
+            bar.total += 1
         points += stage
-        chosen = max(stage, key=lambda p: p["val_mr"])["settings"]  # ties: the first (the smaller value)
+        chosen = max(stage, key=lambda p: p["val_mr"])["settings"]  # ties: the first tried
     bar.close()
 
     train_kw, method_kw, loss_kw = _split(chosen)
@@ -131,6 +139,21 @@ def sweep(
                        "best_epoch": best["best_epoch"]}}
     _store(Path(recipe_file) if recipe_file else recipe_path(name), name, model, pretrained, dataset, method, entry)
     return entry
+
+
+EDGE_STEP = 3.0  # a learning rate best at the edge of its grid is tried this factor further out
+MAX_EXTENSIONS = 2
+
+
+def _beyond_the_edge(knob: str, values: list[Any], best: Any, extended: int) -> Any | None:
+    """The next learning rate to try when the best one lies at the edge of those tried, else None."""
+    if knob != "train.lr" or extended >= MAX_EXTENSIONS:
+        return None
+    if best == max(values):
+        return float(f"{best * EDGE_STEP:.3g}")
+    if best == min(values):
+        return float(f"{best / EDGE_STEP:.3g}")
+    return None
 
 
 def _split(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
