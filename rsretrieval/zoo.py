@@ -192,8 +192,7 @@ def train_entry(config: ZooConfig, seed: int, folder: Path, settings: ZooSetting
     key = f"{config.slug}-s{seed}"
     splits = [load_dataset(settings.dataset, settings.root, s) for s in ("train", "val", "test")]
     overrides = {**config.train, "seed": seed, "device": settings.device, "progress": False}
-    result = run_method(settings.model, settings.pretrained, config.method, *splits,
-                        overrides if settings.recipe else _no_recipe(overrides), recipe=settings.recipe,
+    result = run_method(settings.model, settings.pretrained, config.method, *splits, overrides, recipe=settings.recipe,
                         loss=config.loss, method_kwargs=config.method_kwargs, loss_kwargs=config.loss_kwargs,
                         run_dir=folder / "runs" / key)
     target = folder / "files" / f"{key}.pt"
@@ -218,12 +217,6 @@ def train_entry(config: ZooConfig, seed: int, folder: Path, settings: ZooSetting
         "history": [{k: r.get(k) for k in ("epoch", "train_loss", "val_mr", "lr")} for r in records],
         "library_version": rsretrieval.__version__, "command": shlex.join(command + _settings_args(settings)),
     }
-
-
-def _no_recipe(overrides: dict[str, Any]):
-    from rsretrieval.training import TrainConfig
-
-    return TrainConfig(**overrides)
 
 
 def _settings_args(settings: ZooSettings) -> list[str]:
