@@ -84,7 +84,7 @@ if MODEL == "mini" and cfg.pretrained == "synthrs":
 
     report = json.loads(local_pretrained_path("mini", "synthrs").with_suffix(".json").read_text())
     print(f"MiniCLIP was pretrained on {report['images']} {report['config']['source_domain']}-domain images "
-          f"({report['pairs']} pairs) in {report['train_seconds'] / 60:.1f} minutes.")
+          f"({report['pairs']} pairs), {report['config']['epochs']} epochs.")
 
 # %% [markdown]
 # What made it worth transferring? Each row below pretrains MiniCLIP from nothing, on 2 CPU cores,
@@ -100,6 +100,12 @@ by_name = {r["name"]: r for r in variants}
 if variants:
     chosen = max((r for r in variants if r["minutes"] <= 20), key=lambda r: r["zero_shot_val_mr"])
     print(f"highest val mR within 20 minutes: {chosen['name']} ({chosen['zero_shot_val_mr']:.2f})")
+if "web" in by_name and MODEL == "mini" and cfg.pretrained == "synthrs":
+    same = by_name["web"]["file_sha256"] == report["file_sha256"]
+    print(f"the shipped file and the table's run of the same settings (from nothing, in another folder) are "
+          f"{'the same file, bit for bit' if same else 'different files'}; their wall times were "
+          f"{report['total_seconds'] / 60:.1f} and {by_name['web']['minutes']:.1f} minutes (the time depends "
+          f"on what else the machine does, the weights do not)")
 if {"web", "source"} <= set(by_name):
     gain = by_name["web"]["zero_shot_test_mr"] - by_name["source"]["zero_shot_test_mr"]
     print(f"aerial web photos in the pretraining data: {gain:+.2f} test mR over object photos alone")
