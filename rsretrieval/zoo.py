@@ -192,15 +192,17 @@ def train_entry(config: ZooConfig, seed: int, folder: Path, settings: ZooSetting
     key = f"{config.slug}-s{seed}"
     splits = [load_dataset(settings.dataset, settings.root, s) for s in ("train", "val", "test")]
     overrides = {**config.train, "seed": seed, "device": settings.device, "progress": False}
-    result = run_method(settings.model, settings.pretrained, config.method, *splits, overrides, recipe=settings.recipe,
+    full = config.method == "full"  # scored on test as stored (compact float16), not before
+    result = run_method(settings.model, settings.pretrained, config.method, splits[0], splits[1],
+                        None if full else splits[2], overrides, recipe=settings.recipe,
                         loss=config.loss, method_kwargs=config.method_kwargs, loss_kwargs=config.loss_kwargs,
                         run_dir=folder / "runs" / key)
     target = folder / "files" / f"{key}.pt"
     target.parent.mkdir(parents=True, exist_ok=True)
-    test = result["test"]
-    if config.method == "full":  # the whole model: compact float16, scored again as stored
+    if full:
         test = _save_full(result, settings, splits, target)
     else:
+        test = result["test"]
         shutil.copyfile(result["method_file"], target)
     records = result["history"]["records"]
     command = ["python", "-m", "rsretrieval", "zoo", "build", "--only", config.label, "--seed", str(seed)]
@@ -230,7 +232,8 @@ def _settings_args(settings: ZooSettings) -> list[str]:
 
 
 def _save_full(result: dict[str, Any], settings: ZooSettings, splits: list, target: Path) -> dict[str, float]:
-    """A full fine-tune's best weights as a compact file, and the test metrics of the file as stored."""
+    """A full fine-tune's best weights as a compact file, and the test metrics of the file as stored
+    (the only time this entry meets the test split)."""
     import torch
 
     from rsretrieval.evaluation import evaluate
