@@ -104,6 +104,9 @@ def test_sweep_reads_no_test_split_and_stores_a_recipe(tmp_path, monkeypatch):
     assert [p["settings"]["method.bottleneck"] for p in rest] == [2, 4]  # the second knob, lr fixed
     assert all(p["settings"]["train.lr"] == lr_best for p in rest)
     assert entry["sweep"]["chosen"] == max(rest, key=lambda p: p["val_mr"])["settings"]
+    # bottleneck 2 is the adapter's default: that point is the lr stage's best, read back, not trained again
+    assert rest[0]["val_mr"] == max(p["val_mr"] for p in lr_stage)
+    assert len(list((tmp_path / "runs").glob("*/results.json"))) == len(lr_stage) + 1
     for results in (tmp_path / "runs").glob("*/results.json"):
         assert json.loads(results.read_text())["test"] is None  # nothing was scored on test
 

@@ -101,6 +101,7 @@ def sweep(
     train = load_dataset(dataset, root, "train")
     val = load_dataset(dataset, root, "val")
 
+    defaults = _defaults(method, loss, list(space))
     points: list[dict[str, Any]] = []
     chosen: dict[str, Any] = {}
     total = sum(len(values) for values in space.values())
@@ -111,11 +112,14 @@ def sweep(
         while True:
             for value in values[len(stage):]:
                 settings = {**chosen, knob: value}
-                train_kw, method_kw, loss_kw = _split(settings)
+                # a knob at its default is left out of the run, so a point that repeats an earlier one
+                # (the default of the next knob) is read back instead of trained again
+                run = {k: v for k, v in settings.items() if k.startswith("train.") or v != defaults.get(k, _NONE)}
+                train_kw, method_kw, loss_kw = _split(run)
                 result = run_method(model, pretrained, method, train, val, None,
                                     {**base, **train_kw, "device": device, "progress": False},
                                     loss=loss, method_kwargs=method_kw, loss_kwargs=loss_kw,
-                                    run_dir=folder / _slug(settings))
+                                    run_dir=folder / _slug(run))
                 stage.append({"settings": settings, "val_mr": result["val_mr"], "best_epoch": result["best_epoch"],
                               "epochs_run": len(result["history"]["records"]),
                               "train_seconds": sum(r["seconds"] for r in result["history"]["records"])})
@@ -139,6 +143,36 @@ def sweep(
                        "best_epoch": best["best_epoch"]}}
     _store(Path(recipe_file) if recipe_file else recipe_path(name), name, model, pretrained, dataset, method, entry)
     return entry
+
+
+_NONE = object()
+
+
+def _defaults(method: str, loss: str | None, knobs: list[str]) -> dict[str, Any]:
+    """The default value of each method and loss knob (where it can be read), e.g. ``method.gate_scale``: 64."""
+    import dataclasses
+    import inspect
+
+    from rsretrieval.cmer import CMERConfig
+    from rsretrieval.methods import get_method
+    from rsretrieval.training.tasks import _registry
+
+    spec = get_method(method)
+    loss = loss or spec.default_loss
+    method_defaults = {f.name: f.default for f in dataclasses.fields(spec.config_cls)
+                       if f.default is not dataclasses.MISSING}
+    if loss == "cmer":
+        loss_defaults = {f.name: f.default for f in dataclasses.fields(CMERConfig) if f.default is not dataclasses.MISSING}
+    else:
+        params = inspect.signature(_registry()[loss].build).parameters.values()
+        loss_defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    out = {}
+    for knob in knobs:
+        group, key = knob.split(".", 1)
+        table = method_defaults if group == "method" else loss_defaults if group == "loss" else {}
+        if key in table:
+            out[knob] = table[key]
+    return out
 
 
 EDGE_STEP = 3.0  # a learning rate best at the edge of its grid is tried this factor further out
