@@ -245,7 +245,9 @@ def _save_full(result: dict[str, Any], settings: ZooSettings, splits: list, targ
     load_best(bundle.model, Path(result["method_file"]).parent)
     captions = [c for data in splits for c in data.captions]
     used = torch.unique(torch.cat([bundle.tokenizer(captions).flatten(), _pretrained_rows(settings)]))
-    save_compact(bundle.model, target, used, arch=settings.model, meta={"zoo": result["identity"]})
+    identity = {**result["identity"], "config": {k: v for k, v in result["identity"]["config"].items()
+                                                 if k != "output_dir"}}  # no path: the same bytes in any folder
+    save_compact(bundle.model, target, used, arch=settings.model, meta={"zoo": identity})
     stored = create_model(settings.model, None)
     load_compact(stored.model, target, arch=settings.model)
     return evaluate(stored.model, splits[2], transform=stored.transform, tokenizer=stored.tokenizer,
@@ -256,13 +258,14 @@ def _pretrained_rows(settings: ZooSettings):
     """The token rows the base weights were pretrained on (kept as well), when they are a compact file."""
     import torch
 
-    from rsretrieval.models.compact import is_compact
+    from rsretrieval.models.compact import FORMAT as COMPACT_FORMAT
     from rsretrieval.models.factory import local_pretrained_path
 
     path = local_pretrained_path(settings.model, settings.pretrained) if settings.pretrained else None
-    if path is None or not is_compact(path):
+    blob = torch.load(path, map_location="cpu", weights_only=True) if path is not None and path.is_file() else None
+    if not isinstance(blob, dict) or blob.get("format") != COMPACT_FORMAT:
         return torch.empty(0, dtype=torch.long)
-    return torch.load(path, map_location="cpu", weights_only=True)["payload"]["token_rows"].long()
+    return blob["payload"]["token_rows"].long()
 
 
 def load_zoo(folder: str | Path | None = None) -> dict[str, Any]:
