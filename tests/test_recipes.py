@@ -113,6 +113,7 @@ def test_sweep_reads_no_test_split_and_stores_a_recipe(tmp_path, monkeypatch):
     r = load_recipe("tiny-karpathy", "adapter")  # the stored recipe, read back by name
     assert r.train["lr"] == entry["train"]["lr"] and r.method_kwargs == entry["method_kwargs"]
     assert r.sweep["selected_on"] == "val"
+    assert r.train["epochs"] == entry["sweep"]["best_epoch"] <= base["epochs"]  # where early stopping peaked
 
     # Resumable: a second sweep reads every point back instead of training it.
     import rsretrieval.training as training
