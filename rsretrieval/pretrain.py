@@ -130,6 +130,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "web-half-data": {"n_images": 4500},  # what the data's size buys (half the images, half the steps)
     "web-1-epoch": {"epochs": 1},  # the same steps as half the data, on twice the distinct images
     "web-3-epochs": {"epochs": 3},  # what training longer buys
+    "web-2-layers": {"model": "mini-2-layers"},  # what depth buys: 2 transformer layers a tower, not 4
+    "web-width-128": {"model": "mini-width-128"},  # what width buys: 128 channels, not 192
 }
 VARIANTS_FILE = Path(__file__).parent / "models" / "weights" / "pretrain-variants.json"
 

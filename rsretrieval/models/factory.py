@@ -1,7 +1,8 @@
 """One factory over open_clip: architecture names, pretrained weights and transforms.
 
 Two registries, kept apart as in open_clip: architectures are JSON files (open_clip's own plus
-ours in ``configs/``: ``tiny`` for tests, ``mini`` for the offline course), and weights are a
+ours in ``configs/``: ``tiny`` for tests, ``mini`` for the offline course, and two narrower or
+shallower minis that pretraining's variants compare), and weights are a
 tag (``openai``, ``laion2b_s34b_b79k``, ...), a local file, or one of our shipped checkpoints.
 """
 
