@@ -204,9 +204,32 @@ def summarize(runs: list[dict[str, Any]], key: str = "mr", group: str = "method"
             group: name, "n": len(rs), "trainable": rs[0]["trainable"], "total": rs[0]["total"],
             f"{key}_mean": statistics.mean(values), f"{key}_std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "seconds_per_epoch": statistics.mean(r["seconds_per_epoch"] for r in rs),
-            "samples_per_s": statistics.mean(r["samples_per_s"] for r in rs),
+            **({"samples_per_s": statistics.mean(r["samples_per_s"] for r in rs)}
+               if all("samples_per_s" in r for r in rs) else {}),
+            "values": values,
         })
     return rows
+
+
+def compare(a: dict[str, Any], b: dict[str, Any], key: str = "mr", group: str = "method", unit: str = "mR") -> str:
+    """One sentence comparing two :func:`summarize` rows, from their numbers: who leads by how much, or
+    that the difference is within noise.
+
+    The noise is the seeds' spread of a difference, sqrt(std_a² + std_b²); a difference no larger
+    than it is called within noise (with one seed each there is no spread, and the sentence says so).
+    """
+    delta = a[f"{key}_mean"] - b[f"{key}_mean"]
+    noise = (a[f"{key}_std"] ** 2 + b[f"{key}_std"] ** 2) ** 0.5
+    seeds = f"{a['n']} and {b['n']} seeds" if a["n"] != b["n"] else f"{a['n']} seeds each"
+    if min(a["n"], b["n"]) < 2:
+        lead, trail = (a, b) if delta >= 0 else (b, a)
+        return (f"{lead[group]} leads {trail[group]} by {abs(delta):.2f} {unit} ({seeds}: no spread to judge "
+                "noise by)")
+    if abs(delta) <= noise:
+        return (f"{a[group]} and {b[group]} are within noise: they differ by {delta:+.2f} {unit}, no more than "
+                f"the seeds' spread ({noise:.2f}; {seeds})")
+    lead, trail = (a, b) if delta > 0 else (b, a)
+    return f"{lead[group]} leads {trail[group]} by {abs(delta):.2f} ± {noise:.2f} {unit} ({seeds})"
 
 
 def format_summary(rows: list[dict[str, Any]], key: str = "mr", group: str = "method",

@@ -268,6 +268,71 @@ def _pretrained_rows(settings: ZooSettings):
     return blob["payload"]["token_rows"].long()
 
 
+def find_zoo(settings: ZooSettings, folder: str | Path | None = None) -> dict[str, Any] | None:
+    """The zoo in ``folder`` (default :func:`zoo_dir`) if it was built with exactly ``settings``, else None."""
+    index = Path(folder or zoo_dir(settings.model, settings.dataset)) / "zoo.json"
+    if not index.is_file():
+        return None
+    doc = json.loads(index.read_text(encoding="utf-8"))
+    return doc if doc.get("settings") == json.loads(json.dumps(asdict(settings))) else None
+
+
+def entry_model(row: dict[str, Any], folder: str | Path, settings: ZooSettings):
+    """The trained model of one entry, as stored: a ``ModelBundle`` whose ``model`` carries the method.
+
+    A full fine-tune is its compact file; any other method is injected into the base model and
+    loaded from its method file (which checks that the base is the one it was trained on).
+    """
+    from dataclasses import replace as _replace
+
+    from rsretrieval.methods import load_method, wrap_tokenizer
+    from rsretrieval.models import create_model, seed_everything
+    from rsretrieval.models.compact import load_compact
+
+    seed_everything(row["seed"])  # random base weights (no `pretrained`) are the run's seed's
+    path = Path(folder) / row["file"]
+    if row["method"] == "full":
+        bundle = create_model(settings.model, None)
+        load_compact(bundle.model, path, arch=settings.model)
+        return bundle
+    bundle = create_model(settings.model, settings.pretrained)
+    net = load_method(bundle.model, path, base_name=bundle.name)
+    return _replace(bundle, model=net, tokenizer=wrap_tokenizer(net, bundle.tokenizer))
+
+
+def evaluate_zoo(doc: dict[str, Any], folder: str | Path, test, *, labels: list[str] | None = None,
+                 device: str = "cpu", progress: bool = True) -> list[dict[str, Any]]:
+    """Score every entry (of ``labels``, default all) live on ``test``, from its stored file.
+
+    Returns:
+        One run per entry, shaped as :func:`rsretrieval.experiments.run_method`'s results (``label``,
+        ``method``, ``seed``, ``test``, ``val_mr``, ``best_epoch``, ``trainable``, ``total``,
+        ``seconds_per_epoch``, ``history``, ...) plus ``stored_test_mr``, the build's own score, to check
+        the live one against.
+    """
+    import torch
+
+    from rsretrieval.evaluation import evaluate
+
+    settings = ZooSettings(**doc["settings"])
+    rows = [e for e in doc["entries"] if labels is None or e["label"] in labels]
+    missing = sorted(set(labels or ()) - {e["label"] for e in rows})
+    if missing:
+        raise ValueError(f"the zoo in {folder} has no entries for {', '.join(missing)}: build them with "
+                         f"`python -m rsretrieval zoo build --only {' '.join(missing)}`")
+    runs = []
+    for row in tqdm(rows, desc="zoo: scoring on test", disable=not progress):
+        bundle = entry_model(row, folder, settings)
+        with torch.no_grad():
+            metrics = evaluate(bundle.model.to(device), test, transform=bundle.transform, tokenizer=bundle.tokenizer,
+                               device=device, progress=False).metrics
+        runs.append({**{k: row[k] for k in ("key", "label", "method", "loss", "seed", "val_mr", "best_epoch",
+                                            "epochs_run", "trainable", "total", "train_seconds",
+                                            "seconds_per_epoch", "peak_memory_bytes", "history")},
+                     "test": metrics, "stored_test_mr": row["test_mr"]})
+    return runs
+
+
 def load_zoo(folder: str | Path | None = None) -> dict[str, Any]:
     """The zoo document of ``folder`` (default: the committed MiniCLIP zoo on SynthRS)."""
     index = Path(folder or zoo_dir()) / "zoo.json"

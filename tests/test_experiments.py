@@ -33,3 +33,15 @@ def test_cached_by_identity_and_restarted_when_settings_change(tmp_path, colour_
     assert other["identity"]["config"]["lr"] == 1e-2
     assert json.loads((run_dir / "identity.json").read_text())["config"]["lr"] == 1e-2
     assert other["history"]["records"][-1]["updates"] == 4 and other["test"] != first["test"]
+
+
+def test_compare_prints_the_lead_or_says_within_noise():
+    from rsretrieval.experiments import compare
+
+    a = {"method": "full", "mr_mean": 30.0, "mr_std": 0.3, "n": 3}
+    b = {"method": "lora", "mr_mean": 26.9, "mr_std": 0.4, "n": 3}
+    assert compare(a, b) == "full leads lora by 3.10 ± 0.50 mR (3 seeds each)"
+    assert compare(b, a) == "full leads lora by 3.10 ± 0.50 mR (3 seeds each)"
+    c = {"method": "vpt", "mr_mean": 29.7, "mr_std": 0.4, "n": 3}
+    assert compare(c, a).startswith("vpt and full are within noise: they differ by -0.30 mR")
+    assert "no spread" in compare({**a, "n": 1, "mr_std": 0.0}, {**b, "n": 1, "mr_std": 0.0})
