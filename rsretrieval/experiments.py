@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import statistics
 from dataclasses import asdict, replace
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ def run_method(
     per_scene: bool = False,
     verbose: bool = False,
     cache_features: bool = True,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``method`` on ``train``, keep its best epoch on ``val``, score ``test`` once; the one pipeline
     behind ``python -m rsretrieval train``, the notebooks and the benchmark runs.
@@ -65,6 +67,7 @@ def run_method(
             cache (:mod:`rsretrieval.cmer.cache`, built once per backbone and split): images and
             captions with ``infonce`` and ``recycling``, images only with ``cmer`` (which rewrites
             captions). False: from pixels and tokens.
+        on_epoch: called with each epoch's record as training goes (not for a run read back).
 
     Returns:
         The ``results.json`` written to ``run_dir``: ``identity``, ``method``, ``loss``, ``seed``,
@@ -119,7 +122,7 @@ def run_method(
         task = CachedSideBranchTask(net, cache, loss=task.loss) if identity["cached_features"] is True \
             else task.read_images_from(cache)
     history = fit(net, tokenizer, train, bundle.transform, cfg, val_data=val, val_transform=bundle.transform,
-                  task=task)
+                  task=task, on_epoch=on_epoch)
     if rank != 0:
         return {"rank": rank}
     if val is None:  # no selection: the last epoch is the one kept

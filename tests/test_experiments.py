@@ -8,16 +8,19 @@ from rsretrieval.experiments import run_method
 from rsretrieval.training import TrainConfig
 
 
-def _run(colour_data, run_dir, **kw):
+def _run(colour_data, run_dir, on_epoch=None, **kw):
     cfg = TrainConfig(**{**dict(epochs=1, batch_size=8, lr=1e-3, warmup_steps=1, progress=False, device="cpu"), **kw})
-    return run_method("tiny", None, "adapter", colour_data, colour_data, colour_data, cfg, run_dir=run_dir)
+    return run_method("tiny", None, "adapter", colour_data, colour_data, colour_data, cfg, run_dir=run_dir,
+                      on_epoch=on_epoch)
 
 
 @pytest.mark.slow
 def test_cached_by_identity_and_restarted_when_settings_change(tmp_path, colour_data):
     run_dir = tmp_path / "run"
-    first = _run(colour_data, run_dir)
+    seen = []
+    first = _run(colour_data, run_dir, on_epoch=seen.append)
     assert first["history"]["records"][-1]["updates"] == 4  # 32 pairs / 8
+    assert seen == first["history"]["records"]  # each epoch's record, as it ended
     assert (run_dir / "method.pt").exists() and (run_dir / "identity.json").exists()
     stamp = (run_dir / "results.json").stat().st_mtime_ns
     assert _run(colour_data, run_dir) == first  # same identity: the stored result, nothing retrained
