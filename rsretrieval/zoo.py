@@ -14,7 +14,7 @@ import json
 import shlex
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +100,7 @@ class ZooSettings:
 
 def build_zoo(only: list[str] | None = None, seeds: list[int] | None = None, out: str | Path | None = None,
               settings: ZooSettings | None = None, *, configs: tuple[ZooConfig, ...] = CONFIGS,
-              progress: bool = True) -> dict[str, Any]:
+              isolate: bool = True, progress: bool = True) -> dict[str, Any]:
     """Train every selected configuration for every seed (a finished entry is kept, an interrupted one resumes).
 
     Args:
@@ -109,6 +109,7 @@ def build_zoo(only: list[str] | None = None, seeds: list[int] | None = None, out
         out: the zoo folder (default :func:`zoo_dir`): ``zoo.json``, ``files/``, and the run folders in
             ``runs/`` (checkpoints to resume from; not committed).
         settings: model, data, recipe, device, threads.
+        isolate: train each entry in a child process, so that its peak memory is its own (False: here).
 
     Returns:
         The zoo document, as written to ``zoo.json`` after every entry.
@@ -131,7 +132,8 @@ def build_zoo(only: list[str] | None = None, seeds: list[int] | None = None, out
         row = next((e for e in doc["entries"] if e["key"] == key), None)
         if row is None or row["config"] != _plain(config) or row.get("recipe_settings") != _recipe_of(
                 settings, config) or not _file_ok(folder, row):  # new, changed, re-swept or damaged
-            row = _run_child(config, seed, folder, settings)
+            train = _run_child if isolate else _in_process
+            row = train(config, seed, folder, settings)
             doc["entries"] = [e for e in doc["entries"] if e["key"] != key] + [row]
             doc["entries"].sort(key=lambda e: (_order(configs, e["label"]), e["seed"]))
             atomic_write_json(index, doc)
@@ -175,6 +177,16 @@ def _run_child(config: ZooConfig, seed: int, folder: Path, settings: ZooSettings
         raise ChildProcessFailed(f"zoo entry {config.label} seed {seed} failed (exit {proc.returncode}): {last}\n"
                                  f"{proc.stderr[-2000:]}")
     return json.loads(job.with_suffix(".row.json").read_text())
+
+
+def _in_process(config: ZooConfig, seed: int, folder: Path, settings: ZooSettings) -> dict[str, Any]:
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return train_entry(config, seed, folder, settings)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def train_entry(config: ZooConfig, seed: int, folder: Path, settings: ZooSettings) -> dict[str, Any]:
@@ -268,13 +280,39 @@ def _pretrained_rows(settings: ZooSettings):
     return blob["payload"]["token_rows"].long()
 
 
+_WHAT_DECIDES = ("model", "pretrained", "dataset", "root", "recipe")  # device and threads only change the bits
+
+
 def find_zoo(settings: ZooSettings, folder: str | Path | None = None) -> dict[str, Any] | None:
-    """The zoo in ``folder`` (default :func:`zoo_dir`) if it was built with exactly ``settings``, else None."""
+    """The zoo in ``folder`` (default :func:`zoo_dir`) if it was built for the same model, data and
+    recipe as ``settings`` (on any device), else None."""
     index = Path(folder or zoo_dir(settings.model, settings.dataset)) / "zoo.json"
     if not index.is_file():
         return None
     doc = json.loads(index.read_text(encoding="utf-8"))
-    return doc if doc.get("settings") == json.loads(json.dumps(asdict(settings))) else None
+    wanted = json.loads(json.dumps(asdict(settings)))
+    return doc if all(doc.get("settings", {}).get(k) == wanted[k] for k in _WHAT_DECIDES) else None
+
+
+def ensure_zoo(settings: ZooSettings, labels: list[str], seeds: list[int], out: str | Path, *,
+               train: dict[str, Any] | None = None, isolate: bool = True,
+               progress: bool = True) -> tuple[dict[str, Any], Path]:
+    """A zoo holding every (label, seed) asked for: the committed one when it has them for these
+    settings, else the one in ``out``, after training what it lacks through :func:`build_zoo`.
+
+    Args:
+        train: TrainConfig fields over every configuration's (e.g. ``{"max_steps": 1}`` for a smoke run).
+        isolate: train each entry in a child process (its own peak memory); False: in this one.
+
+    Returns:
+        (the zoo document, its folder).
+    """
+    wanted = {(label, seed) for label in labels for seed in seeds}
+    committed = find_zoo(settings)
+    if committed is not None and wanted <= {(e["label"], e["seed"]) for e in committed["entries"]} and not train:
+        return committed, zoo_dir(settings.model, settings.dataset)
+    configs = tuple(replace(c, train={**c.train, **(train or {})}) for c in select(labels))
+    return build_zoo(None, seeds, out, settings, configs=configs, isolate=isolate, progress=progress), Path(out)
 
 
 def entry_model(row: dict[str, Any], folder: str | Path, settings: ZooSettings):
@@ -301,8 +339,8 @@ def entry_model(row: dict[str, Any], folder: str | Path, settings: ZooSettings):
 
 
 def evaluate_zoo(doc: dict[str, Any], folder: str | Path, test, *, labels: list[str] | None = None,
-                 device: str = "cpu", progress: bool = True) -> list[dict[str, Any]]:
-    """Score every entry (of ``labels``, default all) live on ``test``, from its stored file.
+                 seeds: list[int] | None = None, device: str = "cpu", progress: bool = True) -> list[dict[str, Any]]:
+    """Score every entry (of ``labels`` and ``seeds``, default all) live on ``test``, from its stored file.
 
     Returns:
         One run per entry, shaped as :func:`rsretrieval.experiments.run_method`'s results (``label``,
@@ -315,7 +353,8 @@ def evaluate_zoo(doc: dict[str, Any], folder: str | Path, test, *, labels: list[
     from rsretrieval.evaluation import evaluate
 
     settings = ZooSettings(**doc["settings"])
-    rows = [e for e in doc["entries"] if labels is None or e["label"] in labels]
+    rows = [e for e in doc["entries"] if (labels is None or e["label"] in labels)
+            and (seeds is None or e["seed"] in seeds)]
     missing = sorted(set(labels or ()) - {e["label"] for e in rows})
     if missing:
         raise ValueError(f"the zoo in {folder} has no entries for {', '.join(missing)}: build them with "

@@ -8,7 +8,7 @@ import rsretrieval.zoo as zoo
 from rsretrieval.cli import main
 from rsretrieval.files import sha256_file
 from rsretrieval.data import load_dataset
-from rsretrieval.zoo import CONFIGS, ZooConfig, ZooSettings, build_zoo, evaluate_zoo, find_zoo, select
+from rsretrieval.zoo import CONFIGS, ZooConfig, ZooSettings, build_zoo, ensure_zoo, evaluate_zoo, find_zoo, select
 
 FIELDS = {"label", "method", "config", "loss", "seed", "recipe", "best_epoch", "val_mr", "test_mr", "train_seconds",
           "peak_memory_bytes", "file_sha256", "identity", "library_version", "command", "history"}
@@ -69,3 +69,8 @@ def test_zoo_entries_have_provenance_resume_and_rebuild_bit_for_bit(tiny_root, t
         assert r["test"]["mr"] == pytest.approx(r["stored_test_mr"], abs=1e-9)
     with pytest.raises(ValueError, match="no entries for cmer"):
         evaluate_zoo(doc, tmp_path / "a", None, labels=["cmer"], progress=False)
+
+    # What a notebook of other settings does: the entries it needs, trained here, through the same pipeline.
+    made, where = ensure_zoo(settings, ["linear_probe"], [0], tmp_path / "c", train=quick, isolate=False,
+                             progress=False)
+    assert where == tmp_path / "c" and [e["file_sha256"] for e in made["entries"]] == [doc["entries"][0]["file_sha256"]]
