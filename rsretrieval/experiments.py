@@ -219,12 +219,13 @@ def compare(a: dict[str, Any], b: dict[str, Any], key: str = "mr", group: str = 
     that the difference is within noise.
 
     The noise is the seeds' spread of a difference, sqrt(std_a² + std_b²); a difference no larger
-    than it is called within noise (with one seed each there is no spread, and the sentence says so).
+    than it is called within noise. A row of one run (e.g. zero-shot, which has no seed) adds no
+    spread; with one run on each side there is none to judge by, and the sentence says so.
     """
     delta = a[f"{key}_mean"] - b[f"{key}_mean"]
     noise = (a[f"{key}_std"] ** 2 + b[f"{key}_std"] ** 2) ** 0.5
-    seeds = f"{a['n']} and {b['n']} seeds" if a["n"] != b["n"] else f"{a['n']} seeds each"
-    if min(a["n"], b["n"]) < 2:
+    seeds = f"{a['n']} and {b['n']} runs" if a["n"] != b["n"] else f"{a['n']} seeds each"
+    if max(a["n"], b["n"]) < 2:
         lead, trail = (a, b) if delta >= 0 else (b, a)
         return (f"{lead[group]} leads {trail[group]} by {abs(delta):.2f} {unit} ({seeds}: no spread to judge "
                 "noise by)")

@@ -14,6 +14,7 @@ import torch
 from rsretrieval.files import atomic_write_text
 from rsretrieval import paths
 from rsretrieval.data.registry import get_dataset_info
+from rsretrieval.recipes import data_kwargs as recipe_data_kwargs  # noqa: F401  (the notebooks' name)
 
 
 @dataclass
@@ -110,11 +111,40 @@ def run_settings(recipe: str | None, config: Any, *, keep: tuple[str, ...] = ("s
     return {"recipe": recipe, "config": {k: getattr(config, k) for k in fields}}
 
 
-def recipe_data_kwargs(recipe: str | None) -> dict[str, Any]:
-    """``load_splits`` keywords a recipe asks for (its validation share, e.g. PE-RSITR's 20%)."""
-    if not recipe:
-        return {}
-    from rsretrieval.recipes import read_recipe_file
 
-    share = read_recipe_file(recipe)["methods"].get("*", {}).get("val_fraction")
-    return {} if share is None else {"val_fraction": share}
+
+def zoo_runs(cfg: Setup, dataset: str, data_dir: str | None, recipe: str | None, labels: list[str],
+             seeds: list[int], test: Any, *, progress: bool = True) -> tuple[list[dict[str, Any]], str]:
+    """The runs a notebook compares, each scored live on ``test`` from its zoo file.
+
+    They come from the committed zoo when it was built for the notebook's model, data and recipe;
+    otherwise (real data, another model or recipe) they are trained into ``OUTPUT_DIR/zoo`` through
+    the same pipeline, resumably, one optimizer step each in a smoke run.
+
+    Returns:
+        (the runs, a line saying where they came from).
+    """
+    from rsretrieval.zoo import ZooSettings, ensure_zoo, evaluate_zoo, zoo_dir
+
+    root = str(cfg.data_dir) if data_dir or cfg.smoke else None  # None: the offline default the zoo was built on
+    settings = ZooSettings(model=cfg.model, pretrained=cfg.pretrained, dataset=dataset, root=root,
+                           recipe=recipe or None, device=str(cfg.device))
+    doc, folder = ensure_zoo(settings, labels, seeds, cfg.output_dir / "zoo",
+                             train={"epochs": 1, "max_steps": 1} if cfg.smoke else None, isolate=not cfg.smoke,
+                             progress=progress)
+    committed = folder == zoo_dir(settings.model, settings.dataset)
+    where = (f"the committed zoo ({folder}), trained by `python -m rsretrieval zoo build`" if committed else
+             f"trained here into {folder} (no committed zoo matches {cfg.model}, {dataset}, recipe {recipe!r})")
+    return evaluate_zoo(doc, folder, test, labels=labels, seeds=seeds, device=str(cfg.device), progress=progress), where
+
+
+def zero_shot_row(cfg: Setup, test: Any) -> dict[str, Any]:
+    """The pretrained model's test mR as a :func:`rsretrieval.experiments.summarize` row (one run, no spread)."""
+    from rsretrieval.evaluation import evaluate
+    from rsretrieval.models import count_parameters, create_model
+
+    bundle = create_model(cfg.model, cfg.pretrained)
+    metrics = evaluate(bundle.model.to(cfg.device), test, transform=bundle.transform, tokenizer=bundle.tokenizer,
+                       device=cfg.device, progress=False).metrics
+    return {"label": "zero-shot", "n": 1, "trainable": 0, "total": count_parameters(bundle.model)[1],
+            "mr_mean": metrics["mr"], "mr_std": 0.0, "seconds_per_epoch": 0.0, "values": [metrics["mr"]]}

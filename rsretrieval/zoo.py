@@ -202,7 +202,10 @@ def train_entry(config: ZooConfig, seed: int, folder: Path, settings: ZooSetting
 
     torch.set_num_threads(settings.threads)
     key = f"{config.slug}-s{seed}"
-    splits = [load_dataset(settings.dataset, settings.root, s) for s in ("train", "val", "test")]
+    from rsretrieval.recipes import data_kwargs
+
+    kwargs = data_kwargs(settings.recipe)  # e.g. PE-RSITR's 20% of train as validation
+    splits = [load_dataset(settings.dataset, settings.root, s, **kwargs) for s in ("train", "val", "test")]
     overrides = {**config.train, "seed": seed, "device": settings.device, "progress": False}
     full = config.method == "full"  # scored on test as stored (compact float16), not before
     result = run_method(settings.model, settings.pretrained, config.method, splits[0], splits[1],

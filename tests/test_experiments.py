@@ -48,3 +48,6 @@ def test_compare_prints_the_lead_or_says_within_noise():
     c = {"method": "vpt", "mr_mean": 29.7, "mr_std": 0.4, "n": 3}
     assert compare(c, a).startswith("vpt and full are within noise: they differ by -0.30 mR")
     assert "no spread" in compare({**a, "n": 1, "mr_std": 0.0}, {**b, "n": 1, "mr_std": 0.0})
+    zero_shot = {"method": "zero-shot", "mr_mean": 29.8, "mr_std": 0.0, "n": 1}  # one run: the seeds' spread rules
+    assert compare(a, zero_shot).startswith("full and zero-shot are within noise")
+    assert compare(b, zero_shot) == "zero-shot leads lora by 2.90 ± 0.40 mR (3 and 1 runs)"
