@@ -224,7 +224,7 @@ def compare(a: dict[str, Any], b: dict[str, Any], key: str = "mr", group: str = 
     """
     delta = a[f"{key}_mean"] - b[f"{key}_mean"]
     noise = (a[f"{key}_std"] ** 2 + b[f"{key}_std"] ** 2) ** 0.5
-    seeds = f"{a['n']} and {b['n']} runs" if a["n"] != b["n"] else f"{a['n']} seeds each"
+    seeds = f"{a['n']} and {b['n']} runs" if a["n"] != b["n"] else f"{a['n']} seed{'s' if a['n'] != 1 else ''} each"
     if max(a["n"], b["n"]) < 2:
         lead, trail = (a, b) if delta >= 0 else (b, a)
         return (f"{lead[group]} leads {trail[group]} by {abs(delta):.2f} {unit} ({seeds}: no spread to judge "
@@ -241,12 +241,13 @@ def format_summary(rows: list[dict[str, Any]], key: str = "mr", group: str = "me
     """A plain-text table of :func:`summarize` rows; ``extra`` adds columns per group (e.g. peak memory)."""
     extra = extra or {}
     extra_cols = sorted({c for cols in extra.values() for c in cols})
-    head = (f"{group:16s} {'trainable':>12s} {key + ' (mean ± std)':>18s} {'s/epoch':>8s}"
+    width = max([16] + [len(str(r[group])) for r in rows])
+    head = (f"{group:{width}s} {'trainable':>12s} {key + ' (mean ± std)':>18s} {'s/epoch':>8s}"
             + "".join(f" {c:>14s}" for c in extra_cols))
     lines = [head, "-" * len(head)]
     for r in rows:
         cols = extra.get(r[group], {})
-        lines.append(f"{r[group]:16s} {r['trainable']:12,d} {r[f'{key}_mean']:10.2f} ± {r[f'{key}_std']:5.2f} "
+        lines.append(f"{r[group]:{width}s} {r['trainable']:12,d} {r[f'{key}_mean']:10.2f} ± {r[f'{key}_std']:5.2f} "
                      f"{r['seconds_per_epoch']:8.1f}" + "".join(f" {_fmt(cols.get(c)):>14s}" for c in extra_cols))
     return "\n".join(lines)
 

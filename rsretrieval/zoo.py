@@ -333,7 +333,10 @@ def entry_model(row: dict[str, Any], folder: str | Path, settings: ZooSettings):
     seed_everything(row["seed"])  # random base weights (no `pretrained`) are the run's seed's
     path = Path(folder) / row["file"]
     if row["method"] == "full":
-        bundle = create_model(settings.model, None)
+        from rsretrieval.models.factory import _quiet_random_init
+
+        with _quiet_random_init(True):  # filled from the file right after
+            bundle = create_model(settings.model, None)
         load_compact(bundle.model, path, arch=settings.model)
         return bundle
     bundle = create_model(settings.model, settings.pretrained)
@@ -349,7 +352,7 @@ def evaluate_zoo(doc: dict[str, Any], folder: str | Path, test, *, labels: list[
         One run per entry, shaped as :func:`rsretrieval.experiments.run_method`'s results (``label``,
         ``method``, ``seed``, ``test``, ``val_mr``, ``best_epoch``, ``trainable``, ``total``,
         ``seconds_per_epoch``, ``history``, ...) plus ``stored_test_mr``, the build's own score, to check
-        the live one against.
+        the live one against, and ``file``, the entry's weights.
     """
     import torch
 
@@ -371,7 +374,7 @@ def evaluate_zoo(doc: dict[str, Any], folder: str | Path, test, *, labels: list[
         runs.append({**{k: row[k] for k in ("key", "label", "method", "loss", "seed", "val_mr", "best_epoch",
                                             "epochs_run", "trainable", "total", "train_seconds",
                                             "seconds_per_epoch", "peak_memory_bytes", "history")},
-                     "test": metrics, "stored_test_mr": row["test_mr"]})
+                     "test": metrics, "stored_test_mr": row["test_mr"], "file": str(Path(folder) / row["file"])})
     return runs
 
 
