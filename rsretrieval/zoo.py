@@ -1,4 +1,4 @@
-"""The zoo: every configuration notebooks 02-04 compare, trained with its recipe over seeds, with provenance.
+"""The zoo: every configuration notebooks 02-05 compare, trained with its recipe over seeds, with provenance.
 
 One entry is one configuration and one seed, trained by :func:`rsretrieval.experiments.run_method`
 (best epoch on val, test scored once after) in a fresh child process, so its peak memory is its
@@ -38,6 +38,7 @@ class ZooConfig:
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields over the recipe's
     notebooks: tuple[str, ...] = ()
+    cache_features: bool = True  # False: a side branch trains from pixels and tokens (what the cache saves)
 
     @property
     def slug(self) -> str:
@@ -53,6 +54,7 @@ CONFIGS: tuple[ZooConfig, ...] = (
     ZooConfig("focus_adapter", "focus_adapter", "infonce", notebooks=("03", "04")),  # 04's "+focus"
     ZooConfig("side_branch", "focus_adapter", "infonce", _MEAN, notebooks=("03", "04")),  # mean pooling
     ZooConfig("focus_adapter_gate1", "focus_adapter", "infonce", {"gate_scale": 1.0}, notebooks=("03",)),
+    ZooConfig("focus_adapter_uncached", "focus_adapter", "infonce", notebooks=("05",), cache_features=False),
     ZooConfig("+scene", "focus_adapter", "cmer", _MEAN, {"queue_weight": 0.0}, notebooks=("04",)),
     ZooConfig("+recycling", "focus_adapter", "recycling", _MEAN, notebooks=("04",)),
     ZooConfig("cmer", "cmer", "cmer", notebooks=("04",)),
@@ -211,7 +213,7 @@ def train_entry(config: ZooConfig, seed: int, folder: Path, settings: ZooSetting
     result = run_method(settings.model, settings.pretrained, config.method, splits[0], splits[1],
                         None if full else splits[2], overrides, recipe=settings.recipe,
                         loss=config.loss, method_kwargs=config.method_kwargs, loss_kwargs=config.loss_kwargs,
-                        run_dir=folder / "runs" / key)
+                        run_dir=folder / "runs" / key, cache_features=config.cache_features)
     target = folder / "files" / f"{key}.pt"
     target.parent.mkdir(parents=True, exist_ok=True)
     if full:
