@@ -24,7 +24,7 @@
 # 4. run the same measurement on a GPU.
 #
 # **Expected runtime.** CPU: about 5 minutes (ViT-B/32, batch 32, six methods, each in its own
-# process, plus the cache timing on MiniCLIP). GPU: about a minute.
+# process, plus the cache timing on MiniCLIP; the cost figure reads the zoo). GPU: about a minute.
 
 # %% tags=["parameters"]
 SMOKE = False
@@ -41,6 +41,8 @@ BENCH_METHODS = "full,linear_probe,adapter,lora,mrs_adapter,focus_adapter"
 BENCH_STEPS = 2
 MEMORY_BATCH_SIZES = "8,32"
 CACHE_EPOCHS = 2
+RECIPE = "mini-synthrs"  # the recipe of the zoo runs the cost figure reads
+N_SEEDS = 3
 
 # %%
 # %matplotlib inline
@@ -52,7 +54,8 @@ from rsretrieval.bench import bench, format_table
 from rsretrieval.cmer.cache import time_epochs
 from rsretrieval.methods import apply_method
 from rsretrieval.models import create_model
-from rsretrieval.notebook import load_splits, record, setup
+from rsretrieval.notebook import load_splits, record, setup, zoo_runs
+from rsretrieval.plots import plot_cost
 
 cfg = setup(device=DEVICE, dataset=DATASET, data_dir=DATA_DIR, output_dir=OUTPUT_DIR, model=MODEL,
             pretrained=PRETRAINED, smoke=SMOKE, seed=SEED, notebook="05_resource_efficiency")
@@ -147,7 +150,46 @@ print(json.dumps({k: v for k, v in timing.items() if "loss" not in k}, indent=1)
 print(f"an epoch after the first: {timing['speedup']:.1f}x faster with the cache (target >= 5x)")
 
 # %% [markdown]
-# ## 4. On a GPU
+# ## 4. The cost figure: what each method's score costs
+# Bench steps on random data say how fast and how big a step is. What a learner pays is the
+# whole training run to the score it reaches. The zoo's runs (MiniCLIP on SynthRS, each method's
+# recipe, 3 seeds, each trained alone in its own process on 2 CPU cores) measured both: the
+# seconds of training up to the end of the recipe's epochs and the process's peak memory, beside
+# the best validation mR. The Focus-Adapter appears twice: trained from pixels, and from the cache.
+
+# %%
+import statistics
+
+COST = {"full": "full", "mrs_adapter": "mrs_adapter", "focus_adapter_uncached": "focus_adapter (from pixels)",
+        "focus_adapter": "focus_adapter (from the cache)"}
+seeds = [SEED + k for k in range(1 if SMOKE else N_SEEDS)]  # a smoke run checks the pieces fit: one seed
+cost_runs, where = zoo_runs(cfg, DATASET, DATA_DIR, RECIPE, list(COST), seeds, None)
+print(f"{len(cost_runs)} runs: {where}")
+points = []
+for label, name in COST.items():
+    rs = [r for r in cost_runs if r["label"] == label]
+    points.append({"label": name, "seconds": statistics.mean(r["train_seconds"] for r in rs),
+                   "memory_bytes": statistics.mean(r["peak_memory_bytes"] for r in rs),
+                   "val_mr": statistics.mean(r["val_mr"] for r in rs),
+                   "val_mr_std": statistics.stdev(r["val_mr"] for r in rs) if len(rs) > 1 else 0.0})
+for p in points:
+    print(f"{p['label']:32s} val mR {p['val_mr']:6.2f} ± {p['val_mr_std']:4.2f}   {p['seconds']:7.0f} s   "
+          f"{p['memory_bytes'] / 2**20:7.0f} MiB")
+plot_cost(points, title=f"{MODEL} on {DATASET}: val mR against what training cost (the zoo's runs)")
+
+# %%
+cost = {p["label"]: p for p in points}
+for name in ("full", "mrs_adapter", "focus_adapter (from pixels)"):
+    other, cached = cost[name], cost["focus_adapter (from the cache)"]
+    print(f"focus_adapter from the cache needs {cached['seconds'] / other['seconds']:.2f}x the training time and "
+          f"{cached['memory_bytes'] / other['memory_bytes']:.2f}x the peak memory of {name}, for "
+          f"{cached['val_mr'] - other['val_mr']:+.2f} val mR")
+
+# %% [markdown]
+# Peak resident memory on a CPU includes the interpreter, the libraries and the data (and, from
+# the cache, its memory-mapped pages), so the ratios understate what a GPU's tensor memory shows.
+#
+# ## 5. On a GPU
 # The same command measures a GPU unchanged; memory is then what PyTorch allocated for tensors:
 #
 # ```bash
@@ -164,7 +206,8 @@ record(cfg.output_dir, bench_model=bench_model, device=device, batch_size=BATCH_
        bench=[{k: r[k] for k in ("method", "trainable", "samples_per_s", "peak_memory_bytes")} for r in results],
        focus_vs_mrs_throughput=speed, focus_vs_mrs_memory=memory,
        memory_mb_by_batch={m: {str(b): v for b, v in pts.items()} for m, pts in mem_rows.items()},
-       cache_speedup=timing["speedup"], cache_build_seconds=timing["cache_build_seconds"])
+       cache_speedup=timing["speedup"], cache_build_seconds=timing["cache_build_seconds"],
+       cost_figure=[{k: p[k] for k in ("label", "seconds", "memory_bytes", "val_mr", "val_mr_std")} for p in points])
 
 # %% [markdown]
 # ## Exercises

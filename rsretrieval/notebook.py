@@ -115,7 +115,7 @@ def run_settings(recipe: str | None, config: Any, *, keep: tuple[str, ...] = ("s
 
 def zoo_runs(cfg: Setup, dataset: str, data_dir: str | None, recipe: str | None, labels: list[str],
              seeds: list[int], test: Any, *, progress: bool = True) -> tuple[list[dict[str, Any]], str]:
-    """The runs a notebook compares, each scored live on ``test`` from its zoo file.
+    """The runs a notebook compares, each scored live on ``test`` from its zoo file (``test=None``: not scored).
 
     They come from the committed zoo when it was built for the notebook's model, data and recipe;
     otherwise (real data, another model or recipe) they are trained into ``OUTPUT_DIR/zoo`` through

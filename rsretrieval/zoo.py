@@ -348,7 +348,8 @@ def entry_model(row: dict[str, Any], folder: str | Path, settings: ZooSettings):
 
 def evaluate_zoo(doc: dict[str, Any], folder: str | Path, test, *, labels: list[str] | None = None,
                  seeds: list[int] | None = None, device: str = "cpu", progress: bool = True) -> list[dict[str, Any]]:
-    """Score every entry (of ``labels`` and ``seeds``, default all) live on ``test``, from its stored file.
+    """Score every entry (of ``labels`` and ``seeds``, default all) live on ``test``, from its stored file
+    (``test=None``: the entries as stored, ``test`` None).
 
     Returns:
         One run per entry, shaped as :func:`rsretrieval.experiments.run_method`'s results (``label``,
@@ -368,11 +369,13 @@ def evaluate_zoo(doc: dict[str, Any], folder: str | Path, test, *, labels: list[
         raise ValueError(f"the zoo in {folder} has no entries for {', '.join(missing)}: build them with "
                          f"`python -m rsretrieval zoo build --only {' '.join(missing)}`")
     runs = []
-    for row in tqdm(rows, desc="zoo: scoring on test", disable=not progress):
-        bundle = entry_model(row, folder, settings)
-        with torch.no_grad():
-            metrics = evaluate(bundle.model.to(device), test, transform=bundle.transform, tokenizer=bundle.tokenizer,
-                               device=device, progress=False).metrics
+    for row in tqdm(rows, desc="zoo: scoring on test", disable=not progress or test is None):
+        metrics = None
+        if test is not None:
+            bundle = entry_model(row, folder, settings)
+            with torch.no_grad():
+                metrics = evaluate(bundle.model.to(device), test, transform=bundle.transform,
+                                   tokenizer=bundle.tokenizer, device=device, progress=False).metrics
         runs.append({**{k: row[k] for k in ("key", "label", "method", "loss", "seed", "val_mr", "best_epoch",
                                             "epochs_run", "trainable", "total", "train_seconds",
                                             "seconds_per_epoch", "peak_memory_bytes", "history")},
