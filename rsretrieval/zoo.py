@@ -383,6 +383,23 @@ def evaluate_zoo(doc: dict[str, Any], folder: str | Path, test, *, labels: list[
     return runs
 
 
+def best_entry(doc: dict[str, Any]) -> dict[str, Any]:
+    """The zoo's best model by validation only: the configuration with the highest mean val mR over its
+    seeds, and its seed with the highest val mR."""
+    by_label: dict[str, list[dict[str, Any]]] = {}
+    for e in doc["entries"]:
+        by_label.setdefault(e["label"], []).append(e)
+    label = max(by_label, key=lambda k: sum(e["val_mr"] for e in by_label[k]) / len(by_label[k]))
+    return max(by_label[label], key=lambda e: e["val_mr"])
+
+
+def encoder_weights(row: dict[str, Any], folder: str | Path, settings: ZooSettings) -> dict[str, Any]:
+    """``pretrained`` and ``adapter`` that load one entry's model (e.g. into a search ``Encoder``)."""
+    path = str(Path(folder) / row["file"])
+    return {"pretrained": path, "adapter": None} if row["method"] == "full" else \
+        {"pretrained": settings.pretrained, "adapter": path}
+
+
 def load_zoo(folder: str | Path | None = None) -> dict[str, Any]:
     """The zoo document of ``folder`` (default: the committed MiniCLIP zoo on SynthRS)."""
     index = Path(folder or zoo_dir()) / "zoo.json"
