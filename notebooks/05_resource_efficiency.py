@@ -23,8 +23,9 @@
 # 3. see what caching frozen features buys when the backbone never changes;
 # 4. run the same measurement on a GPU.
 #
-# **Expected runtime.** CPU: about 5 minutes (ViT-B/32, batch 32, six methods, each in its own
-# process, plus the cache timing on MiniCLIP; the cost figure reads the zoo). GPU: about a minute.
+# **Expected runtime.** CPU: about 6 minutes (ViT-B/32, batch 32, six methods and two with
+# gradient checkpointing, each in its own process, plus the cache timing on MiniCLIP; the cost
+# figure reads the zoo). GPU: about a minute.
 
 # %% tags=["parameters"]
 SMOKE = False
@@ -189,7 +190,47 @@ for name in ("full", "mrs_adapter", "focus_adapter (from pixels)"):
 # Peak resident memory on a CPU includes the interpreter, the libraries and the data (and, from
 # the cache, its memory-mapped pages), so the ratios understate what a GPU's tensor memory shows.
 #
-# ## 5. On a GPU
+# ## 5. What else cuts memory
+# Users with small GPUs ask for exactly this. Two other tools cut training memory without a side
+# branch:
+# - **Gradient checkpointing** (open_clip's `model.set_grad_checkpointing()`): each block's
+#   activations are dropped in forward and recomputed in backward, so autograd keeps only the
+#   blocks' inputs; the price is a second forward pass.
+# - **Mixed precision** (`torch.autocast`, bfloat16 or float16): activations in half the bytes; the
+#   library uses it on CUDA only, where it is also faster.
+#
+# Measured the same way as section 1, beside the side branch (`saved MB`: what autograd keeps
+# for one step, counted tensor by tensor; it does not depend on the allocator):
+
+# %%
+checkpointed = bench(bench_model, ["full", "mrs_adapter"], batch_size=BATCH_SIZE, steps=1 if SMOKE else BENCH_STEPS,
+                     device=device, grad_checkpointing=True, progress=False)
+ckpt = {r["method"]: r for r in checkpointed}
+rows = [by["full"], ckpt["full"], by["mrs_adapter"], ckpt["mrs_adapter"], by["focus_adapter"]]
+ref = rows[0]
+print(format_table([{**r, "throughput_ratio": r["samples_per_s"] / ref["samples_per_s"],
+                     "memory_ratio": r["peak_memory_bytes"] / ref["peak_memory_bytes"]} for r in rows]))
+for m in ("full", "mrs_adapter"):
+    plain, recomputed = by[m], ckpt[m]
+    print(f"{m} with gradient checkpointing keeps {recomputed["saved_for_backward_bytes"] / 2**20:.1f} MB for "
+          f"backward instead of {plain["saved_for_backward_bytes"] / 2**20:.1f} MB "
+          f"({plain['saved_for_backward_bytes'] / recomputed['saved_for_backward_bytes']:.1f}x less), peak memory "
+          f"x{recomputed['peak_memory_bytes'] / plain['peak_memory_bytes']:.2f}, throughput "
+          f"x{recomputed['samples_per_s'] / plain['samples_per_s']:.2f}")
+print(f"the side branch keeps {by["focus_adapter"]["saved_for_backward_bytes"] / 2**20:.1f} MB without checkpointing")
+if device.startswith("cuda"):
+    full_precision = bench(bench_model, ["full", "mrs_adapter"], batch_size=BATCH_SIZE, steps=BENCH_STEPS,
+                           device=device, amp=False, progress=False)
+    for r in full_precision:
+        mixed = by[r["method"]]
+        print(f"{r['method']}: mixed precision x{mixed['peak_memory_bytes'] / r['peak_memory_bytes']:.2f} peak memory, "
+              f"x{mixed['samples_per_s'] / r['samples_per_s']:.2f} throughput against float32")
+else:
+    full_precision = []
+    print(f"mixed precision: the library uses it on CUDA only; this run is on {device} (set DEVICE='cuda' on a GPU)")
+
+# %% [markdown]
+# ## 6. On a GPU
 # The same command measures a GPU unchanged; memory is then what PyTorch allocated for tensors:
 #
 # ```bash
@@ -207,7 +248,11 @@ record(cfg.output_dir, bench_model=bench_model, device=device, batch_size=BATCH_
        focus_vs_mrs_throughput=speed, focus_vs_mrs_memory=memory,
        memory_mb_by_batch={m: {str(b): v for b, v in pts.items()} for m, pts in mem_rows.items()},
        cache_speedup=timing["speedup"], cache_build_seconds=timing["cache_build_seconds"],
-       cost_figure=[{k: p[k] for k in ("label", "seconds", "memory_bytes", "val_mr", "val_mr_std")} for p in points])
+       cost_figure=[{k: p[k] for k in ("label", "seconds", "memory_bytes", "val_mr", "val_mr_std")} for p in points],
+       grad_checkpointing={m: {k: ckpt[m][k] for k in ("samples_per_s", "peak_memory_bytes", "saved_for_backward_bytes")}
+                           for m in ckpt},
+       saved_for_backward_bytes={m: r["saved_for_backward_bytes"] for m, r in by.items()},
+       float32_on_cuda={r["method"]: {k: r[k] for k in ("samples_per_s", "peak_memory_bytes")} for r in full_precision})
 
 # %% [markdown]
 # ## Exercises
