@@ -212,12 +212,12 @@ print(format_table([{**r, "throughput_ratio": r["samples_per_s"] / ref["samples_
                      "memory_ratio": r["peak_memory_bytes"] / ref["peak_memory_bytes"]} for r in rows]))
 for m in ("full", "mrs_adapter"):
     plain, recomputed = by[m], ckpt[m]
-    print(f"{m} with gradient checkpointing keeps {recomputed["saved_for_backward_bytes"] / 2**20:.1f} MB for "
-          f"backward instead of {plain["saved_for_backward_bytes"] / 2**20:.1f} MB "
+    print(f"{m} with gradient checkpointing keeps {recomputed['saved_for_backward_bytes'] / 2**20:.1f} MB for "
+          f"backward instead of {plain['saved_for_backward_bytes'] / 2**20:.1f} MB "
           f"({plain['saved_for_backward_bytes'] / recomputed['saved_for_backward_bytes']:.1f}x less), peak memory "
           f"x{recomputed['peak_memory_bytes'] / plain['peak_memory_bytes']:.2f}, throughput "
           f"x{recomputed['samples_per_s'] / plain['samples_per_s']:.2f}")
-print(f"the side branch keeps {by["focus_adapter"]["saved_for_backward_bytes"] / 2**20:.1f} MB without checkpointing")
+print(f"the side branch keeps {by['focus_adapter']['saved_for_backward_bytes'] / 2**20:.1f} MB without checkpointing")
 if device.startswith("cuda"):
     full_precision = bench(bench_model, ["full", "mrs_adapter"], batch_size=BATCH_SIZE, steps=BENCH_STEPS,
                            device=device, amp=False, progress=False)
