@@ -326,8 +326,6 @@ def entry_model(row: dict[str, Any], folder: str | Path, settings: ZooSettings):
     A full fine-tune is its compact file; any other method is injected into the base model and
     loaded from its method file (which checks that the base is the one it was trained on).
     """
-    from dataclasses import replace as _replace
-
     from rsretrieval.methods import load_method, wrap_tokenizer
     from rsretrieval.models import create_model, seed_everything
     from rsretrieval.models.compact import load_compact
@@ -343,7 +341,7 @@ def entry_model(row: dict[str, Any], folder: str | Path, settings: ZooSettings):
         return bundle
     bundle = create_model(settings.model, settings.pretrained)
     net = load_method(bundle.model, path, base_name=bundle.name)
-    return _replace(bundle, model=net, tokenizer=wrap_tokenizer(net, bundle.tokenizer))
+    return replace(bundle, model=net, tokenizer=wrap_tokenizer(net, bundle.tokenizer))
 
 
 def evaluate_zoo(doc: dict[str, Any], folder: str | Path, test, *, labels: list[str] | None = None,
