@@ -53,8 +53,6 @@ OUTPUT_DIR = ""
 # %matplotlib inline
 import random
 
-import torch
-
 from IPython.display import display
 
 from rsretrieval.cmer import effective_negatives, scene_caption, scene_protocols, steps_held
