@@ -49,7 +49,8 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     from rsretrieval.paths import data_dir
 
     root = generate_synthrs(args.root or data_dir("synthrs"), n_images=args.n_images, image_size=args.image_size,
-                            seed=args.seed, domain=args.domain, overwrite=args.overwrite)
+                            seed=args.seed, domain=args.domain, object_scale=args.object_scale,
+                            unnamed_share=args.unnamed_share, overwrite=args.overwrite)
     print(f"SynthRS ({args.domain}) ready in {root}")
     return 0
 
@@ -363,6 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-images", type=int, default=1500)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--object-scale", type=float, default=1.0,
+                   help="draw every object this much smaller or larger (a regime of small targets)")
+    p.add_argument("--unnamed-share", type=float, default=0.4,
+                   help="share of captions that never name the scene (1.0: none does)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_data_synth)
     p = dsub.add_parser("check", help="count images/captions per split and list every problem found")

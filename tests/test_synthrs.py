@@ -183,6 +183,30 @@ def test_captions_are_true_varied_and_often_scene_free(rs_root):
     assert 0.3 <= scene_free / (5 * len(images)) <= 0.5
 
 
+def test_regimes_small_targets_and_scene_free_captions(tmp_path):
+    """The regimes notebook 04 tries a component in: smaller objects, captions that never name the scene."""
+    from rsretrieval.data.synthrs import generate_synthrs
+
+    base = generate_synthrs(tmp_path / "base", n_images=40, image_size=96, progress=False)
+    other = generate_synthrs(tmp_path / "other", n_images=40, image_size=96, object_scale=0.5, unnamed_share=1.0,
+                             progress=False)
+    params = json.loads((other / "synthrs.json").read_text())["params"]
+    assert (params["object_scale"], params["unnamed_share"]) == (0.5, 1.0)
+    assert "object_scale" not in json.loads((base / "synthrs.json").read_text())["params"]  # the default's as before
+    area = {}
+    for name, root in (("base", base), ("other", other)):
+        objs = [o for v in json.loads((root / "objects.json").read_text()).values() for o in v if o["kind"] == "object"]
+        area[name] = np.median([o["area_fraction"] for o in objs])
+    assert area["other"] < 0.5 * area["base"]  # half the length: about a quarter of the area
+    images, _ = _load(other)
+    for rec in images:
+        scene = NAME.match(rec["filename"])[1]
+        for s in rec["sentences"]:
+            assert not any(re.search(rf"\b{w}\b", s["raw"].lower()) for w in SCENE_INFO[scene].nouns), s["raw"]
+    with pytest.raises(ValueError, match="unnamed_share"):
+        generate_synthrs(tmp_path / "bad", n_images=4, image_size=96, unnamed_share=1.5, progress=False)
+
+
 def test_caption_claims_parse():
     objs = [{"kind": "object", "class": "plane", "colour": "white", "size": "small"}] * 2 + \
            [{"kind": "object", "class": "car", "colour": "red", "size": "small"}]

@@ -118,8 +118,8 @@ class _Frame:
 class _Canvas:
     """One image being rendered: RGB picture, id mask, objects, and free space for placement."""
 
-    def __init__(self, rng: np.random.Generator, size: int) -> None:
-        self.rng, self.S = rng, size
+    def __init__(self, rng: np.random.Generator, size: int, object_scale: float = 1.0) -> None:
+        self.rng, self.S, self.object_scale = rng, size, object_scale
         self.mask = Image.new("L", (size, size), 0)
         self.mdraw = ImageDraw.Draw(self.mask)
         self.items: list[dict[str, Any]] = []
@@ -158,6 +158,7 @@ class _Canvas:
         """Draw one object if it fits inside the image without touching others; return it or None."""
         if len(self.items) >= 250:  # masks are 8-bit
             return None
+        length *= self.object_scale
         c, s = math.cos(angle), math.sin(angle)
         half_w = _HALF_WIDTH[cls]
         if cls in ("tank", "tree"):  # round: the box does not grow with rotation

@@ -209,11 +209,12 @@ def _groups(objects: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 
 
 def _rs_captions(rng: np.random.Generator, scene: str, objects: Sequence[dict[str, Any]],
-                 n: int) -> list[str]:
+                 n: int, unnamed_share: float = 0.4) -> list[str]:
     groups = _groups(objects)
     marks = {o["id"]: o for o in objects if o["kind"] == "landmark"}
     nouns = SCENE_INFO[scene].nouns
-    named = rng.permutation([True] * (n - n * 2 // 5) + [False] * (n * 2 // 5))  # ~40% never name the scene
+    unnamed = int(n * unnamed_share)  # 0.4: two of five, as always
+    named = rng.permutation([True] * (n - unnamed) + [False] * unnamed)  # these captions never name the scene
     out: list[str] = []
     for want in named:
         for attempt in range(100):
@@ -333,7 +334,7 @@ def _web_aerial_captions(rng: np.random.Generator, scene: str, objects: Sequence
 
 
 def make_captions(rng: np.random.Generator, scene: str, objects: Sequence[dict[str, Any]], domain: str = "rs",
-                  n: int = 5) -> list[str]:
+                  n: int = 5, *, unnamed_share: float = 0.4) -> list[str]:
     """Write ``n`` distinct captions that describe an image's objects truthfully.
 
     Every noun phrase counts all objects of its class (or of that class and colour): "two white
@@ -346,12 +347,13 @@ def make_captions(rng: np.random.Generator, scene: str, objects: Sequence[dict[s
         domain: ``"rs"`` (RSITMD-like captions, ~40% without any scene word), ``"source"`` or
             ``"web"`` (source captions for object photos, alt-text for aerial photos).
         n: number of captions.
+        unnamed_share: (rs) the share of captions that never name the scene.
 
     Returns:
         ``n`` capitalised sentences ending with a full stop.
     """
     if domain == "rs":
-        return _rs_captions(rng, scene, objects, n)
+        return _rs_captions(rng, scene, objects, n, unnamed_share)
     if domain == "web" and scene in SCENE_INFO:
         return _web_aerial_captions(rng, scene, objects, n)
     return _source_captions(rng, objects, n)

@@ -33,8 +33,11 @@ from rsretrieval.errors import SynthRSExistsError
 # ----------------------------------------------------------------------------- dataset files
 
 
-def _params(n_images: int, image_size: int, seed: int, domain: str,
-            split_fractions: Sequence[float]) -> dict[str, Any]:
+OBJECT_SCALE, UNNAMED_SHARE = 1.0, 0.4  # the defaults: the course's target domain
+
+
+def _params(n_images: int, image_size: int, seed: int, domain: str, split_fractions: Sequence[float],
+            object_scale: float = OBJECT_SCALE, unnamed_share: float = UNNAMED_SHARE) -> dict[str, Any]:
     if domain not in DOMAINS:
         raise ValueError(f"domain must be one of {DOMAINS}, not {domain!r}")
     if n_images < 1 or image_size < 32:
@@ -43,8 +46,17 @@ def _params(n_images: int, image_size: int, seed: int, domain: str,
     if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1) > 1e-6:
         raise ValueError(f"split_fractions must be three non-negative numbers (train, val, test) "
                          f"summing to 1, not {fr}")
-    return {"version": VERSIONS[domain], "n_images": int(n_images), "image_size": int(image_size), "seed": int(seed),
-            "domain": domain, "split_fractions": fr}
+    if not 0.1 <= object_scale <= 2 or not 0 <= unnamed_share <= 1:
+        raise ValueError(f"need 0.1 <= object_scale <= 2 and 0 <= unnamed_share <= 1, got {object_scale} and "
+                         f"{unnamed_share}")
+    params = {"version": VERSIONS[domain], "n_images": int(n_images), "image_size": int(image_size),
+              "seed": int(seed), "domain": domain, "split_fractions": fr}
+    # a regime other than the default is part of the parameters; the default's stay as they always were
+    if object_scale != OBJECT_SCALE:
+        params["object_scale"] = float(object_scale)
+    if unnamed_share != UNNAMED_SHARE:
+        params["unnamed_share"] = float(unnamed_share)
+    return params
 
 
 def _read_params(root: Path) -> dict[str, Any] | None:
@@ -82,8 +94,10 @@ def _render_one(i: int, params: dict[str, Any]) -> tuple[str, str, Image.Image, 
     names = domain_scenes(params["domain"])
     scene = names[i % len(names)]
     rng = np.random.default_rng([params["seed"], DOMAINS.index(params["domain"]), i])
-    img, objects, mask = render_scene(rng, scene, params["image_size"], params["domain"])
-    captions = make_captions(rng, scene, objects, params["domain"])
+    img, objects, mask = render_scene(rng, scene, params["image_size"], params["domain"],
+                                      object_scale=params.get("object_scale", OBJECT_SCALE))
+    captions = make_captions(rng, scene, objects, params["domain"],
+                             unnamed_share=params.get("unnamed_share", UNNAMED_SHARE))
     return f"{scene}_{i // len(names) + 1}.png", scene, img, objects, mask, captions
 
 
@@ -137,6 +151,7 @@ def _write_dataset(folder: Path, params: dict[str, Any], progress: bool) -> None
 
 def generate_synthrs(root: str | Path, *, n_images: int = 1500, image_size: int = 224, seed: int = 0,
                      domain: str = "rs", split_fractions: Sequence[float] = (0.7, 0.1, 0.2),
+                     object_scale: float = OBJECT_SCALE, unnamed_share: float = UNNAMED_SHARE,
                      overwrite: bool = False, progress: bool = True) -> Path:
     """Generate SynthRS in RSITMD's layout under ``root`` (or reuse it if already there).
 
@@ -150,6 +165,10 @@ def generate_synthrs(root: str | Path, *, n_images: int = 1500, image_size: int 
         seed: the images and splits are a pure function of the seed (byte-identical files).
         domain: ``"rs"`` (top-down scenes) or ``"source"`` (object-centred pretraining domain).
         split_fractions: train/val/test shares, applied within each scene.
+        object_scale: every object drawn this much smaller (< 1) or larger, the layout unchanged (a
+            regime of small targets; captions still call each size what it is).
+        unnamed_share: the share of an rs image's captions that never name its scene (0.4 as in
+            RSITMD; 1.0: no caption does, a regime where only the objects say what the scene is).
         overwrite: replace an existing SynthRS dataset made with other parameters.
         progress: show a tqdm progress bar.
 
@@ -162,7 +181,7 @@ def generate_synthrs(root: str | Path, *, n_images: int = 1500, image_size: int 
         ValueError: invalid parameters.
     """
     root = Path(root).expanduser()
-    params = _params(n_images, image_size, seed, domain, split_fractions)
+    params = _params(n_images, image_size, seed, domain, split_fractions, object_scale, unnamed_share)
     old = _read_params(root)
     if old == params and _complete(root, params):
         return root  # same params but files lost: fall through and remake it

@@ -536,8 +536,8 @@ def _web_photo(rng: np.random.Generator, img: Image.Image) -> Image.Image:
 # ----------------------------------------------------------------------------- public rendering
 
 
-def render_scene(rng: np.random.Generator, scene: str, image_size: int = 224,
-                 domain: str = "rs") -> tuple[Image.Image, list[dict[str, Any]], np.ndarray]:
+def render_scene(rng: np.random.Generator, scene: str, image_size: int = 224, domain: str = "rs", *,
+                 object_scale: float = 1.0) -> tuple[Image.Image, list[dict[str, Any]], np.ndarray]:
     """Render one image of a scene.
 
     Args:
@@ -545,6 +545,7 @@ def render_scene(rng: np.random.Generator, scene: str, image_size: int = 224,
         scene: an entry of :func:`domain_scenes` of the domain (:data:`SCENES` for ``"rs"``).
         image_size: side in pixels; every length scales with it.
         domain: ``"rs"``, ``"source"`` or ``"web"`` (source photos, and rs scenes as aerial web photos).
+        object_scale: every object's length times this (the layout is drawn as at 1).
 
     Returns:
         The RGB image, its objects (see the module docstring) and the uint8 id mask.
@@ -556,7 +557,7 @@ def render_scene(rng: np.random.Generator, scene: str, image_size: int = 224,
         raise ValueError(f"unknown {domain} scene {scene!r}; choose one of {', '.join(names)}")
     if image_size < 32:
         raise ValueError(f"image_size must be at least 32, not {image_size}")
-    cv = _Canvas(rng, image_size)
+    cv = _Canvas(rng, image_size, object_scale)
     if scene in _RS_SCENES:
         _RS_SCENES[scene](cv)
     else:
