@@ -283,14 +283,15 @@ def _zoo_settings(args: argparse.Namespace):
     from rsretrieval.zoo import ZooSettings
 
     return ZooSettings(model=args.model, pretrained=args.pretrained or None, dataset=args.dataset,
-                       root=args.root, recipe=args.recipe or None, device=args.device, threads=args.threads)
+                       root=args.root, recipe=args.recipe or None, device=args.device, threads=args.threads,
+                       regime=args.regime)
 
 
 def cmd_zoo_build(args: argparse.Namespace) -> int:
     from rsretrieval.zoo import build_zoo, zoo_dir
 
     settings = _zoo_settings(args)
-    out = Path(args.out) if args.out else zoo_dir(settings.model, settings.dataset)
+    out = Path(args.out) if args.out else zoo_dir(settings.model, settings.dataset, settings.regime)
     doc = build_zoo(args.only, args.seed, out, settings, progress=args.progress)
     print(f"{len(doc['entries'])} entries in {out / 'zoo.json'}")
     return 0
@@ -510,6 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2, help="CPU threads; the files repeat bit for bit only with "
                                                           "the same count")
+    p.add_argument("--regime", default=None, help="a SynthRS regime (small-targets, scene-free-captions): its "
+                                                  "dataset is generated, its zoo goes to data/zoo/<model>-synthrs-<regime>")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=cmd_zoo_build)
     p = zsub.add_parser("show", help="the zoo's entries: best epoch, val and test mR, time, memory, file size")

@@ -66,12 +66,14 @@ CONFIGS: tuple[ZooConfig, ...] = (
 )
 
 
-def zoo_dir(model: str = "mini", dataset: str = "synthrs") -> Path:
-    """Where the committed zoo of ``model`` on ``dataset`` lives: the checkout's ``data/zoo/<model>-<dataset>``."""
+def zoo_dir(model: str = "mini", dataset: str = "synthrs", regime: str | None = None) -> Path:
+    """Where the committed zoo of ``model`` on ``dataset`` (in a SynthRS ``regime``) lives: the
+    checkout's ``data/zoo/<model>-<dataset>[-<regime>]``."""
     from rsretrieval.paths import checkout_root, data_home
 
     root = checkout_root()
-    return (root / "data" if root is not None else data_home()) / "zoo" / f"{model}-{dataset}"
+    name = f"{model}-{dataset}" + (f"-{regime}" if regime else "")
+    return (root / "data" if root is not None else data_home()) / "zoo" / name
 
 
 def select(only: list[str] | None, configs: tuple[ZooConfig, ...] = CONFIGS) -> list[ZooConfig]:
@@ -98,6 +100,19 @@ class ZooSettings:
     recipe: str | None = "mini-synthrs"
     device: str = "cpu"  # CPU by default: the committed files are made, and reproduced, there
     threads: int = 2
+    regime: str | None = None  # a SynthRS regime (data.synthrs.REGIMES), generated into <data home>/synthrs-<regime>
+
+    def data_root(self) -> str | None:
+        """The dataset folder: ``root``; for a regime without one, its generated SynthRS."""
+        if self.regime is None or self.root is not None:
+            return self.root
+        from rsretrieval.data.synthrs import REGIMES, generate_synthrs
+        from rsretrieval.paths import data_dir
+
+        if self.dataset != "synthrs" or self.regime not in REGIMES:
+            raise ValueError(f"regime {self.regime!r} is a SynthRS regime: one of {', '.join(REGIMES)}, with "
+                             f"dataset 'synthrs' (not {self.dataset!r})")
+        return str(generate_synthrs(data_dir(f"synthrs-{self.regime}"), **REGIMES[self.regime], progress=False))
 
 
 def build_zoo(only: list[str] | None = None, seeds: list[int] | None = None, out: str | Path | None = None,
@@ -117,7 +132,7 @@ def build_zoo(only: list[str] | None = None, seeds: list[int] | None = None, out
         The zoo document, as written to ``zoo.json`` after every entry.
     """
     settings = settings or ZooSettings()
-    folder = Path(out) if out else zoo_dir(settings.model, settings.dataset)
+    folder = Path(out) if out else zoo_dir(settings.model, settings.dataset, settings.regime)
     picked = select(only, configs)
     seeds = list(SEEDS if seeds is None else seeds)
     index = folder / "zoo.json"
@@ -207,7 +222,8 @@ def train_entry(config: ZooConfig, seed: int, folder: Path, settings: ZooSetting
     from rsretrieval.recipes import data_kwargs
 
     kwargs = data_kwargs(settings.recipe)  # e.g. PE-RSITR's 20% of train as validation
-    splits = [load_dataset(settings.dataset, settings.root, s, **kwargs) for s in ("train", "val", "test")]
+    root = settings.data_root()
+    splits = [load_dataset(settings.dataset, root, s, **kwargs) for s in ("train", "val", "test")]
     overrides = {**config.train, "seed": seed, "device": settings.device, "progress": False}
     full = config.method == "full"  # scored on test as stored (compact float16), not before
     result = run_method(settings.model, settings.pretrained, config.method, splits[0], splits[1],
@@ -241,7 +257,7 @@ def train_entry(config: ZooConfig, seed: int, folder: Path, settings: ZooSetting
 def _settings_args(settings: ZooSettings) -> list[str]:
     default = ZooSettings()
     args = []
-    for name in ("model", "pretrained", "dataset", "root", "recipe", "device", "threads"):
+    for name in ("model", "pretrained", "dataset", "root", "recipe", "device", "threads", "regime"):
         value = getattr(settings, name)
         if value != getattr(default, name):
             args += [f"--{name}", "" if value is None else str(value)]

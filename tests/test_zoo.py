@@ -21,6 +21,21 @@ def tiny_root(tmp_path_factory):
     return root
 
 
+def test_a_regime_has_its_own_zoo_folder_and_data(tmp_path, monkeypatch):
+    from rsretrieval import paths
+    from rsretrieval.zoo import zoo_dir
+
+    assert zoo_dir("mini", "synthrs", "small-targets").name == "mini-synthrs-small-targets"
+    assert ZooSettings(regime="small-targets", root="/somewhere").data_root() == "/somewhere"
+    with pytest.raises(ValueError, match="small-targets, scene-free-captions"):
+        ZooSettings(regime="nope").data_root()
+    made = []
+    monkeypatch.setattr(paths, "data_dir", lambda name: tmp_path / name)
+    monkeypatch.setattr("rsretrieval.data.synthrs.generate_synthrs", lambda root, **kw: made.append(kw) or root)
+    assert ZooSettings(regime="scene-free-captions").data_root() == str(tmp_path / "synthrs-scene-free-captions")
+    assert made == [{"unnamed_share": 1.0, "progress": False}]
+
+
 def test_the_zoo_covers_every_comparison_of_notebooks_02_to_04():
     labels = [c.label for c in CONFIGS]
     assert len(set(labels)) == len(labels) and len({c.slug for c in CONFIGS}) == len(CONFIGS)

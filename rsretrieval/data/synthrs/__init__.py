@@ -44,7 +44,7 @@ Modules: ``vocabulary`` (scenes, objects, words), ``textures`` and ``canvas`` (p
 """
 
 from rsretrieval.data.synthrs.captions import make_captions
-from rsretrieval.data.synthrs.generate import benchmark, generate_synthrs
+from rsretrieval.data.synthrs.generate import REGIMES, benchmark, generate_synthrs
 from rsretrieval.data.synthrs.masks import object_masks
 from rsretrieval.data.synthrs.scenes import render_scene
 from rsretrieval.data.synthrs.vocabulary import (
@@ -64,6 +64,7 @@ from rsretrieval.data.synthrs.vocabulary import (
 from rsretrieval.errors import SynthRSExistsError
 
 __all__ = [
+    "REGIMES",
     "DOMAINS",
     "LANDMARKS",
     "OBJECTS",

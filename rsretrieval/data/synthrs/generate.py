@@ -35,6 +35,12 @@ from rsretrieval.errors import SynthRSExistsError
 
 OBJECT_SCALE, UNNAMED_SHARE = 1.0, 0.4  # the defaults: the course's target domain
 
+# Regimes of the rs domain in which a CMER component may matter more than in the default one.
+REGIMES: dict[str, dict[str, float]] = {
+    "small-targets": {"object_scale": 0.5},  # objects half as long: what a focus layer is for
+    "scene-free-captions": {"unnamed_share": 1.0},  # no caption names its scene: what scene captions add
+}
+
 
 def _params(n_images: int, image_size: int, seed: int, domain: str, split_fractions: Sequence[float],
             object_scale: float = OBJECT_SCALE, unnamed_share: float = UNNAMED_SHARE) -> dict[str, Any]:
