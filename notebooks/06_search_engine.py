@@ -73,7 +73,8 @@ cfg
 # a `method.pt` of your own to choose.
 
 # %%
-from rsretrieval.zoo import ZooSettings, best_entry, encoder_weights, find_zoo, zoo_dir
+from rsretrieval.notebook import zoo_settings
+from rsretrieval.zoo import best_entry, encoder_weights, find_zoo, zoo_dir
 
 
 def best_course_run(course_dir: Path):
@@ -86,8 +87,7 @@ def best_course_run(course_dir: Path):
     return best
 
 
-settings = ZooSettings(model=MODEL, pretrained=cfg.pretrained, dataset=DATASET,
-                       root=str(cfg.data_dir) if DATA_DIR or SMOKE else None, recipe=RECIPE or None)
+settings = zoo_settings(cfg, DATASET, DATA_DIR, RECIPE)
 zoo = None if ADAPTER else find_zoo(settings)
 weights, chosen, short = {"pretrained": cfg.pretrained, "adapter": Path(ADAPTER) if ADAPTER else None}, \
     "your ADAPTER", "your ADAPTER"

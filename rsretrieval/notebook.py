@@ -113,26 +113,46 @@ def run_settings(recipe: str | None, config: Any, *, keep: tuple[str, ...] = ("s
 
 
 
+def zoo_settings(cfg: Setup, dataset: str, data_dir: str | None, recipe: str | None,
+                 regime: str | None = None) -> Any:
+    """The :class:`~rsretrieval.zoo.ZooSettings` of a notebook's parameters (and a SynthRS ``regime``).
+
+    The offline default has no root (the zoo was built on it); a smoke run's regime is generated at
+    the smoke size.
+    """
+    from rsretrieval.zoo import ZooSettings
+
+    root = str(cfg.data_dir) if data_dir or cfg.smoke else None
+    if regime and cfg.smoke:
+        from rsretrieval.data.synthrs import REGIMES, generate_synthrs
+
+        if regime not in REGIMES:
+            raise ValueError(f"unknown SynthRS regime {regime!r}; known: {', '.join(REGIMES)}")
+        root = str(generate_synthrs(paths.data_dir(f"synthrs-smoke-{regime}"), seed=0, **SYNTHRS_SMOKE,
+                                    **REGIMES[regime], progress=False))
+    return ZooSettings(model=cfg.model, pretrained=cfg.pretrained, dataset=dataset, root=root,
+                       recipe=recipe or None, device=str(cfg.device), regime=regime)
+
+
 def zoo_runs(cfg: Setup, dataset: str, data_dir: str | None, recipe: str | None, labels: list[str],
-             seeds: list[int], test: Any, *, progress: bool = True) -> tuple[list[dict[str, Any]], str]:
+             seeds: list[int], test: Any, *, regime: str | None = None,
+             progress: bool = True) -> tuple[list[dict[str, Any]], str]:
     """The runs a notebook compares, each scored live on ``test`` from its zoo file (``test=None``: not scored).
 
-    They come from the committed zoo when it was built for the notebook's model, data and recipe;
-    otherwise (real data, another model or recipe) they are trained into ``OUTPUT_DIR/zoo`` through
-    the same pipeline, resumably, one optimizer step each in a smoke run.
+    They come from the committed zoo when it was built for the notebook's model, data and recipe
+    (and ``regime``); otherwise (real data, another model or recipe) they are trained into
+    ``OUTPUT_DIR/zoo`` through the same pipeline, resumably, one optimizer step each in a smoke run.
 
     Returns:
         (the runs, a line saying where they came from).
     """
-    from rsretrieval.zoo import ZooSettings, ensure_zoo, evaluate_zoo, zoo_dir
+    from rsretrieval.zoo import ensure_zoo, evaluate_zoo, zoo_dir
 
-    root = str(cfg.data_dir) if data_dir or cfg.smoke else None  # None: the offline default the zoo was built on
-    settings = ZooSettings(model=cfg.model, pretrained=cfg.pretrained, dataset=dataset, root=root,
-                           recipe=recipe or None, device=str(cfg.device))
-    doc, folder = ensure_zoo(settings, labels, seeds, cfg.output_dir / "zoo",
-                             train={"epochs": 1, "max_steps": 1} if cfg.smoke else None, isolate=not cfg.smoke,
-                             progress=progress)
-    committed = folder == zoo_dir(settings.model, settings.dataset)
+    settings = zoo_settings(cfg, dataset, data_dir, recipe, regime)
+    out = cfg.output_dir / ("zoo" + (f"-{regime}" if regime else ""))
+    doc, folder = ensure_zoo(settings, labels, seeds, out, train={"epochs": 1, "max_steps": 1} if cfg.smoke else None,
+                             isolate=not cfg.smoke, progress=progress)
+    committed = folder == zoo_dir(settings.model, settings.dataset, settings.regime)
     where = (f"the committed zoo ({folder}), trained by `python -m rsretrieval zoo build`" if committed else
              f"trained here into {folder} (no committed zoo matches {cfg.model}, {dataset}, recipe {recipe!r})")
     return evaluate_zoo(doc, folder, test, labels=labels, seeds=seeds, device=str(cfg.device), progress=progress), where

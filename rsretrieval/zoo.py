@@ -301,18 +301,18 @@ def _pretrained_rows(settings: ZooSettings):
     return blob["payload"]["token_rows"].long()
 
 
-_WHAT_DECIDES = ("model", "pretrained", "dataset", "root", "recipe")  # device and threads only change the bits
+_WHAT_DECIDES = ("model", "pretrained", "dataset", "root", "recipe", "regime")  # device, threads: only the bits
 
 
 def find_zoo(settings: ZooSettings, folder: str | Path | None = None) -> dict[str, Any] | None:
     """The zoo in ``folder`` (default :func:`zoo_dir`) if it was built for the same model, data and
     recipe as ``settings`` (on any device), else None."""
-    index = Path(folder or zoo_dir(settings.model, settings.dataset)) / "zoo.json"
+    index = Path(folder or zoo_dir(settings.model, settings.dataset, settings.regime)) / "zoo.json"
     if not index.is_file():
         return None
     doc = json.loads(index.read_text(encoding="utf-8"))
     wanted = json.loads(json.dumps(asdict(settings)))
-    return doc if all(doc.get("settings", {}).get(k) == wanted[k] for k in _WHAT_DECIDES) else None
+    return doc if all(doc.get("settings", {}).get(k) == wanted[k] for k in _WHAT_DECIDES) else None  # None == absent
 
 
 def ensure_zoo(settings: ZooSettings, labels: list[str], seeds: list[int], out: str | Path, *,
@@ -331,7 +331,7 @@ def ensure_zoo(settings: ZooSettings, labels: list[str], seeds: list[int], out: 
     wanted = {(label, seed) for label in labels for seed in seeds}
     committed = find_zoo(settings)
     if committed is not None and wanted <= {(e["label"], e["seed"]) for e in committed["entries"]} and not train:
-        return committed, zoo_dir(settings.model, settings.dataset)
+        return committed, zoo_dir(settings.model, settings.dataset, settings.regime)
     configs = tuple(replace(c, train={**c.train, **(train or {})}) for c in select(labels))
     return build_zoo(None, seeds, out, settings, configs=configs, isolate=isolate, progress=progress), Path(out)
 
