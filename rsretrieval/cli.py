@@ -292,7 +292,7 @@ def cmd_zoo_build(args: argparse.Namespace) -> int:
 
     settings = _zoo_settings(args)
     out = Path(args.out) if args.out else zoo_dir(settings.model, settings.dataset, settings.regime)
-    doc = build_zoo(args.only, args.seed, out, settings, progress=args.progress)
+    doc = build_zoo(args.only, args.seed, out, settings, workers=args.workers, progress=args.progress)
     print(f"{len(doc['entries'])} entries in {out / 'zoo.json'}")
     return 0
 
@@ -509,8 +509,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=None)
     p.add_argument("--recipe", default="mini-synthrs", help="recipe name ('' for TrainConfig's defaults)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads; the files repeat bit for bit only with "
-                                                          "the same count")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads of each entry; the files repeat bit for bit "
+                                                          "only with the same count")
+    p.add_argument("--workers", type=int, default=2, help="entries trained at once, one child process each "
+                                                          "(the files do not depend on it)")
     p.add_argument("--regime", default=None, help="a SynthRS regime (small-targets, scene-free-captions): its "
                                                   "dataset is generated, its zoo goes to data/zoo/<model>-synthrs-<regime>")
     p.add_argument("--no-progress", dest="progress", action="store_false")

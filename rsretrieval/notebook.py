@@ -131,7 +131,8 @@ def zoo_settings(cfg: Setup, dataset: str, data_dir: str | None, recipe: str | N
         root = str(generate_synthrs(paths.data_dir(f"synthrs-smoke-{regime}"), seed=0, **SYNTHRS_SMOKE,
                                     **REGIMES[regime], progress=False))
     return ZooSettings(model=cfg.model, pretrained=cfg.pretrained, dataset=dataset, root=root,
-                       recipe=recipe or None, device=str(cfg.device), regime=regime)
+                       recipe=recipe or None, device=str(cfg.device), regime=regime,
+                       threads=torch.get_num_threads())  # entries trained here, one at a time, use every core
 
 
 def zoo_runs(cfg: Setup, dataset: str, data_dir: str | None, recipe: str | None, labels: list[str],

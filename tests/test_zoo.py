@@ -67,14 +67,21 @@ def test_zoo_entries_have_provenance_resume_and_rebuild_bit_for_bit(tiny_root, t
     assert build_zoo(None, [0], tmp_path / "a", settings, configs=configs, progress=False) == doc
     monkeypatch.undo()
 
-    # Rebuilt from nothing in another folder: the same bytes.
-    again = build_zoo(None, [0], tmp_path / "b", settings, configs=configs, progress=False)
+    # Rebuilt from nothing in another folder, two entries at a time: the same bytes.
+    again = build_zoo(None, [0], tmp_path / "b", settings, configs=configs, workers=2, progress=False)
     assert [e["file_sha256"] for e in again["entries"]] == [e["file_sha256"] for e in doc["entries"]]
+
+    # An entry that fails says which, and stops the build.
+    from rsretrieval.errors import ChildProcessFailed
+
+    broken = (ZooConfig("broken", "linear_probe", train={**quick, "epochs": 0}),)
+    with pytest.raises(ChildProcessFailed, match="zoo entry broken seed 0 failed.*epochs must be an integer"):
+        build_zoo(None, [0], tmp_path / "c", settings, configs=broken, workers=2, progress=False)
 
     # A zoo folder of other settings is refused by name.
     with pytest.raises(ValueError, match="zoo of other settings"):
         build_zoo(None, [0], tmp_path / "a", ZooSettings(model="tiny", pretrained=None, root=str(tiny_root),
-                                                          recipe=None, threads=1), configs=configs, progress=False)
+                                                          recipe=None, threads=2), configs=configs, progress=False)
 
     # The entries, scored live from their stored files, give the build's own test scores.
     assert find_zoo(settings, tmp_path / "a") == doc and find_zoo(ZooSettings(), tmp_path / "a") is None
@@ -86,6 +93,6 @@ def test_zoo_entries_have_provenance_resume_and_rebuild_bit_for_bit(tiny_root, t
         evaluate_zoo(doc, tmp_path / "a", None, labels=["cmer"], progress=False)
 
     # What a notebook of other settings does: the entries it needs, trained here, through the same pipeline.
-    made, where = ensure_zoo(settings, ["linear_probe"], [0], tmp_path / "c", train=quick, isolate=False,
+    made, where = ensure_zoo(settings, ["linear_probe"], [0], tmp_path / "d", train=quick, isolate=False,
                              progress=False)
-    assert where == tmp_path / "c" and [e["file_sha256"] for e in made["entries"]] == [doc["entries"][0]["file_sha256"]]
+    assert where == tmp_path / "d" and [e["file_sha256"] for e in made["entries"]] == [doc["entries"][0]["file_sha256"]]
