@@ -57,12 +57,11 @@ import sys
 import torch
 from IPython.display import display
 
-from rsretrieval.experiments import compare, format_summary, run_method, summarize
-from rsretrieval.methods import apply_method, list_methods
+from rsretrieval.experiments import compare, format_summary, summarize
+from rsretrieval.methods import apply_method
 from rsretrieval.models import create_model, print_trainable_parameters
-from rsretrieval.notebook import load_splits, recipe_data_kwargs, record, run_settings, setup, zero_shot_row, zoo_runs
+from rsretrieval.notebook import load_splits, recipe_data_kwargs, record, setup, watch_training, zero_shot_row, zoo_runs
 from rsretrieval.plots import plot_score_vs_params, plot_val_curves
-from rsretrieval.training import TrainConfig
 
 cfg = setup(device=DEVICE, dataset=DATASET, data_dir=DATA_DIR, output_dir=OUTPUT_DIR, model=MODEL,
             pretrained=PRETRAINED, smoke=SMOKE, seed=SEED, notebook="02_full_vs_petl")
@@ -176,7 +175,6 @@ print("parameters of our MRS-Adapter on ViT-B/32 widths:", sum(p.numel() for p i
 # something) and compare outputs of one block on the same input.
 
 # %%
-from rsretrieval.methods.mrs_adapter import MRSAdapter
 
 bundle = create_model(MODEL, cfg.pretrained)
 lib_model = apply_method(bundle.model, "mrs_adapter")
@@ -276,22 +274,12 @@ plot_val_curves(runs, title=f"{MODEL} on {DATASET}: validation mR while training
 # Its schedule is shorter than the recipe's, so it ends its decay sooner.
 
 # %%
-from rsretrieval.widgets import LiveCurve
-
-curve = LiveCurve(f"{LIVE_METHOD}, {EPOCHS} epochs", [r for r in runs if r["label"] == LIVE_METHOD],
-                  title=f"{LIVE_METHOD}: trained here vs the zoo's runs")
-live_cfg = TrainConfig(epochs=EPOCHS, batch_size=BATCH_SIZE, seed=SEED, device=str(cfg.device), progress=False,
-                       max_steps=1 if SMOKE else None)
-live = run_method(MODEL, cfg.pretrained, LIVE_METHOD, train, val, test,
-                  **run_settings(RECIPE, live_cfg, keep=("epochs", "batch_size", "seed", "device", "progress"),
-                                 smoke=SMOKE), run_dir=cfg.output_dir / "live" / LIVE_METHOD, on_epoch=curve)
-if not curve.records:  # read back from an earlier execution: draw what it recorded
-    curve.records = live["history"]["records"]
-    display(curve.figure())
+live = watch_training(cfg, LIVE_METHOD, splits, RECIPE, epochs=EPOCHS, batch_size=BATCH_SIZE, seed=SEED,
+                      reference=[r for r in runs if r["label"] == LIVE_METHOD])
 zoo_best = mean_of(LIVE_METHOD, "val_mr") if LIVE_METHOD in by_label else float("nan")
 epochs_here = len(live["history"]["records"])
 print(f"after {epochs_here} epoch{'s' if epochs_here != 1 else ''} here: val mR {live['val_mr']:.2f}; the zoo's "
-      f"{LIVE_METHOD} runs reached {zoo_best:.2f} at their best epoch (mean over {N_SEEDS} seeds)")
+      f"{LIVE_METHOD} runs reached {zoo_best:.2f} at their best epoch (mean over {len(seeds)} seed{'s' if len(seeds) != 1 else ''})")
 
 # %% [markdown]
 # Beside PE-RSITR's own table (ViT-B/32 on RSITMD, **the paper's numbers**, not comparable in

@@ -54,17 +54,15 @@ import inspect
 import statistics
 
 import torch
-from IPython.display import display
 
 from rsretrieval.data.dataset import open_image
-from rsretrieval.experiments import compare, format_summary, run_method, summarize
+from rsretrieval.experiments import compare, format_summary, summarize
 from rsretrieval.methods import apply_method
 from rsretrieval.cmer import FocusPool, focus_mass_on_objects
 from rsretrieval.data.synthrs import object_masks
 from rsretrieval.models import create_model, print_trainable_parameters
-from rsretrieval.notebook import load_splits, recipe_data_kwargs, record, run_settings, setup, zoo_runs
+from rsretrieval.notebook import load_splits, recipe_data_kwargs, record, setup, watch_training, zoo_runs
 from rsretrieval.plots import plot_focus_maps, plot_val_curves
-from rsretrieval.training import TrainConfig
 
 cfg = setup(device=DEVICE, dataset=DATASET, data_dir=DATA_DIR, output_dir=OUTPUT_DIR, model=MODEL,
             pretrained=PRETRAINED, smoke=SMOKE, seed=SEED, notebook="03_focus_adapter")
@@ -250,18 +248,8 @@ print(f"training to its best epoch took the Focus-Adapter {train_s['focus_adapte
 # recipe's, so it ends its decay sooner.
 
 # %%
-from rsretrieval.widgets import LiveCurve
-
-curve = LiveCurve(f"{LIVE_METHOD}, {EPOCHS} epochs", [r for r in runs if r["label"] == LIVE_METHOD],
-                  title=f"{LIVE_METHOD}: trained here vs the zoo's runs")
-live_cfg = TrainConfig(epochs=EPOCHS, batch_size=BATCH_SIZE, seed=SEED, device=str(cfg.device), progress=False,
-                       max_steps=1 if SMOKE else None)
-live = run_method(MODEL, cfg.pretrained, LIVE_METHOD, train, val, test,
-                  **run_settings(RECIPE, live_cfg, keep=("epochs", "batch_size", "seed", "device", "progress"),
-                                 smoke=SMOKE), run_dir=cfg.output_dir / "live" / LIVE_METHOD, on_epoch=curve)
-if not curve.records:  # read back from an earlier execution: draw what it recorded
-    curve.records = live["history"]["records"]
-    display(curve.figure())
+live = watch_training(cfg, LIVE_METHOD, splits, RECIPE, epochs=EPOCHS, batch_size=BATCH_SIZE, seed=SEED,
+                      reference=[r for r in runs if r["label"] == LIVE_METHOD])
 print(f"trained here: val mR {live['val_mr']:.2f} in {sum(r['seconds'] for r in live['history']['records']):.0f} s")
 
 # %% [markdown]
@@ -281,7 +269,8 @@ for r in (r for r in runs if r["label"] == "focus_adapter"):
     print(f"seed {r['seed']}: focus share {after['focus_share']:.3f} (uniform {after['uniform_share']:.3f}), "
           f"lift {after['lift']:.2f}")
 lift_std = statistics.stdev(lifts) if len(lifts) > 1 else 0.0
-print(f"after training: lift {statistics.mean(lifts):.2f} ± {lift_std:.2f} over {len(lifts)} seeds "
+print(f"after training: lift {statistics.mean(lifts):.2f} ± {lift_std:.2f} over {len(lifts)} "
+      f"seed{'s' if len(lifts) != 1 else ''} "
       f"(before: {before['lift']:.2f})")
 show = probe[:5]
 plot_focus_maps([test.image_paths[i] for i in show], maps[: len(show)], masks[: len(show)],

@@ -53,16 +53,14 @@ OUTPUT_DIR = ""
 # %matplotlib inline
 import random
 
-from IPython.display import display
 
 from rsretrieval.cmer import effective_negatives, scene_caption, scene_protocols, steps_held
-from rsretrieval.experiments import compare, format_summary, run_method, summarize
+from rsretrieval.experiments import compare, format_summary, summarize
 from rsretrieval.methods import load_method
 from rsretrieval.models import create_model
-from rsretrieval.notebook import load_splits, recipe_data_kwargs, record, run_settings, setup, zoo_runs
+from rsretrieval.notebook import load_splits, recipe_data_kwargs, record, setup, watch_training, zoo_runs
 from rsretrieval.plots import plot_val_curves
-from rsretrieval.training import TrainConfig
-from rsretrieval.zoo import CONFIGS, select
+from rsretrieval.zoo import CONFIGS
 
 cfg = setup(device=DEVICE, dataset=DATASET, data_dir=DATA_DIR, output_dir=OUTPUT_DIR, model=MODEL,
             pretrained=PRETRAINED, smoke=SMOKE, seed=SEED, notebook="04_scene_and_negatives")
@@ -230,21 +228,8 @@ for regime, (off, on) in REGIME_ROWS.items():
 # each epoch beside the zoo's runs of it (a shorter schedule than the recipe's).
 
 # %%
-from rsretrieval.widgets import LiveCurve
-
-live_config = select([LIVE_LABEL])[0]
-curve = LiveCurve(f"{LIVE_LABEL}, {EPOCHS} epochs", [r for r in ablation if r["label"] == ABLATION.get(LIVE_LABEL)],
-                  title=f"{LIVE_LABEL}: trained here vs the zoo's runs")
-live_cfg = TrainConfig(epochs=EPOCHS, batch_size=BATCH_SIZE, seed=SEED, device=str(cfg.device), progress=False,
-                       max_steps=1 if SMOKE else None)
-live = run_method(MODEL, cfg.pretrained, live_config.method, train, val, test,
-                  **run_settings(RECIPE, live_cfg, keep=("epochs", "batch_size", "seed", "device", "progress"),
-                                 smoke=SMOKE), loss=live_config.loss, method_kwargs=live_config.method_kwargs,
-                  loss_kwargs=live_config.loss_kwargs, run_dir=cfg.output_dir / "live" / live_config.slug,
-                  on_epoch=curve)
-if not curve.records:  # read back from an earlier execution: draw what it recorded
-    curve.records = live["history"]["records"]
-    display(curve.figure())
+live = watch_training(cfg, LIVE_LABEL, splits, RECIPE, epochs=EPOCHS, batch_size=BATCH_SIZE, seed=SEED,
+                      reference=[r for r in ablation if r["label"] == ABLATION.get(LIVE_LABEL)])
 print(f"trained here: val mR {live['val_mr']:.2f} in {sum(r['seconds'] for r in live['history']['records']):.0f} s")
 
 # %% [markdown]

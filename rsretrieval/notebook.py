@@ -169,3 +169,33 @@ def zero_shot_row(cfg: Setup, test: Any) -> dict[str, Any]:
                        device=cfg.device, progress=False).metrics
     return {"label": "zero-shot", "n": 1, "trainable": 0, "total": count_parameters(bundle.model)[1],
             "mr_mean": metrics["mr"], "mr_std": 0.0, "seconds_per_epoch": 0.0, "values": [metrics["mr"]]}
+
+
+def watch_training(cfg: Setup, label: str, splits: dict, recipe: str | None, *, epochs: int, batch_size: int,
+                   seed: int, reference: list[dict[str, Any]]) -> dict[str, Any]:
+    """Train the zoo configuration ``label`` here from scratch for ``epochs`` (one step in a smoke run),
+    drawing its validation curve after each epoch beside ``reference`` (the zoo's runs of it).
+
+    Returns:
+        :func:`rsretrieval.experiments.run_method`'s results (read back, and drawn, when this run was
+        already done in ``OUTPUT_DIR/live``).
+    """
+    from IPython.display import display
+
+    from rsretrieval.experiments import run_method
+    from rsretrieval.training import TrainConfig
+    from rsretrieval.widgets import LiveCurve
+    from rsretrieval.zoo import select
+
+    config = select([label])[0]
+    curve = LiveCurve(f"{label}, {epochs} epochs", reference, title=f"{label}: trained here vs the zoo's runs")
+    live_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, device=str(cfg.device), progress=False,
+                           max_steps=1 if cfg.smoke else None)
+    live = run_method(cfg.model, cfg.pretrained, config.method, splits["train"], splits["val"], splits["test"],
+                      **run_settings(recipe, live_cfg, keep=("epochs", "batch_size", "seed", "device", "progress"),
+                                     smoke=cfg.smoke), loss=config.loss, method_kwargs=config.method_kwargs,
+                      loss_kwargs=config.loss_kwargs, run_dir=cfg.output_dir / "live" / config.slug, on_epoch=curve)
+    if not curve.records:  # read back from an earlier execution: draw what it recorded
+        curve.records = live["history"]["records"]
+        display(curve.figure())
+    return live
