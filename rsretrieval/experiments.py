@@ -66,7 +66,8 @@ def run_method(
         cache_features: a side branch (Focus-Adapter, CMER's branch) trains from the frozen-feature
             cache (:mod:`rsretrieval.cmer.cache`, built once per backbone and split): images and
             captions with ``infonce`` and ``recycling``, images only with ``cmer`` (which rewrites
-            captions). False: from pixels and tokens.
+            captions); the linear probe and CLIP-Adapter from the towers' pooled outputs, computed
+            once (:class:`~rsretrieval.training.PooledFeatureTask`). False: from pixels and tokens.
         on_epoch: called with each epoch's record as training goes (not for a run read back).
 
     Returns:
@@ -115,7 +116,11 @@ def run_method(
     if rank == 0 and verbose:
         print_trainable_parameters(net)
     task = build_task(loss, net, train, **(loss_kwargs or {}))
-    if identity["cached_features"]:
+    if identity["cached_features"] == "pooled":
+        from rsretrieval.training import PooledFeatureTask
+
+        task = PooledFeatureTask(net, train, bundle.transform, tokenizer, task.loss, device=select_device(cfg.device))
+    elif identity["cached_features"]:
         from rsretrieval.cmer.cache import CachedSideBranchTask, build_cache
 
         cache = build_cache(net.to(select_device(cfg.device)), train, bundle.transform, tokenizer, progress=False)
@@ -153,13 +158,19 @@ CACHEABLE_LOSSES = ("infonce", "recycling")  # losses of the frozen features as 
 IMAGE_CACHEABLE_LOSSES = ("cmer",)  # captions rewritten (scene prefixes): only the images' features are fixed
 
 
+POOLED_METHODS = ("linear_probe", "clip_adapter")  # train only on each tower's pooled output
+
+
 def trains_from_cache(method: str, loss: str) -> bool | str:
-    """How ``run_method`` trains this method and loss from the frozen-feature cache: True (images and
-    captions), ``"images"`` (images only), or False (not at all: not a side branch, or a loss that
-    changes what the backbone reads)."""
+    """How ``run_method`` trains this method and loss from frozen features: True (a side branch, from
+    the cache of images and captions), ``"images"`` (from the cache of images only), ``"pooled"`` (a
+    method on the towers' pooled outputs, from those computed once), or False (not at all: the method
+    sits inside the towers, or its loss changes what the backbone reads)."""
     from rsretrieval.cmer.focus_adapter import FocusAdapterConfig
     from rsretrieval.methods import get_method
 
+    if method in POOLED_METHODS:
+        return "pooled" if loss in CACHEABLE_LOSSES else False
     if not issubclass(get_method(method).config_cls, FocusAdapterConfig):
         return False
     return True if loss in CACHEABLE_LOSSES else "images" if loss in IMAGE_CACHEABLE_LOSSES else False
