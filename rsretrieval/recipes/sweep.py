@@ -206,9 +206,17 @@ def _slug(settings: dict[str, Any]) -> str:
 
 def _store(path: Path, name: str, model: str, pretrained: str | None, dataset: str, method: str,
            entry: dict[str, Any]) -> None:
-    doc = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {
-        "description": f"Chosen on {dataset}'s validation split for {model} ({pretrained}) by "
-                       f"`python -m rsretrieval recipes sweep`; each method's entry keeps the sweep behind it.",
-        "model": model, "pretrained": pretrained, "datasets": [dataset], "methods": {}}
-    doc["methods"][method] = entry
-    atomic_write_json(path, doc)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; run one sweep at a time there
+        fcntl = None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:  # sweeps of two methods may finish at once
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        doc = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {
+            "description": f"Chosen on {dataset}'s validation split for {model} ({pretrained}) by "
+                           f"`python -m rsretrieval recipes sweep`; each method's entry keeps the sweep behind it.",
+            "model": model, "pretrained": pretrained, "datasets": [dataset], "methods": {}}
+        doc["methods"][method] = entry
+        atomic_write_json(path, doc)
