@@ -91,7 +91,7 @@ def run_method(
     run_dir = Path(run_dir)
     cfg = replace(config, output_dir=str(run_dir))
     identity = {"model": model, "pretrained": pretrained, "method": method, "loss": loss,
-                "method_kwargs": method_kwargs or {}, "loss_kwargs": loss_kwargs or {}, "config": asdict(cfg),
+                "method_kwargs": method_kwargs or {}, "loss_kwargs": loss_kwargs or {}, "config": _config_identity(cfg),
                 "train_images": train.num_images, "selection": "val" if val is not None else "last epoch",
                 "cached_features": trains_from_cache(method, loss) if cache_features else False,
                 "recipe": recipe, "ties": DEFAULT_TIES, "results_version": RESULTS_VERSION}
@@ -152,6 +152,12 @@ def run_method(
     }
     atomic_write_json(done, out, default=float)
     return json.loads(done.read_text())
+
+
+def _config_identity(cfg: TrainConfig) -> dict[str, Any]:
+    """The run identity's training settings; ``stop_epoch`` only when set, so runs made before the
+    field existed keep their identity (and are read back, not trained again)."""
+    return {k: v for k, v in asdict(cfg).items() if not (k == "stop_epoch" and v is None)}
 
 
 CACHEABLE_LOSSES = ("infonce", "recycling")  # losses of the frozen features as they are: no dropout, no rewriting

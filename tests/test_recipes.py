@@ -65,6 +65,22 @@ def test_patience_stops_when_val_stops_improving(colour_data, tiny_bundle):
     assert history.best_epoch == 1 and len(history.records) == 3  # two epochs without a better val mR
 
 
+def test_stop_epoch_cuts_the_validated_schedule_without_shortening_it(colour_data, tiny_bundle):
+    import copy
+
+    runs = {}
+    for stop in (None, 2):
+        cfg = TrainConfig(epochs=4, stop_epoch=stop, batch_size=8, lr=1e-3, warmup_steps=1, progress=False,
+                          device="cpu")
+        runs[stop] = fit(copy.deepcopy(tiny_bundle.model), tiny_bundle.tokenizer, colour_data, tiny_bundle.transform,
+                         cfg, val_data=colour_data).records
+    assert len(runs[2]) == 2 and len(runs[None]) == 4
+    assert runs[2] == [{**r, "seconds": runs[2][k]["seconds"], "samples_per_s": runs[2][k]["samples_per_s"]}
+                       for k, r in enumerate(runs[None][:2])]  # the same steps and learning rates, then a stop
+    with pytest.raises(ValueError, match="stop_epoch"):
+        TrainConfig(stop_epoch=0)
+
+
 def _no_test_dataset(root):
     """A Karpathy json with train and val images only: no test split at all."""
     items = []
@@ -113,7 +129,7 @@ def test_sweep_reads_no_test_split_and_stores_a_recipe(tmp_path, monkeypatch):
     r = load_recipe("tiny-karpathy", "adapter")  # the stored recipe, read back by name
     assert r.train["lr"] == entry["train"]["lr"] and r.method_kwargs == entry["method_kwargs"]
     assert r.sweep["selected_on"] == "val"
-    assert r.train["epochs"] == entry["sweep"]["best_epoch"] <= base["epochs"]  # where early stopping peaked
+    assert r.train["epochs"] == base["epochs"] and r.train["stop_epoch"] == entry["sweep"]["best_epoch"]
 
     # Resumable: a second sweep reads every point back instead of training it.
     import rsretrieval.training as training

@@ -80,8 +80,9 @@ def sweep(
         recipe_file: where the recipe goes (default: the library's ``<model>-<dataset>.json``).
 
     Returns:
-        The recipe entry written for ``method``: ``train`` (with ``epochs`` = the chosen point's best
-        epoch, so runs of the recipe stop where the sweep's early stopping did), ``method_kwargs``, ``loss``,
+        The recipe entry written for ``method``: ``train`` (the sweep's schedule, with ``stop_epoch`` =
+        the chosen point's best epoch, so runs of the recipe stop where the sweep's early stopping
+        found the peak), ``method_kwargs``, ``loss``,
         ``loss_kwargs`` and ``sweep`` (the space, every point's settings and val mR, the chosen one).
     """
     from rsretrieval.data import load_dataset
@@ -138,8 +139,8 @@ def sweep(
 
     train_kw, method_kw, loss_kw = _split(chosen)
     best = next(p for p in points if p["settings"] == chosen)
-    # the epoch count early stopping found: the recipe's schedule ends where the chosen point peaked
-    entry = {"train": {**base, **train_kw, "epochs": best["best_epoch"]}, "method_kwargs": method_kw, "loss": loss, "loss_kwargs": loss_kw,
+    # the schedule the sweep validated, stopped where the chosen point peaked
+    entry = {"train": {**base, **train_kw, "stop_epoch": best["best_epoch"]}, "method_kwargs": method_kw, "loss": loss, "loss_kwargs": loss_kw,
              "sweep": {"model": model, "pretrained": pretrained, "dataset": dataset, "selected_on": "val",
                        "space": space, "points": points, "chosen": chosen, "val_mr": best["val_mr"],
                        "best_epoch": best["best_epoch"]}}
@@ -206,9 +207,17 @@ def _slug(settings: dict[str, Any]) -> str:
 
 def _store(path: Path, name: str, model: str, pretrained: str | None, dataset: str, method: str,
            entry: dict[str, Any]) -> None:
-    doc = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {
-        "description": f"Chosen on {dataset}'s validation split for {model} ({pretrained}) by "
-                       f"`python -m rsretrieval recipes sweep`; each method's entry keeps the sweep behind it.",
-        "model": model, "pretrained": pretrained, "datasets": [dataset], "methods": {}}
-    doc["methods"][method] = entry
-    atomic_write_json(path, doc)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; run one sweep at a time there
+        fcntl = None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:  # sweeps of two methods may finish at once
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        doc = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {
+            "description": f"Chosen on {dataset}'s validation split for {model} ({pretrained}) by "
+                           f"`python -m rsretrieval recipes sweep`; each method's entry keeps the sweep behind it.",
+            "model": model, "pretrained": pretrained, "datasets": [dataset], "methods": {}}
+        doc["methods"][method] = entry
+        atomic_write_json(path, doc)

@@ -58,6 +58,7 @@ class TrainConfig:
     """Settings of one training run. Every field has a default fit for a CPU course run."""
 
     epochs: int = 5  # at most: with `patience`, training stops earlier
+    stop_epoch: int | None = None  # stop after this epoch, the schedule still spanning `epochs` (a recipe's best)
     batch_size: int = 64
     lr: float = 1e-4
     weight_decay: float = 0.05
@@ -100,6 +101,9 @@ class TrainConfig:
         if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(self.patience, int)
                                           or self.patience < 1):
             raise ValueError(f"TrainConfig.patience must be None or an integer >= 1, got {self.patience!r}")
+        if self.stop_epoch is not None and (isinstance(self.stop_epoch, bool) or not isinstance(self.stop_epoch, int)
+                                            or self.stop_epoch < 1):
+            raise ValueError(f"TrainConfig.stop_epoch must be None or an integer >= 1, got {self.stop_epoch!r}")
         if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
             raise ValueError(f"TrainConfig.max_steps must be None or an integer >= 1, got {self.max_steps!r}")
         if not self.lr > 0 or not self.weight_decay >= 0 or not 0 <= self.min_lr_ratio <= 1:
@@ -460,9 +464,10 @@ def fit(
     pairs = _training_pairs(task, train_data, transform, cfg)
     steps = math.ceil(len(epoch_order(len(pairs), cfg.seed, 0, rank, world)) / cfg.batch_size)
     run = _start(task, cfg, train_data, steps, device, world)
-    while run.epoch < cfg.epochs and not _done(run, cfg) and not _out_of_patience(run.history, cfg):
+    last = min(cfg.epochs, cfg.stop_epoch or cfg.epochs)
+    while run.epoch < last and not _done(run, cfg) and not _out_of_patience(run.history, cfg):
         record = _train_epoch(run, cfg, tokenizer, pairs, device, out, rank, world)
-        last_epoch = _done(run, cfg) or run.epoch + 1 == cfg.epochs
+        last_epoch = _done(run, cfg) or run.epoch + 1 == last
         if val_data is not None and cfg.eval_every and rank == 0 and ((run.epoch + 1) % cfg.eval_every == 0
                                                                       or last_epoch):
             record.update(_validate(run, model, tokenizer, val_data, val_transform or transform, cfg, device, out))
