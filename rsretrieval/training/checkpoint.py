@@ -31,7 +31,8 @@ RUN_FILES = ("last.pt", "best.pt", "history.json")  # what fit writes into outpu
 
 # TrainConfig fields that may differ between a run and its resumption: they do not change what is computed.
 FREE_ON_RESUME = frozenset({"device", "amp", "preload_images", "eval_every", "eval_batch_size",
-                            "checkpoint_every_steps", "output_dir", "resume", "progress"})
+                            "checkpoint_every_steps", "output_dir", "resume", "progress",
+                            "stop_epoch"})  # when to stop changes no step already taken
 
 
 class TrainingState(nn.Module):
