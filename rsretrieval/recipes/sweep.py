@@ -140,7 +140,8 @@ def sweep(
     train_kw, method_kw, loss_kw = _split(chosen)
     best = next(p for p in points if p["settings"] == chosen)
     # the schedule the sweep validated, stopped where the chosen point peaked
-    entry = {"train": {**base, **train_kw, "stop_epoch": best["best_epoch"]}, "method_kwargs": method_kw, "loss": loss, "loss_kwargs": loss_kw,
+    entry = {"train": {**base, **train_kw, "stop_epoch": best["best_epoch"]}, "method_kwargs": method_kw,
+             "loss": loss, "loss_kwargs": loss_kw,
              "sweep": {"model": model, "pretrained": pretrained, "dataset": dataset, "selected_on": "val",
                        "space": space, "points": points, "chosen": chosen, "val_mr": best["val_mr"],
                        "best_epoch": best["best_epoch"]}}

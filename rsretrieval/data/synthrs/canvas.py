@@ -115,10 +115,13 @@ class _Frame:
         return [self.pt(u, v) for u, v in _rect(u0, v0, u1, v1)]
 
 
+OBJECT_SCALE = 1.0  # objects at their natural lengths: the course's target domain
+
+
 class _Canvas:
     """One image being rendered: RGB picture, id mask, objects, and free space for placement."""
 
-    def __init__(self, rng: np.random.Generator, size: int, object_scale: float = 1.0) -> None:
+    def __init__(self, rng: np.random.Generator, size: int, object_scale: float = OBJECT_SCALE) -> None:
         self.rng, self.S, self.object_scale = rng, size, object_scale
         self.mask = Image.new("L", (size, size), 0)
         self.mdraw = ImageDraw.Draw(self.mask)

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from rsretrieval.data.synthrs.captions import make_captions
+from rsretrieval.data.synthrs.canvas import OBJECT_SCALE
+from rsretrieval.data.synthrs.captions import UNNAMED_SHARE, make_captions
 from rsretrieval.data.synthrs.scenes import render_scene
 from rsretrieval.data.synthrs.vocabulary import (
     DOMAINS,
@@ -32,8 +33,6 @@ from rsretrieval.errors import SynthRSExistsError
 
 # ----------------------------------------------------------------------------- dataset files
 
-
-OBJECT_SCALE, UNNAMED_SHARE = 1.0, 0.4  # the defaults: the course's target domain
 
 # Regimes of the rs domain in which a CMER component may matter more than in the default one.
 REGIMES: dict[str, dict[str, float]] = {

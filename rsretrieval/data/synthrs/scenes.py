@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from rsretrieval.data.synthrs.canvas import _Canvas, _Frame
+from rsretrieval.data.synthrs.canvas import OBJECT_SCALE, _Canvas, _Frame
 from rsretrieval.data.synthrs.textures import (
     _band,
     _coords,
@@ -537,7 +537,7 @@ def _web_photo(rng: np.random.Generator, img: Image.Image) -> Image.Image:
 
 
 def render_scene(rng: np.random.Generator, scene: str, image_size: int = 224, domain: str = "rs", *,
-                 object_scale: float = 1.0) -> tuple[Image.Image, list[dict[str, Any]], np.ndarray]:
+                 object_scale: float = OBJECT_SCALE) -> tuple[Image.Image, list[dict[str, Any]], np.ndarray]:
     """Render one image of a scene.
 
     Args:
