@@ -29,7 +29,10 @@
 # design** from those sentences, argued and measured. Where we report CMER's claims, they are the
 # paper's numbers, not ours.
 #
-# **Expected runtime.** CPU: about 5 minutes. GPU: about a minute.
+# **Expected runtime.** CPU: about 3 minutes: the zoo's runs (trained to convergence by
+# `python -m rsretrieval zoo build`, every knob chosen on validation) are scored live, and CMER
+# trains here for a few epochs. GPU: about a minute. With another model, dataset or recipe, the
+# runs train first (side branches from the frozen-feature cache: minutes to an hour).
 
 # %% tags=["parameters"]
 SMOKE = False
@@ -38,55 +41,32 @@ DATASET = "synthrs"
 DATA_DIR = ""
 MODEL = "mini"
 PRETRAINED = "synthrs"
-EPOCHS = 1
-BATCH_SIZE = 64
-SEED = 0
-STEPS = 40  # optimizer steps per run (None: EPOCHS full epochs); 40 x 64 pairs is half an epoch
+RECIPE = "mini-synthrs"  # every run's settings (`python -m rsretrieval recipes list`); "": TrainConfig's defaults
 N_SEEDS = 3
+SEED = 0
+LIVE_LABEL = "cmer"  # the zoo configuration trained here from scratch while you watch
+EPOCHS = 2  # the live run's epochs
+BATCH_SIZE = 64  # the live run's batch size
 OUTPUT_DIR = ""
-LR = 1e-3
-RECIPE = ""  # a recipe name (`python -m rsretrieval recipes list`): its settings replace EPOCHS, BATCH_SIZE, STEPS and the learning rates
-QUEUE_SIZE = 512
-SWEEP_BATCH_SIZES = "16,64"
-SWEEP_QUEUE_SIZES = "128,2048"
 
 # %%
 # %matplotlib inline
 import random
 
-import torch
 
 from rsretrieval.cmer import effective_negatives, scene_caption, scene_protocols, steps_held
-from rsretrieval.experiments import format_summary, run_method, summarize
+from rsretrieval.experiments import compare, format_summary, summarize
 from rsretrieval.methods import load_method
 from rsretrieval.models import create_model
-from rsretrieval.notebook import load_splits, recipe_data_kwargs, record, run_settings, setup
-from rsretrieval.training import TrainConfig
+from rsretrieval.notebook import load_splits, recipe_data_kwargs, record, setup, watch_training, zoo_runs
+from rsretrieval.plots import plot_val_curves
+from rsretrieval.zoo import CONFIGS
 
 cfg = setup(device=DEVICE, dataset=DATASET, data_dir=DATA_DIR, output_dir=OUTPUT_DIR, model=MODEL,
             pretrained=PRETRAINED, smoke=SMOKE, seed=SEED, notebook="04_scene_and_negatives")
 splits = load_splits(cfg, DATASET, **recipe_data_kwargs(RECIPE))
 train, val, test = splits["train"], splits["val"], splits["test"]
-seeds = [SEED + k for k in range(N_SEEDS)]
-max_steps = 1 if SMOKE else STEPS  # smoke runs only check that the pieces fit together
-batch_sizes = [int(b) for b in SWEEP_BATCH_SIZES.split(",")]
-queue_sizes = [int(q) for q in SWEEP_QUEUE_SIZES.split(",")]
-
-
-def train_run(label, method="focus_adapter", loss="infonce", *, seed, batch_size=BATCH_SIZE, method_kwargs=None,
-              loss_kwargs=None):
-    # the same number of pairs for every batch size: a sweep over batch sizes must not also sweep data
-    steps = max_steps if max_steps is None or SMOKE else max(1, max_steps * BATCH_SIZE // batch_size)
-    tcfg = TrainConfig(epochs=EPOCHS, batch_size=batch_size, lr=LR, warmup_steps=0 if SMOKE else 10,
-                       weight_decay=0.0, seed=seed, device=str(cfg.device), max_steps=steps, progress=False)
-    r = run_method(MODEL, cfg.pretrained, method, train, val, test,
-                   **run_settings(RECIPE, tcfg, keep=("seed", "device", "progress", "batch_size"), smoke=SMOKE),
-                   loss=loss, method_kwargs=method_kwargs,
-                   loss_kwargs=loss_kwargs, run_dir=cfg.output_dir / "runs" / f"{label}-b{batch_size}-s{seed}")
-    r["label"] = label
-    return r
-
-
+seeds = [SEED + k for k in range(1 if SMOKE else N_SEEDS)]  # a smoke run checks the pieces fit: one seed
 cfg
 
 # %% [markdown]
@@ -135,46 +115,51 @@ zero_shot_scenes = report_scene_protocols(zs.model, zs.tokenizer, zs.transform, 
 # entry can be.
 
 # %%
-for b in batch_sizes:
-    print(f"batch {b:3d}: {b - 1} in-batch negatives; with a {QUEUE_SIZE}-entry queue "
-          f"{effective_negatives(b, QUEUE_SIZE)}, each entry at most {steps_held(b, QUEUE_SIZE)} steps old")
+SWEEP = [c for c in CONFIGS if c.label.startswith("sweep-")]  # the zoo's batch x queue grid
+for b in sorted({c.train["batch_size"] for c in SWEEP}):
+    for q in sorted({c.loss_kwargs.get("queue_size", 0) for c in SWEEP if c.train["batch_size"] == b and c.loss_kwargs}):
+        print(f"batch {b:3d}: {b - 1} in-batch negatives; with a {q}-entry queue "
+              f"{effective_negatives(b, q)}, each entry at most {steps_held(b, q)} steps old")
 
 # %% [markdown]
-# mR against batch size, with and without the queues (one seed each: a sweep, not an ablation):
+# mR against batch size, with and without the queues, over 3 seeds (the zoo's runs, scored here):
 
 # %%
-sweep = []
-for b in batch_sizes:
-    sweep.append(train_run("no-queue", seed=SEED, batch_size=b) | {"batch": b, "queue": 0})
-    sweep.append(train_run(f"queue{QUEUE_SIZE}", loss="recycling", seed=SEED, batch_size=b,
-                           loss_kwargs={"queue_size": QUEUE_SIZE}) | {"batch": b, "queue": QUEUE_SIZE})
-for q in queue_sizes:
-    sweep.append(train_run(f"queue{q}", loss="recycling", seed=SEED, batch_size=batch_sizes[0],
-                           loss_kwargs={"queue_size": q}) | {"batch": batch_sizes[0], "queue": q})
-print(f"{'batch':>5s} {'queue':>6s} {'test mR':>8s}")
-for r in sweep:
-    print(f"{r['batch']:5d} {r['queue']:6d} {r['test']['mr']:8.2f}")
+sweep_runs, where = zoo_runs(cfg, DATASET, DATA_DIR, RECIPE, [c.label for c in SWEEP], seeds, test)
+print(f"{len(sweep_runs)} runs: {where}")
+grid = {c.label: (c.train["batch_size"], c.loss_kwargs.get("queue_size", 0)) for c in SWEEP}
+sweep = summarize(sweep_runs, group="label")
+for row in sweep:
+    row["batch"], row["queue"] = grid[row["label"]]
+print(f"{'batch':>5s} {'queue':>6s} {'test mR':>16s}")
+for r in sorted(sweep, key=lambda r: (r["batch"], r["queue"])):
+    print(f"{r['batch']:5d} {r['queue']:6d} {r['mr_mean']:8.2f} ± {r['mr_std']:4.2f}")
+for b in sorted({r["batch"] for r in sweep}):
+    pair = {r["queue"]: r for r in sweep if r["batch"] == b}
+    if 0 in pair and 512 in pair:
+        print(f"batch {b}: " + compare(pair[512], pair[0], group="label"))
 
 # %%
 from matplotlib.figure import Figure
 
 fig = Figure(figsize=(5, 3.2))
 ax = fig.subplots()
-for queue in sorted({r["queue"] for r in sweep if r["batch"] in batch_sizes}):
-    pts = sorted((r["batch"], r["test"]["mr"]) for r in sweep if r["queue"] == queue)
+for queue in sorted({r["queue"] for r in sweep}):
+    pts = sorted((r["batch"], r["mr_mean"], r["mr_std"]) for r in sweep if r["queue"] == queue)
     if len(pts) > 1:
-        ax.plot(*zip(*pts), "o-", label="no queue" if queue == 0 else f"queue {queue}")
+        b, m, sd = zip(*pts)
+        ax.errorbar(b, m, yerr=sd, fmt="o-", capsize=3, label="no queue" if queue == 0 else f"queue {queue}")
 ax.set_xscale("log", base=2)
 ax.set_xlabel("batch size")
-ax.set_ylabel("test mR")
+ax.set_ylabel("test mR (mean ± std, 3 seeds)")
 ax.legend()
 fig.tight_layout()
 fig
 
 # %% [markdown]
 # ## 4. The CMER ablation
-# Every row trains a side branch on the frozen MiniCLIP for the same budget, over seeds; each
-# component is switched on alone, then all together (our CMER):
+# Every row trains a side branch on the frozen MiniCLIP with its recipe (chosen on validation),
+# over 3 seeds; each component is switched on alone, then all together (our CMER):
 #
 # | row | focus layer | scene captions | recycled negatives |
 # |---|---|---|---|
@@ -185,47 +170,84 @@ fig
 # | CMER (ours) | ✓ | ✓ | ✓ |
 
 # %%
-mean_pool = {"pooling": "mean"}
-configs = [
-    ("side_branch", "focus_adapter", "infonce", mean_pool, {}),
-    ("+focus", "focus_adapter", "infonce", {}, {}),
-    ("+scene", "focus_adapter", "cmer", mean_pool, {"queue_weight": 0.0}),
-    ("+recycling", "focus_adapter", "recycling", mean_pool, {"queue_size": QUEUE_SIZE}),
-    ("cmer", "cmer", "cmer", {}, {"queue_size": QUEUE_SIZE}),
-]
-ablation = [train_run(label, method, loss, seed=s, method_kwargs=mk, loss_kwargs=lk)
-            for label, method, loss, mk, lk in configs for s in seeds]
+ABLATION = {"side_branch": "side_branch", "focus_adapter": "+focus", "+scene": "+scene", "+recycling": "+recycling",
+            "cmer": "cmer"}
+ablation, _ = zoo_runs(cfg, DATASET, DATA_DIR, RECIPE, list(ABLATION), seeds, test)
+for r in ablation:
+    r["label"] = ABLATION[r["label"]]
 table = summarize(ablation, group="label")
 print(format_summary(table, group="label"))
+plot_val_curves(ablation, title="validation mR while training (the zoo's runs)")
 
 # %% [markdown]
 # CMER's own claims (**the paper's**, on RSITMD with a CLIP backbone; we could not check their
 # setting): retrieval +2–5% over recent methods, −49% training memory, 1.4× training throughput.
-# Ours, on SynthRS with MiniCLIP, relative to the plain side branch:
+# Ours, on SynthRS with MiniCLIP, each component against the plain side branch (printed from the
+# numbers; within noise: a difference no larger than the seeds' spread):
 
 # %%
 by = {r["label"]: r for r in table}
 base = by["side_branch"]["mr_mean"]
 for r in table:
-    print(f"{r['label']:12s} mR {r['mr_mean']:6.2f} ± {r['mr_std']:4.2f}   vs side branch {r['mr_mean'] - base:+6.2f}")
+    if r["label"] != "side_branch":
+        print(compare(r, by["side_branch"], group="label"))
 print("\nCMER (paper): +2 to +5 mR over recent methods on RSITMD; memory -49%; throughput 1.4x "
       "(see notebook 05 for ours).")
 
 # %% [markdown]
-# The trained CMER model under both test-time protocols:
+# ## 5. Looking for the regime where a component helps
+# A component that does not help on SynthRS may help where its reason to exist is stronger. SynthRS
+# can generate each such regime (same scenes and painters, one knob turned; `data.synthrs.REGIMES`):
+#
+# - **small targets** (every object drawn half as long): what a focus layer is for;
+# - **scene-free captions** (no caption names its scene; on SynthRS two of five do not): what
+#   scene captions add, since only the objects then say which scene an image shows.
+#
+# Each regime's zoo trains the component on and off with the same recipe (chosen on the default
+# domain's validation split), 3 seeds each, and both are scored here on that regime's test split.
 
 # %%
-cmer_run = cfg.output_dir / "runs" / f"cmer-b{BATCH_SIZE}-s{seeds[0]}" / "method.pt"
+from rsretrieval.data import load_dataset
+from rsretrieval.notebook import zoo_settings
+
+REGIME_ROWS = {"small-targets": ("side_branch", "focus_adapter"), "scene-free-captions": ("side_branch", "+scene")}
+regime_results = {}
+for regime, (off, on) in REGIME_ROWS.items():
+    regime_test = load_dataset("synthrs", zoo_settings(cfg, DATASET, DATA_DIR, RECIPE, regime).data_root(), "test")
+    regime_runs, where = zoo_runs(cfg, DATASET, DATA_DIR, RECIPE, [off, on], seeds, regime_test, regime=regime)
+    rows = {r["label"]: r for r in summarize(regime_runs, group="label")}
+    default_delta = by[ABLATION[on]]["mr_mean"] - base
+    regime_results[regime] = {"off": rows[off], "on": rows[on], "delta": rows[on]["mr_mean"] - rows[off]["mr_mean"],
+                              "default_delta": default_delta}
+    print(f"{regime} ({len(regime_runs)} runs: {where}):\n  {compare(rows[on], rows[off], group='label')}"
+          f"\n  on the default SynthRS the same component gave {default_delta:+.2f} mR")
+
+# %% [markdown]
+# ## 6. Watch one train
+# One configuration of the ablation trains here from scratch, its validation curve drawn after
+# each epoch beside the zoo's runs of it (a shorter schedule than the recipe's).
+
+# %%
+live = watch_training(cfg, LIVE_LABEL, splits, RECIPE, epochs=EPOCHS, batch_size=BATCH_SIZE, seed=SEED,
+                      reference=[r for r in ablation if r["label"] == ABLATION.get(LIVE_LABEL)])
+print(f"trained here: val mR {live['val_mr']:.2f} in {sum(r['seconds'] for r in live['history']['records']):.0f} s")
+
+# %% [markdown]
+# The trained CMER model (the zoo's first seed) under both test-time protocols:
+
+# %%
+cmer_file = next(r["file"] for r in ablation if r["label"] == "cmer" and r["seed"] == seeds[0])
 base_bundle = create_model(MODEL, cfg.pretrained)
-cmer_model = load_method(base_bundle.model, cmer_run).to(cfg.device).eval()
+cmer_model = load_method(base_bundle.model, cmer_file).to(cfg.device).eval()
 cmer_scenes = report_scene_protocols(cmer_model, base_bundle.tokenizer, base_bundle.transform, "CMER (ours), seed 0")
 
 # %% [markdown]
 # Reading the ablation honestly: a component earns its place only if its row beats the side
-# branch by more than the seeds' spread. Components can also interact — scene prefixes make the
-# text side easier while recycled negatives make it harder — so the all-on row need not be the
-# sum of the single rows. The test-time protocol is reported separately because it changes the
-# *task* (a re-ranking that uses a predicted scene), not the model.
+# branch by more than the seeds' spread, and the sentences above say which did. Components can
+# also interact — scene prefixes make the text side easier while recycled negatives make it
+# harder — so the all-on row need not be the sum of the single rows. The test-time protocol is
+# reported separately because it changes the *task* (a re-ranking that uses a predicted scene),
+# not the model.
 
 # %%
 def rows(result):
@@ -235,10 +257,15 @@ def rows(result):
 record(cfg.output_dir, seeds=seeds,
        ablation=[{k: r[k] for k in ("label", "trainable", "mr_mean", "mr_std", "seconds_per_epoch", "n")}
                  for r in table],
-       sweep=[{"batch": r["batch"], "queue": r["queue"], "mr": r["test"]["mr"]} for r in sweep],
+       sweep=[{"batch": r["batch"], "queue": r["queue"], "mr_mean": r["mr_mean"], "mr_std": r["mr_std"], "n": r["n"]}
+              for r in sweep],
        scene_protocols_zero_shot=rows(zero_shot_scenes), scene_protocols_cmer=rows(cmer_scenes),
        scene_accuracy_cmer={"images": cmer_scenes.image_scene_accuracy, "texts": cmer_scenes.text_scene_accuracy},
-       cmer_minus_side_branch_mr=by["cmer"]["mr_mean"] - base)
+       cmer_minus_side_branch_mr=by["cmer"]["mr_mean"] - base, live_label=LIVE_LABEL, live_val_mr=live["val_mr"],
+       regimes={k: {"off": v["off"]["label"], "on": v["on"]["label"], "off_mr_mean": v["off"]["mr_mean"],
+                    "on_mr_mean": v["on"]["mr_mean"], "on_mr_std": v["on"]["mr_std"], "off_mr_std": v["off"]["mr_std"],
+                    "delta": v["delta"], "default_delta": v["default_delta"], "n": v["on"]["n"]}
+                for k, v in regime_results.items()})
 
 # %% [markdown]
 # ## Exercises

@@ -23,8 +23,9 @@
 # 3. see what caching frozen features buys when the backbone never changes;
 # 4. run the same measurement on a GPU.
 #
-# **Expected runtime.** CPU: about 5 minutes (ViT-B/32, batch 32, six methods, each in its own
-# process, plus the cache timing on MiniCLIP). GPU: about a minute.
+# **Expected runtime.** CPU: about 6 minutes (ViT-B/32, batch 32, six methods and two with
+# gradient checkpointing, each in its own process, plus the cache timing on MiniCLIP; the cost
+# figure reads the zoo). GPU: about a minute.
 
 # %% tags=["parameters"]
 SMOKE = False
@@ -41,6 +42,8 @@ BENCH_METHODS = "full,linear_probe,adapter,lora,mrs_adapter,focus_adapter"
 BENCH_STEPS = 2
 MEMORY_BATCH_SIZES = "8,32"
 CACHE_EPOCHS = 2
+RECIPE = "mini-synthrs"  # the recipe of the zoo runs the cost figure reads
+N_SEEDS = 3
 
 # %%
 # %matplotlib inline
@@ -52,7 +55,8 @@ from rsretrieval.bench import bench, format_table
 from rsretrieval.cmer.cache import time_epochs
 from rsretrieval.methods import apply_method
 from rsretrieval.models import create_model
-from rsretrieval.notebook import load_splits, record, setup
+from rsretrieval.notebook import load_splits, record, setup, zoo_runs
+from rsretrieval.plots import plot_cost
 
 cfg = setup(device=DEVICE, dataset=DATASET, data_dir=DATA_DIR, output_dir=OUTPUT_DIR, model=MODEL,
             pretrained=PRETRAINED, smoke=SMOKE, seed=SEED, notebook="05_resource_efficiency")
@@ -147,7 +151,86 @@ print(json.dumps({k: v for k, v in timing.items() if "loss" not in k}, indent=1)
 print(f"an epoch after the first: {timing['speedup']:.1f}x faster with the cache (target >= 5x)")
 
 # %% [markdown]
-# ## 4. On a GPU
+# ## 4. The cost figure: what each method's score costs
+# Bench steps on random data say how fast and how big a step is. What a learner pays is the
+# whole training run to the score it reaches. The zoo's runs (MiniCLIP on SynthRS, each method's
+# recipe, 3 seeds, each trained alone in its own process on 2 CPU cores) measured both: the
+# seconds of training up to the end of the recipe's epochs and the process's peak memory, beside
+# the best validation mR. The Focus-Adapter appears twice: trained from pixels, and from the cache.
+
+# %%
+import statistics
+
+COST = {"full": "full", "mrs_adapter": "mrs_adapter", "focus_adapter_uncached": "focus_adapter (from pixels)",
+        "focus_adapter": "focus_adapter (from the cache)"}
+seeds = [SEED + k for k in range(1 if SMOKE else N_SEEDS)]  # a smoke run checks the pieces fit: one seed
+cost_runs, where = zoo_runs(cfg, DATASET, DATA_DIR, RECIPE, list(COST), seeds, None)
+print(f"{len(cost_runs)} runs: {where}")
+points = []
+for label, name in COST.items():
+    rs = [r for r in cost_runs if r["label"] == label]
+    points.append({"label": name, "seconds": statistics.mean(r["train_seconds"] for r in rs),
+                   "memory_bytes": statistics.mean(r["peak_memory_bytes"] for r in rs),
+                   "val_mr": statistics.mean(r["val_mr"] for r in rs),
+                   "val_mr_std": statistics.stdev(r["val_mr"] for r in rs) if len(rs) > 1 else 0.0})
+for p in points:
+    print(f"{p['label']:32s} val mR {p['val_mr']:6.2f} ± {p['val_mr_std']:4.2f}   {p['seconds']:7.0f} s   "
+          f"{p['memory_bytes'] / 2**20:7.0f} MiB")
+plot_cost(points, title=f"{MODEL} on {DATASET}: val mR against what training cost (the zoo's runs)")
+
+# %%
+cost = {p["label"]: p for p in points}
+for name in ("full", "mrs_adapter", "focus_adapter (from pixels)"):
+    other, cached = cost[name], cost["focus_adapter (from the cache)"]
+    print(f"focus_adapter from the cache needs {cached['seconds'] / other['seconds']:.2f}x the training time and "
+          f"{cached['memory_bytes'] / other['memory_bytes']:.2f}x the peak memory of {name}, for "
+          f"{cached['val_mr'] - other['val_mr']:+.2f} val mR")
+
+# %% [markdown]
+# Peak resident memory on a CPU includes the interpreter, the libraries and the data (and, from
+# the cache, its memory-mapped pages), so the ratios understate what a GPU's tensor memory shows.
+#
+# ## 5. What else cuts memory
+# Users with small GPUs ask for exactly this. Two other tools cut training memory without a side
+# branch:
+# - **Gradient checkpointing** (open_clip's `model.set_grad_checkpointing()`): each block's
+#   activations are dropped in forward and recomputed in backward, so autograd keeps only the
+#   blocks' inputs; the price is a second forward pass.
+# - **Mixed precision** (`torch.autocast`, bfloat16 or float16): activations in half the bytes; the
+#   library uses it on CUDA only, where it is also faster.
+#
+# Measured the same way as section 1, beside the side branch (`saved MB`: what autograd keeps
+# for one step, counted tensor by tensor; it does not depend on the allocator):
+
+# %%
+checkpointed = bench(bench_model, ["full", "mrs_adapter"], batch_size=BATCH_SIZE, steps=1 if SMOKE else BENCH_STEPS,
+                     device=device, grad_checkpointing=True, progress=False)
+ckpt = {r["method"]: r for r in checkpointed}
+rows = [by["full"], ckpt["full"], by["mrs_adapter"], ckpt["mrs_adapter"], by["focus_adapter"]]
+ref = rows[0]
+print(format_table([{**r, "throughput_ratio": r["samples_per_s"] / ref["samples_per_s"],
+                     "memory_ratio": r["peak_memory_bytes"] / ref["peak_memory_bytes"]} for r in rows]))
+for m in ("full", "mrs_adapter"):
+    plain, recomputed = by[m], ckpt[m]
+    print(f"{m} with gradient checkpointing keeps {recomputed['saved_for_backward_bytes'] / 2**20:.1f} MB for "
+          f"backward instead of {plain['saved_for_backward_bytes'] / 2**20:.1f} MB "
+          f"({plain['saved_for_backward_bytes'] / recomputed['saved_for_backward_bytes']:.1f}x less), peak memory "
+          f"x{recomputed['peak_memory_bytes'] / plain['peak_memory_bytes']:.2f}, throughput "
+          f"x{recomputed['samples_per_s'] / plain['samples_per_s']:.2f}")
+print(f"the side branch keeps {by['focus_adapter']['saved_for_backward_bytes'] / 2**20:.1f} MB without checkpointing")
+if device.startswith("cuda"):
+    full_precision = bench(bench_model, ["full", "mrs_adapter"], batch_size=BATCH_SIZE, steps=BENCH_STEPS,
+                           device=device, amp=False, progress=False)
+    for r in full_precision:
+        mixed = by[r["method"]]
+        print(f"{r['method']}: mixed precision x{mixed['peak_memory_bytes'] / r['peak_memory_bytes']:.2f} peak memory, "
+              f"x{mixed['samples_per_s'] / r['samples_per_s']:.2f} throughput against float32")
+else:
+    full_precision = []
+    print(f"mixed precision: the library uses it on CUDA only; this run is on {device} (set DEVICE='cuda' on a GPU)")
+
+# %% [markdown]
+# ## 6. On a GPU
 # The same command measures a GPU unchanged; memory is then what PyTorch allocated for tensors:
 #
 # ```bash
@@ -164,7 +247,12 @@ record(cfg.output_dir, bench_model=bench_model, device=device, batch_size=BATCH_
        bench=[{k: r[k] for k in ("method", "trainable", "samples_per_s", "peak_memory_bytes")} for r in results],
        focus_vs_mrs_throughput=speed, focus_vs_mrs_memory=memory,
        memory_mb_by_batch={m: {str(b): v for b, v in pts.items()} for m, pts in mem_rows.items()},
-       cache_speedup=timing["speedup"], cache_build_seconds=timing["cache_build_seconds"])
+       cache_speedup=timing["speedup"], cache_build_seconds=timing["cache_build_seconds"],
+       cost_figure=[{k: p[k] for k in ("label", "seconds", "memory_bytes", "val_mr", "val_mr_std")} for p in points],
+       grad_checkpointing={m: {k: ckpt[m][k] for k in ("samples_per_s", "peak_memory_bytes", "saved_for_backward_bytes")}
+                           for m in ckpt},
+       saved_for_backward_bytes={m: r["saved_for_backward_bytes"] for m, r in by.items()},
+       float32_on_cuda={r["method"]: {k: r[k] for k in ("samples_per_s", "peak_memory_bytes")} for r in full_precision})
 
 # %% [markdown]
 # ## Exercises

@@ -54,8 +54,15 @@ def _random_batch(model: torch.nn.Module, tokenizer, batch_size: int, device: to
 
 
 def measure(model_name: str, method: str, *, batch_size: int = 32, steps: int = 3, warmup: int = 1,
-            device: str = "cpu", loss: str = "infonce", threads: int | None = None) -> dict[str, Any]:
-    """Time ``steps`` training iterations of ``method`` in this process (no peak memory on CPU)."""
+            device: str = "cpu", loss: str = "infonce", threads: int | None = None,
+            grad_checkpointing: bool = False, amp: bool = True) -> dict[str, Any]:
+    """Time ``steps`` training iterations of ``method`` in this process (no peak memory on CPU).
+
+    ``grad_checkpointing``: open_clip's ``set_grad_checkpointing`` (each block's activations are
+    recomputed in backward instead of kept); ``amp``: mixed precision, which only CUDA uses.
+    ``saved_for_backward_bytes`` counts what autograd keeps for one step: unlike a process's peak
+    memory, it does not depend on the allocator or the machine.
+    """
     from rsretrieval.methods import apply_method, wrap_tokenizer
     from rsretrieval.models import autocast, count_parameters, create_model, select_device
     from rsretrieval.training.tasks import Batch, build_task
@@ -66,6 +73,8 @@ def measure(model_name: str, method: str, *, batch_size: int = 32, steps: int = 
     torch.manual_seed(0)
     bundle = create_model(model_name)
     model = apply_method(bundle.model, method)
+    if grad_checkpointing:
+        model.set_grad_checkpointing(True)
     tokenizer = wrap_tokenizer(model, bundle.tokenizer)
     task = build_task(loss, model).to(dev).train()
     trainable, total = count_parameters(task)
@@ -75,12 +84,19 @@ def measure(model_name: str, method: str, *, batch_size: int = 32, steps: int = 
                   tokens=tokens)
 
     def step() -> None:
-        with autocast(dev):
+        with autocast(dev, enabled=amp):
             losses = task(batch)
             total_loss = sum(v for k, v in losses.items() if k.endswith("_loss"))
         total_loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+
+    saved = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
 
     for _ in range(warmup):
         step()
@@ -93,8 +109,11 @@ def measure(model_name: str, method: str, *, batch_size: int = 32, steps: int = 
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):  # one more step, its saved tensors counted
+        step()
     out = {
         "method": method, "model": model_name, "device": dev.type, "batch_size": batch_size, "steps": steps,
+        "grad_checkpointing": grad_checkpointing, "amp": amp and dev.type == "cuda", "saved_for_backward_bytes": saved,
         "trainable": trainable, "total": total, "seconds": seconds, "samples_per_s": batch_size * steps / seconds,
         "peak_memory_bytes": torch.cuda.max_memory_allocated() if dev.type == "cuda" else peak_rss_bytes(),
         "memory_method": "cuda max_memory_allocated" if dev.type == "cuda" else "peak RSS of the process",
@@ -123,7 +142,11 @@ def run_isolated(model_name: str, method: str, **kwargs: Any) -> dict[str, Any]:
         args = [sys.executable, "-m", "rsretrieval.bench", "--child", "--model", model_name, "--method", method,
                 "--json", str(out)]
         for key, value in kwargs.items():
-            if value is not None:
+            if value is True:
+                args.append(f"--{key.replace('_', '-')}")
+            elif value is False:
+                args.append(f"--no-{key.replace('_', '-')}")
+            elif value is not None:
                 args += [f"--{key.replace('_', '-')}", str(value)]
         proc = subprocess.run(args, stderr=subprocess.PIPE, text=True, check=False)
         if proc.returncode != 0:
@@ -134,8 +157,12 @@ def run_isolated(model_name: str, method: str, **kwargs: Any) -> dict[str, Any]:
 
 
 def bench(model_name: str, methods: list[str], *, batch_size: int = 32, steps: int = 3, warmup: int = 1,
-          device: str = "cpu", loss: str = "infonce", progress: bool = True) -> list[dict[str, Any]]:
-    """Benchmark each method in its own process; ratios are relative to the first method."""
+          device: str = "cpu", loss: str = "infonce", grad_checkpointing: bool = False, amp: bool = True,
+          progress: bool = True) -> list[dict[str, Any]]:
+    """Benchmark each method in its own process; ratios are relative to the first method.
+
+    ``grad_checkpointing`` and ``amp`` are :func:`measure`'s, for every method.
+    """
     from rsretrieval.methods import get_method
     from rsretrieval.models.factory import check_model_name
 
@@ -151,7 +178,8 @@ def bench(model_name: str, methods: list[str], *, batch_size: int = 32, steps: i
         if progress:
             print(f"bench {method} ...", file=sys.stderr, flush=True)
         results.append(run_isolated(model_name, method, batch_size=batch_size, steps=steps, warmup=warmup,
-                                    device=device, loss=loss))
+                                    device=device, loss=loss, grad_checkpointing=grad_checkpointing or None,
+                                    amp=None if amp else False))
     ref = results[0]
     for r in results:
         r["throughput_ratio"] = r["samples_per_s"] / ref["samples_per_s"]
@@ -161,12 +189,14 @@ def bench(model_name: str, methods: list[str], *, batch_size: int = 32, steps: i
 
 def format_table(results: list[dict[str, Any]]) -> str:
     """A plain-text table of :func:`bench` results with ratios to the first row."""
-    head = f"{'method':16s} {'trainable':>12s} {'samples/s':>10s} {'peak MB':>9s} {'speed x':>8s} {'memory x':>9s}"
+    head = (f"{'method':28s} {'trainable':>12s} {'samples/s':>10s} {'peak MB':>9s} {'saved MB':>9s} "
+            f"{'speed x':>8s} {'memory x':>9s}")
     lines = [head, "-" * len(head)]
     for r in results:
-        lines.append(f"{r['method']:16s} {r['trainable']:12,d} {r['samples_per_s']:10.2f} "
-                     f"{r['peak_memory_bytes'] / 2**20:9.0f} {r.get('throughput_ratio', 1):8.2f} "
-                     f"{r.get('memory_ratio', 1):9.2f}")
+        name = r["method"] + (" +checkpointing" if r.get("grad_checkpointing") else "") + (" +amp" if r.get("amp") else "")
+        lines.append(f"{name:28s} {r['trainable']:12,d} {r['samples_per_s']:10.2f} "
+                     f"{r['peak_memory_bytes'] / 2**20:9.0f} {r.get('saved_for_backward_bytes', 0) / 2**20:9.1f} "
+                     f"{r.get('throughput_ratio', 1):8.2f} {r.get('memory_ratio', 1):9.2f}")
     return "\n".join(lines)
 
 
@@ -181,9 +211,11 @@ def _child_main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--loss", default="infonce")
     p.add_argument("--json", required=True)
+    p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--no-amp", dest="amp", action="store_false")
     a = p.parse_args(argv)
     result = measure(a.model, a.method, batch_size=a.batch_size, steps=a.steps, warmup=a.warmup,
-                     device=a.device, loss=a.loss)
+                     device=a.device, loss=a.loss, grad_checkpointing=a.grad_checkpointing, amp=a.amp)
     atomic_write_text(a.json, json.dumps(result))
     return 0
 

@@ -133,7 +133,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     results = bench(args.model, methods, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
-                    device=args.device, loss=args.loss)
+                    device=args.device, loss=args.loss, grad_checkpointing=args.grad_checkpointing, amp=args.amp)
     if args.json:
         atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
     print(format_table(results))
@@ -419,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--loss", default="infonce")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute each block's activations in backward instead of keeping them (open_clip's)")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision (only CUDA uses it)")
     p.add_argument("--json", default=None)
     p.set_defaults(func=cmd_bench)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import statistics
 from dataclasses import asdict, replace
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ def run_method(
     per_scene: bool = False,
     verbose: bool = False,
     cache_features: bool = True,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``method`` on ``train``, keep its best epoch on ``val``, score ``test`` once; the one pipeline
     behind ``python -m rsretrieval train``, the notebooks and the benchmark runs.
@@ -64,7 +66,9 @@ def run_method(
         cache_features: a side branch (Focus-Adapter, CMER's branch) trains from the frozen-feature
             cache (:mod:`rsretrieval.cmer.cache`, built once per backbone and split): images and
             captions with ``infonce`` and ``recycling``, images only with ``cmer`` (which rewrites
-            captions). False: from pixels and tokens.
+            captions); the linear probe and CLIP-Adapter from the towers' pooled outputs, computed
+            once (:class:`~rsretrieval.training.PooledFeatureTask`). False: from pixels and tokens.
+        on_epoch: called with each epoch's record as training goes (not for a run read back).
 
     Returns:
         The ``results.json`` written to ``run_dir``: ``identity``, ``method``, ``loss``, ``seed``,
@@ -112,14 +116,18 @@ def run_method(
     if rank == 0 and verbose:
         print_trainable_parameters(net)
     task = build_task(loss, net, train, **(loss_kwargs or {}))
-    if identity["cached_features"]:
+    if identity["cached_features"] == "pooled":
+        from rsretrieval.training import PooledFeatureTask
+
+        task = PooledFeatureTask(net, train, bundle.transform, tokenizer, task.loss, device=select_device(cfg.device))
+    elif identity["cached_features"]:
         from rsretrieval.cmer.cache import CachedSideBranchTask, build_cache
 
         cache = build_cache(net.to(select_device(cfg.device)), train, bundle.transform, tokenizer, progress=False)
         task = CachedSideBranchTask(net, cache, loss=task.loss) if identity["cached_features"] is True \
             else task.read_images_from(cache)
     history = fit(net, tokenizer, train, bundle.transform, cfg, val_data=val, val_transform=bundle.transform,
-                  task=task)
+                  task=task, on_epoch=on_epoch)
     if rank != 0:
         return {"rank": rank}
     if val is None:  # no selection: the last epoch is the one kept
@@ -156,13 +164,19 @@ CACHEABLE_LOSSES = ("infonce", "recycling")  # losses of the frozen features as 
 IMAGE_CACHEABLE_LOSSES = ("cmer",)  # captions rewritten (scene prefixes): only the images' features are fixed
 
 
+POOLED_METHODS = ("linear_probe", "clip_adapter")  # train only on each tower's pooled output
+
+
 def trains_from_cache(method: str, loss: str) -> bool | str:
-    """How ``run_method`` trains this method and loss from the frozen-feature cache: True (images and
-    captions), ``"images"`` (images only), or False (not at all: not a side branch, or a loss that
-    changes what the backbone reads)."""
+    """How ``run_method`` trains this method and loss from frozen features: True (a side branch, from
+    the cache of images and captions), ``"images"`` (from the cache of images only), ``"pooled"`` (a
+    method on the towers' pooled outputs, from those computed once), or False (not at all: the method
+    sits inside the towers, or its loss changes what the backbone reads)."""
     from rsretrieval.cmer.focus_adapter import FocusAdapterConfig
     from rsretrieval.methods import get_method
 
+    if method in POOLED_METHODS:
+        return "pooled" if loss in CACHEABLE_LOSSES else False
     if not issubclass(get_method(method).config_cls, FocusAdapterConfig):
         return False
     return True if loss in CACHEABLE_LOSSES else "images" if loss in IMAGE_CACHEABLE_LOSSES else False
@@ -210,9 +224,33 @@ def summarize(runs: list[dict[str, Any]], key: str = "mr", group: str = "method"
             group: name, "n": len(rs), "trainable": rs[0]["trainable"], "total": rs[0]["total"],
             f"{key}_mean": statistics.mean(values), f"{key}_std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "seconds_per_epoch": statistics.mean(r["seconds_per_epoch"] for r in rs),
-            "samples_per_s": statistics.mean(r["samples_per_s"] for r in rs),
+            **({"samples_per_s": statistics.mean(r["samples_per_s"] for r in rs)}
+               if all("samples_per_s" in r for r in rs) else {}),
+            "values": values,
         })
     return rows
+
+
+def compare(a: dict[str, Any], b: dict[str, Any], key: str = "mr", group: str = "method", unit: str = "mR") -> str:
+    """One sentence comparing two :func:`summarize` rows, from their numbers: who leads by how much, or
+    that the difference is within noise.
+
+    The noise is the seeds' spread of a difference, sqrt(std_a² + std_b²); a difference no larger
+    than it is called within noise. A row of one run (e.g. zero-shot, which has no seed) adds no
+    spread; with one run on each side there is none to judge by, and the sentence says so.
+    """
+    delta = a[f"{key}_mean"] - b[f"{key}_mean"]
+    noise = (a[f"{key}_std"] ** 2 + b[f"{key}_std"] ** 2) ** 0.5
+    seeds = f"{a['n']} and {b['n']} runs" if a["n"] != b["n"] else f"{a['n']} seed{'s' if a['n'] != 1 else ''} each"
+    if max(a["n"], b["n"]) < 2:
+        lead, trail = (a, b) if delta >= 0 else (b, a)
+        return (f"{lead[group]} leads {trail[group]} by {abs(delta):.2f} {unit} ({seeds}: no spread to judge "
+                "noise by)")
+    if abs(delta) <= noise:
+        return (f"{a[group]} and {b[group]} are within noise: they differ by {delta:+.2f} {unit}, no more than "
+                f"the seeds' spread ({noise:.2f}; {seeds})")
+    lead, trail = (a, b) if delta > 0 else (b, a)
+    return f"{lead[group]} leads {trail[group]} by {abs(delta):.2f} ± {noise:.2f} {unit} ({seeds})"
 
 
 def format_summary(rows: list[dict[str, Any]], key: str = "mr", group: str = "method",
@@ -220,12 +258,13 @@ def format_summary(rows: list[dict[str, Any]], key: str = "mr", group: str = "me
     """A plain-text table of :func:`summarize` rows; ``extra`` adds columns per group (e.g. peak memory)."""
     extra = extra or {}
     extra_cols = sorted({c for cols in extra.values() for c in cols})
-    head = (f"{group:16s} {'trainable':>12s} {key + ' (mean ± std)':>18s} {'s/epoch':>8s}"
+    width = max([16] + [len(str(r[group])) for r in rows])
+    head = (f"{group:{width}s} {'trainable':>12s} {key + ' (mean ± std)':>18s} {'s/epoch':>8s}"
             + "".join(f" {c:>14s}" for c in extra_cols))
     lines = [head, "-" * len(head)]
     for r in rows:
         cols = extra.get(r[group], {})
-        lines.append(f"{r[group]:16s} {r['trainable']:12,d} {r[f'{key}_mean']:10.2f} ± {r[f'{key}_std']:5.2f} "
+        lines.append(f"{r[group]:{width}s} {r['trainable']:12,d} {r[f'{key}_mean']:10.2f} ± {r[f'{key}_std']:5.2f} "
                      f"{r['seconds_per_epoch']:8.1f}" + "".join(f" {_fmt(cols.get(c)):>14s}" for c in extra_cols))
     return "\n".join(lines)
 

@@ -14,6 +14,7 @@ import torch
 from rsretrieval.files import atomic_write_text
 from rsretrieval import paths
 from rsretrieval.data.registry import get_dataset_info
+from rsretrieval.recipes import data_kwargs as recipe_data_kwargs  # noqa: F401  (the notebooks' name)
 
 
 @dataclass
@@ -110,11 +111,91 @@ def run_settings(recipe: str | None, config: Any, *, keep: tuple[str, ...] = ("s
     return {"recipe": recipe, "config": {k: getattr(config, k) for k in fields}}
 
 
-def recipe_data_kwargs(recipe: str | None) -> dict[str, Any]:
-    """``load_splits`` keywords a recipe asks for (its validation share, e.g. PE-RSITR's 20%)."""
-    if not recipe:
-        return {}
-    from rsretrieval.recipes import read_recipe_file
 
-    share = read_recipe_file(recipe)["methods"].get("*", {}).get("val_fraction")
-    return {} if share is None else {"val_fraction": share}
+
+def zoo_settings(cfg: Setup, dataset: str, data_dir: str | None, recipe: str | None,
+                 regime: str | None = None) -> Any:
+    """The :class:`~rsretrieval.zoo.ZooSettings` of a notebook's parameters (and a SynthRS ``regime``).
+
+    The offline default has no root (the zoo was built on it); a smoke run's regime is generated at
+    the smoke size.
+    """
+    from rsretrieval.zoo import ZooSettings
+
+    root = str(cfg.data_dir) if data_dir or cfg.smoke else None
+    if regime and cfg.smoke:
+        from rsretrieval.data.synthrs import REGIMES, generate_synthrs
+
+        if regime not in REGIMES:
+            raise ValueError(f"unknown SynthRS regime {regime!r}; known: {', '.join(REGIMES)}")
+        root = str(generate_synthrs(paths.data_dir(f"synthrs-smoke-{regime}"), seed=0, **SYNTHRS_SMOKE,
+                                    **REGIMES[regime], progress=False))
+    return ZooSettings(model=cfg.model, pretrained=cfg.pretrained, dataset=dataset, root=root,
+                       recipe=recipe or None, device=str(cfg.device), regime=regime,
+                       threads=torch.get_num_threads())  # entries trained here, one at a time, use every core
+
+
+def zoo_runs(cfg: Setup, dataset: str, data_dir: str | None, recipe: str | None, labels: list[str],
+             seeds: list[int], test: Any, *, regime: str | None = None,
+             progress: bool = True) -> tuple[list[dict[str, Any]], str]:
+    """The runs a notebook compares, each scored live on ``test`` from its zoo file (``test=None``: not scored).
+
+    They come from the committed zoo when it was built for the notebook's model, data and recipe
+    (and ``regime``); otherwise (real data, another model or recipe) they are trained into
+    ``OUTPUT_DIR/zoo`` through the same pipeline, resumably, one optimizer step each in a smoke run.
+
+    Returns:
+        (the runs, a line saying where they came from).
+    """
+    from rsretrieval.zoo import ensure_zoo, evaluate_zoo, zoo_dir
+
+    settings = zoo_settings(cfg, dataset, data_dir, recipe, regime)
+    out = cfg.output_dir / ("zoo" + (f"-{regime}" if regime else ""))
+    doc, folder = ensure_zoo(settings, labels, seeds, out, train={"epochs": 1, "max_steps": 1} if cfg.smoke else None,
+                             isolate=not cfg.smoke, progress=progress)
+    committed = folder == zoo_dir(settings.model, settings.dataset, settings.regime)
+    where = (f"the committed zoo ({folder}), trained by `python -m rsretrieval zoo build`" if committed else
+             f"trained here into {folder} (no committed zoo matches {cfg.model}, {dataset}, recipe {recipe!r})")
+    return evaluate_zoo(doc, folder, test, labels=labels, seeds=seeds, device=str(cfg.device), progress=progress), where
+
+
+def zero_shot_row(cfg: Setup, test: Any) -> dict[str, Any]:
+    """The pretrained model's test mR as a :func:`rsretrieval.experiments.summarize` row (one run, no spread)."""
+    from rsretrieval.evaluation import evaluate
+    from rsretrieval.models import count_parameters, create_model
+
+    bundle = create_model(cfg.model, cfg.pretrained)
+    metrics = evaluate(bundle.model.to(cfg.device), test, transform=bundle.transform, tokenizer=bundle.tokenizer,
+                       device=cfg.device, progress=False).metrics
+    return {"label": "zero-shot", "n": 1, "trainable": 0, "total": count_parameters(bundle.model)[1],
+            "mr_mean": metrics["mr"], "mr_std": 0.0, "seconds_per_epoch": 0.0, "values": [metrics["mr"]]}
+
+
+def watch_training(cfg: Setup, label: str, splits: dict, recipe: str | None, *, epochs: int, batch_size: int,
+                   seed: int, reference: list[dict[str, Any]]) -> dict[str, Any]:
+    """Train the zoo configuration ``label`` here from scratch for ``epochs`` (one step in a smoke run),
+    drawing its validation curve after each epoch beside ``reference`` (the zoo's runs of it).
+
+    Returns:
+        :func:`rsretrieval.experiments.run_method`'s results (read back, and drawn, when this run was
+        already done in ``OUTPUT_DIR/live``).
+    """
+    from IPython.display import display
+
+    from rsretrieval.experiments import run_method
+    from rsretrieval.training import TrainConfig
+    from rsretrieval.widgets import LiveCurve
+    from rsretrieval.zoo import select
+
+    config = select([label])[0]
+    curve = LiveCurve(f"{label}, {epochs} epochs", reference, title=f"{label}: trained here vs the zoo's runs")
+    live_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, device=str(cfg.device), progress=False,
+                           max_steps=1 if cfg.smoke else None)
+    live = run_method(cfg.model, cfg.pretrained, config.method, splits["train"], splits["val"], splits["test"],
+                      **run_settings(recipe, live_cfg, keep=("epochs", "batch_size", "seed", "device", "progress"),
+                                     smoke=cfg.smoke), loss=config.loss, method_kwargs=config.method_kwargs,
+                      loss_kwargs=config.loss_kwargs, run_dir=cfg.output_dir / "live" / config.slug, on_epoch=curve)
+    if not curve.records:  # read back from an earlier execution: draw what it recorded
+        curve.records = live["history"]["records"]
+        display(curve.figure())
+    return live

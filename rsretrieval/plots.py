@@ -353,3 +353,74 @@ def plot_focus_maps(
         ax.set_yticks([])
     fig.tight_layout()
     return fig
+
+
+def _records(history: Mapping | Sequence[Mapping]) -> list[Mapping]:
+    """Epoch records from a run's ``history`` (``{"records": [...]}``) or a zoo row's (a list)."""
+    return list(history["records"] if isinstance(history, Mapping) else history)
+
+
+def plot_val_curves(
+    runs: Sequence[Mapping],
+    *,
+    label: str = "label",
+    live: Mapping[str, Sequence[Mapping]] | None = None,
+    title: str = "",
+) -> Figure:
+    """Validation mR per epoch for each label: the mean over its runs (seeds), their range shaded.
+
+    Args:
+        runs: runs with ``label`` and ``history`` (:func:`rsretrieval.zoo.evaluate_zoo`'s or
+            :func:`rsretrieval.experiments.run_method`'s).
+        live: ``{name: epoch records}`` of runs trained here, drawn dashed beside the others.
+        title: figure title.
+    """
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.subplots()
+    by_label: dict[str, list[list[Mapping]]] = {}
+    for r in runs:
+        by_label.setdefault(str(r[label]), []).append(_records(r["history"]))
+    for name, histories in by_label.items():
+        length = min(len(h) for h in histories)
+        curves = np.array([[rec.get("val_mr") or np.nan for rec in h[:length]] for h in histories], dtype=float)
+        epochs = [rec["epoch"] for rec in histories[0][:length]]
+        line, = ax.plot(epochs, np.nanmean(curves, axis=0), "o-", ms=3, label=f"{name} ({len(histories)} seeds)")
+        if len(histories) > 1:
+            ax.fill_between(epochs, np.nanmin(curves, axis=0), np.nanmax(curves, axis=0), alpha=0.2,
+                            color=line.get_color())
+    for name, records in (live or {}).items():
+        pts = [(rec["epoch"], rec["val_mr"]) for rec in records if rec.get("val_mr") is not None]
+        if pts:
+            ax.plot(*zip(*pts), "s--", ms=3, label=f"{name} (trained here)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val mR")
+    ax.set_title(title or "validation mR while training")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_cost(points: Sequence[Mapping], *, title: str = "") -> Figure:
+    """What each method's score costs: val mR against training seconds, and against peak memory.
+
+    Args:
+        points: ``{"label", "seconds", "memory_bytes", "val_mr", "val_mr_std" (optional)}`` each
+            (e.g. a zoo label's means over seeds, and ``bench``'s peak memory).
+        title: figure title.
+    """
+    fig = Figure(figsize=(8, 3.4))
+    axes = fig.subplots(1, 2)
+    for ax, key, xlabel, scale in ((axes[0], "seconds", "training seconds (to the best epoch's end)", 1.0),
+                                   (axes[1], "memory_bytes", "peak training memory (MiB)", 2.0 ** -20)):
+        for p in points:
+            if p.get(key) is None:
+                continue
+            x = p[key] * scale
+            ax.errorbar(x, p["val_mr"], yerr=p.get("val_mr_std", 0.0), fmt="o", capsize=3)
+            ax.annotate(str(p["label"]), (x, p["val_mr"]), fontsize=8, xytext=(4, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("val mR")
+    fig.suptitle(title or "what each method's score costs")
+    fig.tight_layout()
+    return fig

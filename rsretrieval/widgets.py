@@ -88,3 +88,31 @@ def search_box(index: Any, k: int = 5, example: str = "two white planes beside t
     box.observe(show, names="value")
     show()
     return w.VBox([box, out]), static
+
+
+class LiveCurve:
+    """A run's validation curve redrawn after every epoch, beside reference runs (e.g. the zoo's).
+
+    Pass it as ``run_method(..., on_epoch=curve)``; executed headless, the last drawing stays in the
+    cell's output. ``curve.figure()`` is the static figure of what was drawn.
+    """
+
+    def __init__(self, name: str, reference: list[dict[str, Any]] | None = None, title: str = "") -> None:
+        self.name, self.reference, self.title = name, reference or [], title
+        self.records: list[dict[str, Any]] = []
+        self._handle = None
+
+    def figure(self):
+        from rsretrieval.plots import plot_val_curves
+
+        return plot_val_curves(self.reference, live={self.name: self.records}, title=self.title)
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        from IPython.display import display
+
+        self.records.append(dict(record))
+        fig = self.figure()
+        if self._handle is None:
+            self._handle = display(fig, display_id=True)
+        else:
+            self._handle.update(fig)

@@ -14,7 +14,7 @@ import json
 import shlex
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +117,7 @@ class ZooSettings:
 
 def build_zoo(only: list[str] | None = None, seeds: list[int] | None = None, out: str | Path | None = None,
               settings: ZooSettings | None = None, *, configs: tuple[ZooConfig, ...] = CONFIGS,
-              workers: int = 1, progress: bool = True) -> dict[str, Any]:
+              workers: int = 1, isolate: bool = True, progress: bool = True) -> dict[str, Any]:
     """Train every selected configuration for every seed (a finished entry is kept, an interrupted one resumes).
 
     Args:
@@ -129,6 +129,8 @@ def build_zoo(only: list[str] | None = None, seeds: list[int] | None = None, out
         workers: entries trained at once, each in its own child process with ``settings.threads``
             threads (on 2 cores, two 1-thread children do about 1.2x the work of one 2-thread child);
             the files do not depend on it.
+        isolate: train each entry in a child process, so that its peak memory is its own (False: here,
+            one at a time).
 
     Returns:
         The zoo document, as written to ``zoo.json`` after every entry.
@@ -161,8 +163,9 @@ def build_zoo(only: list[str] | None = None, seeds: list[int] | None = None, out
         bar.set_postfix_str(row["key"])
         bar.update(1)
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # each thread waits on one child process
-        pending = {pool.submit(_run_child, config, seed, folder, settings) for config, seed in todo}
+    with ThreadPoolExecutor(max_workers=max(1, workers) if isolate else 1) as pool:  # each waits on a child
+        train = _run_child if isolate else _in_process
+        pending = {pool.submit(train, config, seed, folder, settings) for config, seed in todo}
         while pending:
             done, pending = wait(pending, return_when=FIRST_EXCEPTION)
             for future in done:
@@ -212,6 +215,16 @@ def _run_child(config: ZooConfig, seed: int, folder: Path, settings: ZooSettings
     return json.loads(job.with_suffix(".row.json").read_text())
 
 
+def _in_process(config: ZooConfig, seed: int, folder: Path, settings: ZooSettings) -> dict[str, Any]:
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return train_entry(config, seed, folder, settings)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def train_entry(config: ZooConfig, seed: int, folder: Path, settings: ZooSettings) -> dict[str, Any]:
     """Train one entry in this process and return its ``zoo.json`` row (what the child process runs)."""
     import shutil
@@ -225,8 +238,11 @@ def train_entry(config: ZooConfig, seed: int, folder: Path, settings: ZooSetting
 
     torch.set_num_threads(settings.threads)
     key = f"{config.slug}-s{seed}"
+    from rsretrieval.recipes import data_kwargs
+
+    kwargs = data_kwargs(settings.recipe)  # e.g. PE-RSITR's 20% of train as validation
     root = settings.data_root()
-    splits = [load_dataset(settings.dataset, root, s) for s in ("train", "val", "test")]
+    splits = [load_dataset(settings.dataset, root, s, **kwargs) for s in ("train", "val", "test")]
     overrides = {**config.train, "seed": seed, "device": settings.device, "progress": False}
     full = config.method == "full"  # scored on test as stored (compact float16), not before
     result = run_method(settings.model, settings.pretrained, config.method, splits[0], splits[1],
@@ -302,6 +318,119 @@ def _pretrained_rows(settings: ZooSettings):
     if not isinstance(blob, dict) or blob.get("format") != COMPACT_FORMAT:
         return torch.empty(0, dtype=torch.long)
     return blob["payload"]["token_rows"].long()
+
+
+_WHAT_DECIDES = ("model", "pretrained", "dataset", "root", "recipe", "regime")  # device, threads: only the bits
+
+
+def find_zoo(settings: ZooSettings, folder: str | Path | None = None) -> dict[str, Any] | None:
+    """The zoo in ``folder`` (default :func:`zoo_dir`) if it was built for the same model, data and
+    recipe as ``settings`` (on any device), else None."""
+    index = Path(folder or zoo_dir(settings.model, settings.dataset, settings.regime)) / "zoo.json"
+    if not index.is_file():
+        return None
+    doc = json.loads(index.read_text(encoding="utf-8"))
+    wanted = json.loads(json.dumps(asdict(settings)))
+    return doc if all(doc.get("settings", {}).get(k) == wanted[k] for k in _WHAT_DECIDES) else None  # None == absent
+
+
+def ensure_zoo(settings: ZooSettings, labels: list[str], seeds: list[int], out: str | Path, *,
+               train: dict[str, Any] | None = None, isolate: bool = True,
+               progress: bool = True) -> tuple[dict[str, Any], Path]:
+    """A zoo holding every (label, seed) asked for: the committed one when it has them for these
+    settings, else the one in ``out``, after training what it lacks through :func:`build_zoo`.
+
+    Args:
+        train: TrainConfig fields over every configuration's (e.g. ``{"max_steps": 1}`` for a smoke run).
+        isolate: train each entry in a child process (its own peak memory); False: in this one.
+
+    Returns:
+        (the zoo document, its folder).
+    """
+    wanted = {(label, seed) for label in labels for seed in seeds}
+    committed = find_zoo(settings)
+    if committed is not None and wanted <= {(e["label"], e["seed"]) for e in committed["entries"]} and not train:
+        return committed, zoo_dir(settings.model, settings.dataset, settings.regime)
+    configs = tuple(replace(c, train={**c.train, **(train or {})}) for c in select(labels))
+    return build_zoo(None, seeds, out, settings, configs=configs, isolate=isolate, progress=progress), Path(out)
+
+
+def entry_model(row: dict[str, Any], folder: str | Path, settings: ZooSettings):
+    """The trained model of one entry, as stored: a ``ModelBundle`` whose ``model`` carries the method.
+
+    A full fine-tune is its compact file; any other method is injected into the base model and
+    loaded from its method file (which checks that the base is the one it was trained on).
+    """
+    from rsretrieval.methods import load_method, wrap_tokenizer
+    from rsretrieval.models import create_model, seed_everything
+    from rsretrieval.models.compact import load_compact
+
+    seed_everything(row["seed"])  # random base weights (no `pretrained`) are the run's seed's
+    path = Path(folder) / row["file"]
+    if row["method"] == "full":
+        from rsretrieval.models.factory import _quiet_random_init
+
+        with _quiet_random_init(True):  # filled from the file right after
+            bundle = create_model(settings.model, None)
+        load_compact(bundle.model, path, arch=settings.model)
+        return bundle
+    bundle = create_model(settings.model, settings.pretrained)
+    net = load_method(bundle.model, path, base_name=bundle.name)
+    return replace(bundle, model=net, tokenizer=wrap_tokenizer(net, bundle.tokenizer))
+
+
+def evaluate_zoo(doc: dict[str, Any], folder: str | Path, test, *, labels: list[str] | None = None,
+                 seeds: list[int] | None = None, device: str = "cpu", progress: bool = True) -> list[dict[str, Any]]:
+    """Score every entry (of ``labels`` and ``seeds``, default all) live on ``test``, from its stored file
+    (``test=None``: the entries as stored, ``test`` None).
+
+    Returns:
+        One run per entry, shaped as :func:`rsretrieval.experiments.run_method`'s results (``label``,
+        ``method``, ``seed``, ``test``, ``val_mr``, ``best_epoch``, ``trainable``, ``total``,
+        ``seconds_per_epoch``, ``history``, ...) plus ``stored_test_mr``, the build's own score, to check
+        the live one against, and ``file``, the entry's weights.
+    """
+    import torch
+
+    from rsretrieval.evaluation import evaluate
+
+    settings = ZooSettings(**doc["settings"])
+    rows = [e for e in doc["entries"] if (labels is None or e["label"] in labels)
+            and (seeds is None or e["seed"] in seeds)]
+    missing = sorted(set(labels or ()) - {e["label"] for e in rows})
+    if missing:
+        raise ValueError(f"the zoo in {folder} has no entries for {', '.join(missing)}: build them with "
+                         f"`python -m rsretrieval zoo build --only {' '.join(missing)}`")
+    runs = []
+    for row in tqdm(rows, desc="zoo: scoring on test", disable=not progress or test is None):
+        metrics = None
+        if test is not None:
+            bundle = entry_model(row, folder, settings)
+            with torch.no_grad():
+                metrics = evaluate(bundle.model.to(device), test, transform=bundle.transform,
+                                   tokenizer=bundle.tokenizer, device=device, progress=False).metrics
+        runs.append({**{k: row[k] for k in ("key", "label", "method", "loss", "seed", "val_mr", "best_epoch",
+                                            "epochs_run", "trainable", "total", "train_seconds",
+                                            "seconds_per_epoch", "peak_memory_bytes", "history")},
+                     "test": metrics, "stored_test_mr": row["test_mr"], "file": str(Path(folder) / row["file"])})
+    return runs
+
+
+def best_entry(doc: dict[str, Any]) -> dict[str, Any]:
+    """The zoo's best model by validation only: the configuration with the highest mean val mR over its
+    seeds, and its seed with the highest val mR."""
+    by_label: dict[str, list[dict[str, Any]]] = {}
+    for e in doc["entries"]:
+        by_label.setdefault(e["label"], []).append(e)
+    label = max(by_label, key=lambda k: sum(e["val_mr"] for e in by_label[k]) / len(by_label[k]))
+    return max(by_label[label], key=lambda e: e["val_mr"])
+
+
+def encoder_weights(row: dict[str, Any], folder: str | Path, settings: ZooSettings) -> dict[str, Any]:
+    """``pretrained`` and ``adapter`` that load one entry's model (e.g. into a search ``Encoder``)."""
+    path = str(Path(folder) / row["file"])
+    return {"pretrained": path, "adapter": None} if row["method"] == "full" else \
+        {"pretrained": settings.pretrained, "adapter": path}
 
 
 def load_zoo(folder: str | Path | None = None) -> dict[str, Any]:

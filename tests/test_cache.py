@@ -222,3 +222,20 @@ def test_scene_captions_read_only_the_images_from_the_cache(colour_data, tmp_pat
     assert runs[True]["identity"]["cached_features"] == "images"
     losses = [runs[c]["history"]["records"][0]["train_loss"] for c in (True, False)]
     assert losses[0] == pytest.approx(losses[1], abs=2e-3)
+
+
+@pytest.mark.parametrize("method", ["linear_probe", "clip_adapter"])
+def test_methods_on_pooled_outputs_train_from_them_as_from_pixels(method, colour_data, tmp_path):
+    from rsretrieval.experiments import run_method, trains_from_cache
+
+    assert trains_from_cache(method, "infonce") == "pooled" and not trains_from_cache(method, "hmmc")
+    cfg = {"epochs": 2, "batch_size": 8, "lr": 1e-2, "warmup_steps": 1, "progress": False, "device": "cpu"}
+    runs = {cached: run_method("tiny", None, method, colour_data, colour_data, colour_data, cfg,
+                               run_dir=tmp_path / f"run-{cached}", cache_features=cached) for cached in (True, False)}
+    assert runs[True]["identity"]["cached_features"] == "pooled" and not runs[False]["identity"]["cached_features"]
+    for key in ("train_loss", "val_mr"):
+        got = [r[key] for r in runs[True]["history"]["records"]]
+        want = [r[key] for r in runs[False]["history"]["records"]]
+        assert got == pytest.approx(want, abs=1e-4), key  # the same training: only the towers' work is saved
+    assert runs[True]["test"]["mr"] == pytest.approx(runs[False]["test"]["mr"], abs=1e-4)
+    assert runs[True]["trainable"] == runs[False]["trainable"]

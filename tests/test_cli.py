@@ -93,6 +93,15 @@ def test_bench_writes_ratios(tmp_path, capsys):
     assert rows[1]["trainable"] < rows[0]["trainable"]
     assert "speed x" in capsys.readouterr().out
 
+    # Gradient checkpointing keeps fewer tensors for backward, for full fine-tuning and an in-block adapter.
+    assert main(["bench", "--model", "tiny", "--methods", "full,mrs_adapter", "--batch-size", "4", "--steps", "1",
+                 "--grad-checkpointing", "--json", str(tmp_path / "ckpt.json")]) == 0
+    ckpt = json.loads((tmp_path / "ckpt.json").read_text())
+    for plain, recomputed in zip(rows, ckpt):
+        assert recomputed["grad_checkpointing"] and not plain["grad_checkpointing"] and not recomputed["amp"]
+        assert 0 < recomputed["saved_for_backward_bytes"] < plain["saved_for_backward_bytes"]
+    assert "+checkpointing" in capsys.readouterr().out
+
 
 def test_unknown_dataset_root_is_required(capsys):
     from rsretrieval.errors import DatasetNotFoundError

@@ -294,3 +294,21 @@ def test_plots(data: CaptionDataset) -> None:
     )
     captions = [[data.captions[j] for j in js] for js in data.image_to_texts]
     _renders(plots.plot_image_captions(data.image_paths, captions, n=3))
+
+
+def test_curve_and_cost_figures() -> None:
+    from rsretrieval.plots import plot_cost, plot_val_curves
+    from rsretrieval.widgets import LiveCurve
+
+    zoo_rows = [{"label": "mrs_adapter", "history": [{"epoch": 1, "val_mr": 10.0}, {"epoch": 2, "val_mr": 12.0}]},
+                {"label": "mrs_adapter", "history": {"records": [{"epoch": 1, "val_mr": 11.0},
+                                                                  {"epoch": 2, "val_mr": 14.0}]}}]
+    ax = plot_val_curves(zoo_rows).axes[0]
+    assert list(ax.lines[0].get_ydata()) == [10.5, 13.0]  # the mean over seeds, epoch by epoch
+    curve = LiveCurve("mrs_adapter", zoo_rows)
+    curve({"epoch": 1, "val_mr": 9.0, "train_loss": 2.0})
+    curve({"epoch": 2, "val_mr": 11.0, "train_loss": 1.5})
+    assert list(curve.figure().axes[0].lines[-1].get_ydata()) == [9.0, 11.0]
+    fig = plot_cost([{"label": "full", "seconds": 600.0, "memory_bytes": 2**30, "val_mr": 54.0, "val_mr_std": 0.4},
+                     {"label": "focus", "seconds": 40.0, "memory_bytes": None, "val_mr": 52.0}])
+    assert [len(a.collections) > 0 for a in fig.axes] == [True, True]

@@ -113,6 +113,8 @@ def test_compact_weights_round_trip(tmp_path):
             assert torch.allclose(got, v.half().float()), k
     with pytest.raises(CheckpointError, match="weights for 'tiny', not 'mini'"):
         load_compact(create_model("mini").model, path, arch="mini")
+    by_path = create_model("tiny", str(path)).model  # a compact file is weights by path too
+    assert torch.equal(by_path.state_dict()["logit_scale"], dst.state_dict()["logit_scale"])
     blob = torch.load(path, weights_only=True)
     blob["payload"]["logit_scale"] += 1
     torch.save(blob, path)

@@ -7,7 +7,8 @@ import pytest
 import rsretrieval.zoo as zoo
 from rsretrieval.cli import main
 from rsretrieval.files import sha256_file
-from rsretrieval.zoo import CONFIGS, ZooConfig, ZooSettings, build_zoo, select
+from rsretrieval.data import load_dataset
+from rsretrieval.zoo import CONFIGS, ZooConfig, ZooSettings, build_zoo, ensure_zoo, evaluate_zoo, find_zoo, select
 
 FIELDS = {"label", "method", "config", "loss", "seed", "recipe", "best_epoch", "val_mr", "test_mr", "train_seconds",
           "peak_memory_bytes", "file_sha256", "identity", "library_version", "command", "history"}
@@ -81,3 +82,17 @@ def test_zoo_entries_have_provenance_resume_and_rebuild_bit_for_bit(tiny_root, t
     with pytest.raises(ValueError, match="zoo of other settings"):
         build_zoo(None, [0], tmp_path / "a", ZooSettings(model="tiny", pretrained=None, root=str(tiny_root),
                                                           recipe=None, threads=2), configs=configs, progress=False)
+
+    # The entries, scored live from their stored files, give the build's own test scores.
+    assert find_zoo(settings, tmp_path / "a") == doc and find_zoo(ZooSettings(), tmp_path / "a") is None
+    runs = evaluate_zoo(doc, tmp_path / "a", load_dataset("synthrs", tiny_root, "test"), progress=False)
+    assert [r["label"] for r in runs] == ["linear_probe", "full"]
+    for r in runs:
+        assert r["test"]["mr"] == pytest.approx(r["stored_test_mr"], abs=1e-9)
+    with pytest.raises(ValueError, match="no entries for cmer"):
+        evaluate_zoo(doc, tmp_path / "a", None, labels=["cmer"], progress=False)
+
+    # What a notebook of other settings does: the entries it needs, trained here, through the same pipeline.
+    made, where = ensure_zoo(settings, ["linear_probe"], [0], tmp_path / "d", train=quick, isolate=False,
+                             progress=False)
+    assert where == tmp_path / "d" and [e["file_sha256"] for e in made["entries"]] == [doc["entries"][0]["file_sha256"]]

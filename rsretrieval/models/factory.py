@@ -20,7 +20,7 @@ import torch
 
 from rsretrieval import paths
 from rsretrieval.errors import CheckpointError, ModelNotFoundError
-from rsretrieval.models.compact import load_compact
+from rsretrieval.models.compact import is_compact, load_compact
 
 _logger = logging.getLogger(__name__)
 
@@ -222,7 +222,8 @@ def create_model(
     Args:
         name: architecture (``tiny``, ``mini``, ``ViT-B-32``, ...; see :func:`list_models`).
         pretrained: None for random weights; an open_clip tag (``openai``: downloads, needs network);
-            one of our shipped tags (``synthrs`` for ``mini``); or a path to a state-dict file, e.g.
+            one of our shipped tags (``synthrs`` for ``mini``); a path to a compact file (a full fine-tune
+            of the zoo); or a path to a state-dict file, e.g.
             ``RemoteCLIP-ViT-B-32.pt`` or GeoRSCLIP's ``RS5M_ViT-B-32.pt`` (load into ``ViT-B-32``).
         device: where to put the model.
         quick_gelu: None picks QuickGELU for OpenAI weights: the ``openai`` tag, or a file with OpenAI's
@@ -255,6 +256,8 @@ def create_model(
                     f"`python -m rsretrieval pretrain --model {name}` (about 15 minutes on a CPU)."
                 )
             compact, weights = local, None  # our compact format: built random, then filled below
+        elif Path(tag).is_file() and is_compact(tag):  # e.g. a full fine-tune of the zoo
+            compact, weights = Path(tag), None
         elif not Path(tag).is_file() and not _is_open_clip_tag(name, tag):
             looks_like_path = any(ch in tag for ch in "/\\.")
             hint = f"no file at {tag}" if looks_like_path else f"known tags: {[t for _, t in list_pretrained(name)]}"

@@ -97,3 +97,11 @@ def load_recipe(name: str, method: str) -> Recipe:
 
 
 __all__ = ["RECIPE_DIR", "Recipe", "list_recipes", "load_recipe", "read_recipe_file", "recipe_path"]
+
+
+def data_kwargs(recipe: str | None) -> dict[str, Any]:
+    """``load_dataset`` keywords a recipe asks for (its validation share, e.g. PE-RSITR's 20%)."""
+    if not recipe:
+        return {}
+    share = read_recipe_file(recipe)["methods"].get("*", {}).get("val_fraction")
+    return {} if share is None else {"val_fraction": share}

@@ -431,6 +431,7 @@ def fit(
     val_data: CaptionDataset | None = None,
     val_transform: Callable | None = None,
     task: Task | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> History:
     """Train ``model`` on ``train_data`` and return the :class:`History`.
 
@@ -443,6 +444,8 @@ def fit(
         val_data: validation split; the best epoch by its mR is saved as ``best.pt``. Never the test split.
         val_transform: evaluation transform (defaults to ``transform``).
         task: a :class:`~rsretrieval.training.tasks.Task` (default: InfoNCE on ``model``).
+        on_epoch: called with each epoch's record (train loss, val metrics, lr, seconds) as it ends,
+            e.g. to draw the curves while training runs (:class:`rsretrieval.widgets.LiveCurve`).
 
     The model ends with the weights of the last step (``best.pt`` holds the best epoch's).
     """
@@ -469,6 +472,8 @@ def fit(
                                                                       or last_epoch):
             record.update(_validate(run, model, tokenizer, val_data, val_transform or transform, cfg, device, out))
         run.history.append(**record)
+        if on_epoch is not None and rank == 0:
+            on_epoch(run.history.records[-1])
         run.epoch, run.batch = run.epoch + 1, 0
         _save_last(run, out, rank)
         if out is not None and rank == 0:

@@ -84,6 +84,74 @@ class ContrastiveTask(Task):
         return self.loss(img, txt, logit_scale(self.model), batch.image_ids)
 
 
+class _Unprojected(nn.Module):
+    """Stands in for a tower's output projection: ``x @ self`` is ``x``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def __rmatmul__(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@contextlib.contextmanager
+def _without_projections(model: nn.Module) -> Iterator[None]:
+    """While open, ``encode_image`` / ``encode_text`` return the pooled features before each tower's
+    projection (a Parameter, a Linear, or a module that wraps it, as CLIP-Adapter's). The projections
+    are put back in the same registry slots, so parameter order and state-dict keys do not change."""
+    swapped = []
+    for owner, name in ((model.visual, "proj"), (model, "text_projection")):
+        table = owner._parameters if name in owner._parameters else owner._modules
+        original = table[name]
+        if isinstance(original, nn.Parameter):
+            table[name] = nn.Parameter(torch.eye(original.shape[0], dtype=original.dtype, device=original.device),
+                                       requires_grad=False)
+        else:
+            table[name] = _Unprojected()
+        swapped.append((table, name, original))
+    try:
+        yield
+    finally:
+        for table, name, original in swapped:
+            table[name] = original
+
+
+class PooledFeatureTask(Task):
+    """Trains what acts on each tower's pooled output (the linear probe's projections, CLIP-Adapter)
+    from those features, computed once with the frozen towers instead of at every step.
+
+    The towers are run in eval mode, once per image and caption of ``data``; each batch then applies
+    the projections (as trained so far) to its rows and a contrastive loss, as
+    :class:`ContrastiveTask` does on the same batch with towers that have no dropout.
+    """
+
+    inputs = Inputs(pixels=False, tokens=False)
+
+    def __init__(self, model: nn.Module, data: CaptionDataset, transform: Callable, tokenizer: Callable,
+                 loss: nn.Module | None = None, *, device: torch.device | str = "cpu", batch_size: int = 128) -> None:
+        from rsretrieval.models.utils import eval_mode
+        from rsretrieval.training.loop import preload_images
+
+        super().__init__(model, loss if loss is not None else InfoNCELoss())
+        model.to(device)
+        pixels = preload_images(data, transform, progress=False)
+        captions = list(data.captions)
+        with torch.no_grad(), eval_mode(model), _without_projections(model):
+            self.images = torch.cat([model.encode_image(pixels[i:i + batch_size].to(device))
+                                     for i in range(0, len(pixels), batch_size)])
+            self.texts = torch.cat([model.encode_text(tokenizer(captions[i:i + batch_size]).to(device))
+                                    for i in range(0, len(captions), batch_size)])
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        dev = self.model.logit_scale.device
+        img = self.images.to(dev)[batch.image_ids] @ self.model.visual.proj
+        proj = self.model.text_projection
+        txt = self.texts.to(dev)[batch.caption_ids]
+        txt = proj(txt) if isinstance(proj, nn.Linear) else txt @ proj
+        return self.loss(F.normalize(img, dim=-1), F.normalize(txt, dim=-1), logit_scale(self.model),
+                         batch.image_ids)
+
+
 @contextlib.contextmanager
 def token_dropout(model: nn.Module, p: float) -> Iterator[None]:
     """Dropout on the token embeddings of both towers while the context is open.
