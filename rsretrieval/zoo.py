@@ -106,13 +106,13 @@ class ZooSettings:
         """The dataset folder: ``root``; for a regime without one, its generated SynthRS."""
         if self.regime is None or self.root is not None:
             return self.root
-        from rsretrieval.data.synthrs import REGIMES, generate_synthrs
+        from rsretrieval.data.synthrs import generate_regime
         from rsretrieval.paths import data_dir
 
-        if self.dataset != "synthrs" or self.regime not in REGIMES:
-            raise ValueError(f"regime {self.regime!r} is a SynthRS regime: one of {', '.join(REGIMES)}, with "
-                             f"dataset 'synthrs' (not {self.dataset!r})")
-        return str(generate_synthrs(data_dir(f"synthrs-{self.regime}"), **REGIMES[self.regime], progress=False))
+        if self.dataset != "synthrs":
+            raise ValueError(f"regime {self.regime!r} is a SynthRS regime: it needs dataset 'synthrs', "
+                             f"not {self.dataset!r}")
+        return str(generate_regime(self.regime, data_dir(f"synthrs-{self.regime}"), progress=False))
 
 
 def build_zoo(only: list[str] | None = None, seeds: list[int] | None = None, out: str | Path | None = None,

@@ -31,7 +31,7 @@ def test_a_regime_has_its_own_zoo_folder_and_data(tmp_path, monkeypatch):
         ZooSettings(regime="nope").data_root()
     made = []
     monkeypatch.setattr(paths, "data_dir", lambda name: tmp_path / name)
-    monkeypatch.setattr("rsretrieval.data.synthrs.generate_synthrs", lambda root, **kw: made.append(kw) or root)
+    monkeypatch.setattr("rsretrieval.data.synthrs.generate.generate_synthrs", lambda root, **kw: made.append(kw) or root)
     assert ZooSettings(regime="scene-free-captions").data_root() == str(tmp_path / "synthrs-scene-free-captions")
     assert made == [{"unnamed_share": 1.0, "progress": False}]
 
