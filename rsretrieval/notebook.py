@@ -124,12 +124,10 @@ def zoo_settings(cfg: Setup, dataset: str, data_dir: str | None, recipe: str | N
 
     root = str(cfg.data_dir) if data_dir or cfg.smoke else None
     if regime and cfg.smoke:
-        from rsretrieval.data.synthrs import REGIMES, generate_synthrs
+        from rsretrieval.data.synthrs import generate_regime
 
-        if regime not in REGIMES:
-            raise ValueError(f"unknown SynthRS regime {regime!r}; known: {', '.join(REGIMES)}")
-        root = str(generate_synthrs(paths.data_dir(f"synthrs-smoke-{regime}"), seed=0, **SYNTHRS_SMOKE,
-                                    **REGIMES[regime], progress=False))
+        root = str(generate_regime(regime, paths.data_dir(f"synthrs-smoke-{regime}"), seed=0, **SYNTHRS_SMOKE,
+                                   progress=False))
     return ZooSettings(model=cfg.model, pretrained=cfg.pretrained, dataset=dataset, root=root,
                        recipe=recipe or None, device=str(cfg.device), regime=regime,
                        threads=torch.get_num_threads())  # entries trained here, one at a time, use every core

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field, replace
@@ -106,13 +107,13 @@ class ZooSettings:
         """The dataset folder: ``root``; for a regime without one, its generated SynthRS."""
         if self.regime is None or self.root is not None:
             return self.root
-        from rsretrieval.data.synthrs import REGIMES, generate_synthrs
+        from rsretrieval.data.synthrs import generate_regime
         from rsretrieval.paths import data_dir
 
-        if self.dataset != "synthrs" or self.regime not in REGIMES:
-            raise ValueError(f"regime {self.regime!r} is a SynthRS regime: one of {', '.join(REGIMES)}, with "
-                             f"dataset 'synthrs' (not {self.dataset!r})")
-        return str(generate_synthrs(data_dir(f"synthrs-{self.regime}"), **REGIMES[self.regime], progress=False))
+        if self.dataset != "synthrs":
+            raise ValueError(f"regime {self.regime!r} is a SynthRS regime: it needs dataset 'synthrs', "
+                             f"not {self.dataset!r}")
+        return str(generate_regime(self.regime, data_dir(f"synthrs-{self.regime}"), progress=False))
 
 
 def build_zoo(only: list[str] | None = None, seeds: list[int] | None = None, out: str | Path | None = None,
@@ -227,8 +228,6 @@ def _in_process(config: ZooConfig, seed: int, folder: Path, settings: ZooSetting
 
 def train_entry(config: ZooConfig, seed: int, folder: Path, settings: ZooSettings) -> dict[str, Any]:
     """Train one entry in this process and return its ``zoo.json`` row (what the child process runs)."""
-    import shutil
-
     import torch
 
     import rsretrieval
@@ -335,10 +334,11 @@ def find_zoo(settings: ZooSettings, folder: str | Path | None = None) -> dict[st
 
 
 def ensure_zoo(settings: ZooSettings, labels: list[str], seeds: list[int], out: str | Path, *,
-               train: dict[str, Any] | None = None, isolate: bool = True,
-               progress: bool = True) -> tuple[dict[str, Any], Path]:
+               train: dict[str, Any] | None = None, configs: tuple[ZooConfig, ...] = CONFIGS,
+               isolate: bool = True, progress: bool = True) -> tuple[dict[str, Any], Path]:
     """A zoo holding every (label, seed) asked for: the committed one when it has them for these
-    settings, else the one in ``out``, after training what it lacks through :func:`build_zoo`.
+    settings, else the one in ``out``, after training what it lacks through :func:`build_zoo` (the
+    committed entries it has are copied there first, not trained again).
 
     Args:
         train: TrainConfig fields over every configuration's (e.g. ``{"max_steps": 1}`` for a smoke run).
@@ -349,10 +349,33 @@ def ensure_zoo(settings: ZooSettings, labels: list[str], seeds: list[int], out: 
     """
     wanted = {(label, seed) for label in labels for seed in seeds}
     committed = find_zoo(settings)
-    if committed is not None and wanted <= {(e["label"], e["seed"]) for e in committed["entries"]} and not train:
-        return committed, zoo_dir(settings.model, settings.dataset, settings.regime)
-    configs = tuple(replace(c, train={**c.train, **(train or {})}) for c in select(labels))
-    return build_zoo(None, seeds, out, settings, configs=configs, isolate=isolate, progress=progress), Path(out)
+    home = zoo_dir(settings.model, settings.dataset, settings.regime)
+    if committed is not None and not train:
+        if wanted <= {(e["label"], e["seed"]) for e in committed["entries"]}:
+            return committed, home
+        _copy_entries(committed, home, Path(out), settings, wanted)
+    picked = tuple(replace(c, train={**c.train, **(train or {})}) for c in select(labels, configs))
+    return build_zoo(None, seeds, out, settings, configs=picked, isolate=isolate, progress=progress), Path(out)
+
+
+def _copy_entries(doc: dict[str, Any], source: Path, out: Path, settings: ZooSettings,
+                  wanted: set[tuple[str, int]]) -> None:
+    """Copy the ``wanted`` entries of the zoo in ``source`` (same model, data and recipe) into the zoo in ``out``."""
+    index = out / "zoo.json"
+    mine = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else \
+        {"zoo_version": ZOO_VERSION, "settings": asdict(settings), "entries": []}
+    if mine.get("settings") != json.loads(json.dumps(asdict(settings))):
+        return  # build_zoo refuses it by name
+    keys = {e["key"] for e in mine["entries"]}
+    rows = [e for e in doc["entries"] if (e["label"], e["seed"]) in wanted and e["key"] not in keys
+            and _file_ok(source, e)]
+    if not rows:
+        return
+    for row in rows:
+        (out / row["file"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / row["file"], out / row["file"])
+    mine["entries"] += rows
+    atomic_write_json(index, mine)
 
 
 def entry_model(row: dict[str, Any], folder: str | Path, settings: ZooSettings):

@@ -31,7 +31,7 @@ def test_a_regime_has_its_own_zoo_folder_and_data(tmp_path, monkeypatch):
         ZooSettings(regime="nope").data_root()
     made = []
     monkeypatch.setattr(paths, "data_dir", lambda name: tmp_path / name)
-    monkeypatch.setattr("rsretrieval.data.synthrs.generate_synthrs", lambda root, **kw: made.append(kw) or root)
+    monkeypatch.setattr("rsretrieval.data.synthrs.generate.generate_synthrs", lambda root, **kw: made.append(kw) or root)
     assert ZooSettings(regime="scene-free-captions").data_root() == str(tmp_path / "synthrs-scene-free-captions")
     assert made == [{"unnamed_share": 1.0, "progress": False}]
 
@@ -96,3 +96,14 @@ def test_zoo_entries_have_provenance_resume_and_rebuild_bit_for_bit(tiny_root, t
     made, where = ensure_zoo(settings, ["linear_probe"], [0], tmp_path / "d", train=quick, isolate=False,
                              progress=False)
     assert where == tmp_path / "d" and [e["file_sha256"] for e in made["entries"]] == [doc["entries"][0]["file_sha256"]]
+
+    # A committed zoo that has some of the entries: those are copied, only the others are trained.
+    monkeypatch.setattr(zoo, "zoo_dir", lambda *a: tmp_path / "a")
+    assert ensure_zoo(settings, ["full"], [0], tmp_path / "e", configs=configs, progress=False) == (doc, tmp_path / "a")
+    trained, train_here = [], zoo._in_process
+    monkeypatch.setattr(zoo, "_in_process", lambda c, s, *a: trained.append(f"{c.slug}-s{s}") or train_here(c, s, *a))
+    more, where = ensure_zoo(settings, ["linear_probe", "full"], [0, 1], tmp_path / "e", configs=configs,
+                             isolate=False, progress=False)
+    assert where == tmp_path / "e" and sorted(trained) == ["full-s1", "linear_probe-s1"]
+    assert {e["key"]: e["file_sha256"] for e in more["entries"] if e["seed"] == 0} == \
+        {e["key"]: e["file_sha256"] for e in doc["entries"]}

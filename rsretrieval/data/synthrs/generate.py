@@ -209,6 +209,13 @@ def generate_synthrs(root: str | Path, *, n_images: int = 1500, image_size: int 
     return root
 
 
+def generate_regime(regime: str, root: str | Path, **kwargs: Any) -> Path:
+    """:func:`generate_synthrs` of a named :data:`REGIMES` entry into ``root`` (``kwargs``: its other arguments)."""
+    if regime not in REGIMES:
+        raise ValueError(f"unknown SynthRS regime {regime!r}; known: {', '.join(REGIMES)}")
+    return generate_synthrs(root, **REGIMES[regime], **kwargs)
+
+
 def _swap_in(tmp: Path, root: Path) -> None:
     """Rename the finished folder into place, moving any previous dataset aside first."""
     if root.is_dir() and not any(root.iterdir()):
