@@ -143,12 +143,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_index_build(args: argparse.Namespace) -> int:
     from rsretrieval.data.readers import prefix_scene
     from rsretrieval.search import Encoder, ImageIndex, find_images
+    from rsretrieval.search.geotiff import Tiling
 
+    tiling = Tiling(args.tile_size, args.tile_overlap, tuple(args.bands) if args.bands else None, args.min_valid)
     encoder = Encoder(args.model, args.pretrained, args.adapter, args.device)
     root = Path(args.images).resolve()
     scenes = ({str(p.relative_to(root)): prefix_scene(p.name) for p in find_images(root)}
               if args.scene_from_prefix else None)
-    index = ImageIndex.build(root, args.out, encoder, batch_size=args.batch_size, dtype=args.dtype, scenes=scenes)
+    index = ImageIndex.build(root, args.out, encoder, batch_size=args.batch_size, dtype=args.dtype, scenes=scenes,
+                             tiling=tiling)
     print(index)
     for s in index.manifest.skipped:
         print(f"skipped {s['path']}: {s['error']}", file=sys.stderr)
@@ -164,12 +167,27 @@ def cmd_search(args: argparse.Namespace) -> int:
     index = ImageIndex.load(args.index, encoder)
     hits = index.search_image(args.image, args.k, args.scene) if args.image else \
         index.search_text(args.query, args.k, args.scene)
+    if args.geojson:
+        from rsretrieval.files import atomic_write_json
+        from rsretrieval.search.geotiff import hits_geojson
+
+        collection = hits_geojson(hits)
+        atomic_write_json(args.geojson, collection)
+        print(f"wrote {len(collection['features'])} of {len(hits)} hits (those with coordinates) to {args.geojson}",
+              file=sys.stderr)
     if args.json:
-        print(json.dumps([{"rank": h.rank, "score": h.score, "path": str(h.path), "scene": h.scene} for h in hits],
-                         indent=1))
+        print(json.dumps([{"rank": h.rank, "id": h.id, "score": h.score, "path": str(h.path), "scene": h.scene,
+                           **({"window": h.tile["window"], "crs": h.tile["crs"], "bounds": h.tile["bounds"],
+                               "lonlat": h.tile["lonlat"]} if h.tile else {})} for h in hits], indent=1))
     else:
         for h in hits:
-            print(f"{h.rank:3d}  {h.score:.4f}  {h.path}" + (f"  [{h.scene}]" if h.scene else ""))
+            where = ""
+            if h.tile:
+                where = f"  window {h.tile['window']}"
+                if h.tile["lonlat"]:
+                    w, s_, e, n = h.tile["lonlat"]
+                    where += f"  lon {w:.5f}..{e:.5f} lat {s_:.5f}..{n:.5f}"
+            print(f"{h.rank:3d}  {h.score:.4f}  {h.path}" + (f"  [{h.scene}]" if h.scene else "") + where)
     return 0
 
 
@@ -438,6 +456,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     p.add_argument("--scene-from-prefix", action="store_true",
                    help="scene = file name before the last '_' (RSITMD, RSICD, SynthRS names)")
+    p.add_argument("--tile-size", type=int, default=256, help="GeoTIFF scenes: tile side in pixels")
+    p.add_argument("--tile-overlap", type=int, default=0, help="GeoTIFF scenes: pixels shared by neighbouring tiles")
+    p.add_argument("--bands", type=int, nargs="+", default=None,
+                   help="GeoTIFF scenes: the red, green, blue band numbers (1-based; default: by band description "
+                        "or colour interpretation, else the first three)")
+    p.add_argument("--min-valid", type=float, default=0.5,
+                   help="GeoTIFF scenes: skip tiles with a smaller share of valid (not nodata) pixels")
     p.set_defaults(func=cmd_index_build)
 
     p = sub.add_parser("search", help="search an index by text (or --image)")
@@ -451,6 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print hits as JSON")
+    p.add_argument("--geojson", default=None, metavar="PATH",
+                   help="write the georeferenced hits as a GeoJSON FeatureCollection (opens in QGIS)")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("bench-search", help="exact vs FAISS search on synthetic vectors: latency, recall, memory")
