@@ -19,7 +19,7 @@ from rsretrieval.files import atomic_write_text
 
 
 def _add_data_args(p: argparse.ArgumentParser, split: str | None = None) -> None:
-    p.add_argument("--dataset", default="synthrs", help="rsitmd, rsicd, ucm, sydney, synthrs, karpathy, precomp")
+    p.add_argument("--dataset", default="synthrs", help="rsitmd, rsicd, ucm, sydney, synthrs, karpathy, precomp, csv")
     p.add_argument("--root", default=None,
                    help="dataset folder (synthrs: default <data home>/synthrs, generated on first use)")
     if split is not None:
@@ -27,6 +27,12 @@ def _add_data_args(p: argparse.ArgumentParser, split: str | None = None) -> None
     p.add_argument("--val-fraction", type=float, default=None,
                    help="share of train carved out as val if the files have none (default 0.1, or the recipe's); "
                         "0: no validation, train on all of train and keep the last epoch")
+    csv = p.add_argument_group("--dataset csv (open_clip's caption CSV/TSV: --root FILE or a folder of train.csv, "
+                               "val.csv, test.csv)")
+    csv.add_argument("--csv-img-key", default="filepath", help="the image path column (default: filepath)")
+    csv.add_argument("--csv-caption-key", default="title", help="the caption column (default: title)")
+    csv.add_argument("--csv-scene-key", default=None, help="a scene column, if any")
+    csv.add_argument("--csv-separator", default=None, help="default: tab for .tsv, comma otherwise")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -80,7 +86,12 @@ def _load(args: argparse.Namespace, split: str):
     from rsretrieval.data import load_dataset
 
     val_fraction = {} if args.val_fraction is None else {"val_fraction": args.val_fraction}
-    return load_dataset(args.dataset, args.root or None, split, seed=args.seed, **val_fraction)
+    return load_dataset(args.dataset, args.root or None, split, seed=args.seed, **val_fraction, **_csv_options(args))
+
+
+def _csv_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {key: getattr(args, key) for key in ("csv_img_key", "csv_caption_key", "csv_scene_key", "csv_separator")
+            if hasattr(args, key)}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
