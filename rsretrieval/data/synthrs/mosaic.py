@@ -9,7 +9,6 @@ bounds), so a search over its tiles can be checked.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
