@@ -202,6 +202,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from rsretrieval.search.serve import serve
+
+    serve(args.index, host=args.host, port=args.port, model=args.model, pretrained=args.pretrained,
+          adapter=args.adapter, device=args.device)
+    return 0
+
+
 def cmd_bench_search(args: argparse.Namespace) -> int:
     from rsretrieval.search.vectors import bench_search, format_bench
 
@@ -490,6 +498,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--geojson", default=None, metavar="PATH",
                    help="write the georeferenced hits as a GeoJSON FeatureCollection (opens in QGIS)")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("serve", help="serve an index: a search page and a JSON API (model and index loaded once)")
+    p.add_argument("index")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", default=None, help="default: the model recorded in the index")
+    p.add_argument("--pretrained", default=None)
+    p.add_argument("--adapter", default=None)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench-search", help="exact vs FAISS search on synthetic vectors: latency, recall, memory")
     p.add_argument("--vectors", type=int, default=1_000_000)

@@ -1,0 +1,272 @@
+"""The search engine as a web application: one process loads the model and the index once, then
+answers every query (``python -m rsretrieval serve INDEX``).
+
+JSON API:
+
+    GET  /health                       {"status": "ok", "images", "model", "index"}
+    GET  /api/search?q=TEXT&k=K        {"query", "k", "took_ms", "results": [{"id", "score", "path", "scene",
+                                        "thumbnail", "window", "bounds", "lonlat", "footprint", "raster"}]}
+    POST /api/search?k=K               the same, for the image sent as the request body
+    GET  /api/similar/ID?k=K           "more like this": the images nearest to indexed image ID
+    GET  /api/thumbnail/ID             a JPEG of indexed image ID (by id only: no path reaches the disk)
+    GET  /api/rasters                  the GeoTIFF scenes of the index, with their size and quicklook
+    GET  /api/quicklook/RID            a JPEG of scene RID, stretched as its tiles are
+    GET  /                             the search page
+
+A bad request gets a 4xx and ``{"error": "one line"}``; the server keeps serving.
+"""
+
+import io
+import threading
+import time
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from rsretrieval.errors import lazy_import
+from rsretrieval.search.archive import Hit, ImageIndex
+from rsretrieval.search.geotiff import Raster, Tiling, split_key
+
+MAX_K = 100
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+THUMBNAIL_SIDE = 256
+
+
+class SearchService:
+    """What the application serves, apart from HTTP: one index with its encoder, safe to call from
+    several threads (the model and the vector search run one call at a time)."""
+
+    def __init__(self, index: ImageIndex) -> None:
+        if index.encoder is None:
+            raise ValueError("the index must be loaded with an encoder to serve text and image queries")
+        self.index = index
+        self.lock = threading.Lock()
+        keys = index.manifest.paths
+        self.rasters = sorted({split_key(k)[0] for k in keys if k in index.manifest.tiles})
+        self._raster_of = {r: i for i, r in enumerate(self.rasters)}
+        self.tiling = Tiling.from_dict(index.manifest.tiling)
+        self.thumbnail = lru_cache(maxsize=2048)(self._thumbnail)
+        self.quicklook = lru_cache(maxsize=16)(self._quicklook)
+        with self.lock:
+            index.searcher  # noqa: B018 -- built now, not on the first query
+
+    def search_text(self, q: str, k: int) -> list[dict[str, Any]]:
+        with self.lock:
+            return self._rows(self.index.search_text(q, k))
+
+    def search_image(self, image: Image.Image, k: int) -> list[dict[str, Any]]:
+        with self.lock:
+            return self._rows(self.index.search_image(image, k))
+
+    def similar(self, i: int, k: int) -> list[dict[str, Any]]:
+        self._check_id(i)
+        with self.lock:
+            vector = np.asarray(self.index.embeddings[i : i + 1], dtype=np.float32)
+            return self._rows(self.index.search_vector(vector, k))
+
+    def _check_id(self, i: int) -> None:
+        if not 0 <= i < len(self.index):
+            raise KeyError(f"no image {i}: ids run from 0 to {len(self.index) - 1}")
+
+    def _rows(self, hits: list[Hit]) -> list[dict[str, Any]]:
+        root = Path(self.index.manifest.root)
+        rows = []
+        for h in hits:
+            tile = h.tile or {}
+            rel = split_key(self.index.manifest.paths[h.id])[0]
+            rows.append({"id": h.id, "rank": h.rank, "score": round(h.score, 6),
+                         "path": str(h.path.relative_to(root)) if h.path.is_relative_to(root) else str(h.path),
+                         "scene": h.scene, "thumbnail": f"/api/thumbnail/{h.id}",
+                         "window": tile.get("window"), "crs": tile.get("crs"), "bounds": tile.get("bounds"),
+                         "lonlat": tile.get("lonlat"), "footprint": tile.get("footprint"),
+                         "raster": self._raster_of.get(rel)})
+        return rows
+
+    def _thumbnail(self, i: int) -> bytes:
+        self._check_id(i)
+        img = self.index.image(i)
+        img.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+        return _jpeg(img)
+
+    def raster_info(self) -> list[dict[str, Any]]:
+        out = []
+        for rid, rel in enumerate(self.rasters):
+            with Raster(Path(self.index.manifest.root) / rel, self.tiling) as r:
+                out.append({"id": rid, "path": rel, "width": r.ds.width, "height": r.ds.height,
+                            "crs": None if r.ds.crs is None else r.ds.crs.to_string(),
+                            "quicklook": f"/api/quicklook/{rid}"})
+        return out
+
+    def _quicklook(self, rid: int) -> bytes:
+        if not 0 <= rid < len(self.rasters):
+            raise KeyError(f"no scene {rid}: the index holds {len(self.rasters)} GeoTIFF scene(s)")
+        with Raster(Path(self.index.manifest.root) / self.rasters[rid], self.tiling) as r:
+            return _jpeg(r.quicklook(1024))
+
+
+def _jpeg(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+def create_app(service: SearchService, *, max_upload_bytes: int = MAX_UPLOAD_BYTES):
+    """The FastAPI application over ``service``."""
+    fastapi = lazy_import("fastapi")
+    from fastapi import Query, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    app = fastapi.FastAPI(title="rsretrieval search", docs_url="/api/docs", redoc_url=None)
+    page = resources.files("rsretrieval.search").joinpath("static/index.html").read_text(encoding="utf-8")
+
+    def error(status: int, reason: str) -> JSONResponse:
+        return JSONResponse({"error": reason}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path"))
+        return error(400, f"{where}: {first.get('msg', 'invalid')}".strip(": "))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404 and exc.detail == "Not Found":
+            return error(404, f"not found: {request.url.path[:200]}; the API is /api/search, /api/similar/ID, "
+                              "/api/thumbnail/ID, /api/rasters, /api/quicklook/ID (see /api/docs)")
+        return error(exc.status_code, str(exc.detail))
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        m = service.index.manifest
+        return {"status": "ok", "images": len(service.index), "model": m.encoder["model"],
+                "index": str(service.index.folder)}
+
+    @app.get("/", response_class=HTMLResponse)
+    def home() -> str:
+        return page
+
+    def answer(query: str | None, k: int, started: float, results: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"query": query, "k": k, "took_ms": round((time.perf_counter() - started) * 1000, 2),
+                "results": results}
+
+    @app.get("/api/search")
+    def search(q: str = Query(""), k: int = Query(10, ge=1, le=MAX_K)):
+        started = time.perf_counter()
+        if not q.strip():
+            return error(400, "empty query: type what you are looking for, e.g. 'two white planes beside the "
+                              "terminal'")
+        if len(q) > 1000:
+            return error(400, f"query of {len(q)} characters: keep it under 1000")
+        return answer(q, k, started, service.search_text(q, k))
+
+    @app.post("/api/search")
+    async def search_by_image(request: Request, k: int = Query(10, ge=1, le=MAX_K)):
+        started = time.perf_counter()
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_upload_bytes:
+            return error(413, f"upload of {int(declared):,} bytes: the limit is {max_upload_bytes:,}")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_upload_bytes:
+                return error(413, f"upload over {max_upload_bytes:,} bytes: send a smaller image")
+        if not body:
+            return error(400, "empty upload: send an image (PNG, JPEG, TIFF) as the request body")
+        try:
+            with Image.open(io.BytesIO(bytes(body))) as im:
+                if im.width * im.height > 50_000_000:
+                    return error(413, f"image of {im.width}x{im.height} pixels: send one under 50 megapixels")
+                image = im.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError):
+            return error(415, "the upload is not an image rsretrieval can read (PNG, JPEG, TIFF)")
+        import anyio.to_thread
+
+        results = await anyio.to_thread.run_sync(service.search_image, image, k)
+        return answer(None, k, started, results)
+
+    @app.get("/api/similar/{i}")
+    def similar(i: int, k: int = Query(10, ge=1, le=MAX_K)):
+        started = time.perf_counter()
+        try:
+            return answer(None, k, started, service.similar(i, k))
+        except KeyError as exc:
+            return error(404, exc.args[0])
+
+    @app.get("/api/thumbnail/{i}")
+    def thumbnail(i: int):
+        try:
+            data = service.thumbnail(i)
+        except KeyError as exc:
+            return error(404, exc.args[0])
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+    @app.get("/api/rasters")
+    def rasters() -> dict[str, Any]:
+        return {"rasters": service.raster_info()}
+
+    @app.get("/api/quicklook/{rid}")
+    def quicklook(rid: int):
+        try:
+            data = service.quicklook(rid)
+        except KeyError as exc:
+            return error(404, exc.args[0])
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+    return app
+
+
+def serve(index_folder: str | Path, *, host: str = "127.0.0.1", port: int = 8000, model: str | None = None,
+          pretrained: str | None = None, adapter: str | None = None, device: str = "auto",
+          log_level: str = "warning") -> None:
+    """Load ``index_folder`` with the encoder it was built with (or the one given) and serve it until stopped."""
+    uvicorn = lazy_import("uvicorn")
+    app = create_app(SearchService(load_index(index_folder, model, pretrained, adapter, device)))
+    print(f"serving {index_folder} on http://{host}:{port}/ (Ctrl-C stops)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+def load_index(folder: str | Path, model: str | None = None, pretrained: str | None = None,
+               adapter: str | None = None, device: str = "auto", backend: str = "auto") -> ImageIndex:
+    """An index with the encoder its manifest names (or the one given, which must match)."""
+    from rsretrieval.search.archive import Encoder
+
+    manifest = ImageIndex.read_manifest(folder)
+    encoder = Encoder(model or manifest.encoder["model"], pretrained or manifest.pretrained,
+                      adapter or manifest.adapter_path, device)
+    return ImageIndex.load(folder, encoder, backend=backend)
+
+
+class BackgroundServer:
+    """``app`` served by uvicorn on ``host``:``port`` (0: a free port) in a thread of this process, for
+    benchmarks and tests: ``with BackgroundServer(app) as url: ...``."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0) -> None:
+        import socket
+
+        uvicorn = lazy_import("uvicorn")
+        if port == 0:
+            with socket.socket() as s:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+        self.url = f"http://{host}:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the server on {self.url} did not start")
+            time.sleep(0.02)
+        return self.url
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
