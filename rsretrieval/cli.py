@@ -206,8 +206,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from rsretrieval.search.serve import serve
 
     serve(args.index, host=args.host, port=args.port, model=args.model, pretrained=args.pretrained,
-          adapter=args.adapter, device=args.device)
+          adapter=args.adapter, device=args.device, threads=args.threads)
     return 0
+
+
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    from rsretrieval.search.serve import bench_serve
+
+    if args.clients < 1 or args.requests < 1 or args.vectors < 0:
+        raise ValueError("need --clients >= 1, --requests >= 1 and --vectors >= 0")
+    result = bench_serve(args.index, vectors=args.vectors, clients=args.clients, requests=args.requests,
+                         device=args.device, threads=args.threads)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+    return 0 if all(result[k]["errors"] == 0 for k in ("index", "million") if k in result) else 1
 
 
 def cmd_bench_search(args: argparse.Namespace) -> int:
@@ -507,7 +519,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", default=None)
     p.add_argument("--adapter", default=None)
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: a query gains nothing "
+                                                          "from more, and the other cores serve other requests)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("bench-serve", help="served text-query latency over HTTP with concurrent clients: the "
+                                           "SynthRS index and a million-vector FAISS index")
+    p.add_argument("--index", default=None, help="default: SynthRS's images with MiniCLIP (built once)")
+    p.add_argument("--vectors", type=int, default=1_000_000, help="synthetic vectors of the large run (0: skip)")
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--requests", type=int, default=400)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", default=None)
+    p.set_defaults(func=cmd_bench_serve)
 
     p = sub.add_parser("bench-search", help="exact vs FAISS search on synthetic vectors: latency, recall, memory")
     p.add_argument("--vectors", type=int, default=1_000_000)

@@ -187,6 +187,8 @@ BAD_COMMANDS = {
     "search with another model": (["search", "INDEX", "planes", "--model", "mini", "--pretrained", "synthrs",
                                    "--device", "cpu"], "built with", 1),
     "bench-search": (["bench-search", "--vectors", "100", "--dim", "8", "--k", "0"], "k >= 1, got 0", 1),
+    "serve": (["serve", "OUT", "--port", "8123"], "no index at", 1),
+    "bench-serve": (["bench-serve", "--clients", "0"], "need --clients >= 1", 1),
     "eval": (["eval", "--model", "tiny", "--ties", "random"], "invalid choice: 'random'", 2),
     "eval a bad split": (["eval", "--dataset", "synthrs", "--root", "ROOT", "--model", "tiny", "--split", "tset"],
                          "split must be one of", 1),

@@ -169,3 +169,17 @@ def test_the_page_in_a_real_browser(service, tmp_path):
             wait.until(lambda c: "empty query" in c.find_element(By.ID, "status").text)
         finally:
             chrome.quit()
+
+
+def test_bench_serve_measures_latency_with_concurrent_clients(archive, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench-serve", "--index", str(archive[0]), "--vectors", "6000", "--clients", "3",
+                 "--requests", "24", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    for run, n in (("index", 14), ("million", 6000)):
+        r = result[run]
+        assert r["vectors"] == n and r["errors"] == 0 and r["clients"] == 3 and r["requests"] == 24
+        assert 0 < r["one_client_p50_ms"] and 0 < r["p50_ms"] <= r["p95_ms"] <= r["max_ms"]
+        assert r["target_ratio"] == pytest.approx(r["p50_ms"] / result["targets_ms"][run])
+    assert result["million_search"]["nlist"] > 1
+    assert "p50" in capsys.readouterr().out

@@ -17,8 +17,11 @@ A bad request gets a 4xx and ``{"error": "one line"}``; the server keeps serving
 """
 
 import io
+import queue
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -36,37 +39,70 @@ MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 THUMBNAIL_SIDE = 256
 
 
+class _Batcher:
+    """Calls ``fn`` on lists of items from many threads, one list at a time in its own thread: the
+    items that arrive while a list is being processed go together into the next (a text encoder
+    takes 8 queries in about 3x the time of one)."""
+
+    def __init__(self, fn: Callable[[list[Any]], list[Any]], max_batch: int = 32) -> None:
+        self.fn, self.max_batch = fn, max_batch
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._loop, daemon=True, name="rsretrieval-batcher").start()
+
+    def __call__(self, item: Any) -> Any:
+        future: Future = Future()
+        self.queue.put((item, future))
+        return future.result()
+
+    def _loop(self) -> None:
+        while True:
+            batch = [self.queue.get()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                results = self.fn([item for item, _ in batch])
+            except Exception as exc:  # noqa: BLE001 -- each caller gets the error of its batch
+                for _, future in batch:
+                    future.set_exception(exc)
+            else:
+                for (_, future), result in zip(batch, results, strict=True):
+                    future.set_result(result)
+
+
 class SearchService:
     """What the application serves, apart from HTTP: one index with its encoder, safe to call from
-    several threads (the model and the vector search run one call at a time)."""
+    several threads. Text queries that arrive together are encoded as one batch."""
 
     def __init__(self, index: ImageIndex) -> None:
         if index.encoder is None:
             raise ValueError("the index must be loaded with an encoder to serve text and image queries")
         self.index = index
-        self.lock = threading.Lock()
+        self._texts = _Batcher(self._search_texts)
         keys = index.manifest.paths
         self.rasters = sorted({split_key(k)[0] for k in keys if k in index.manifest.tiles})
         self._raster_of = {r: i for i, r in enumerate(self.rasters)}
         self.tiling = Tiling.from_dict(index.manifest.tiling)
         self.thumbnail = lru_cache(maxsize=2048)(self._thumbnail)
         self.quicklook = lru_cache(maxsize=16)(self._quicklook)
-        with self.lock:
-            index.searcher  # noqa: B018 -- built now, not on the first query
+        index.searcher  # noqa: B018 -- built now, not on the first query
 
     def search_text(self, q: str, k: int) -> list[dict[str, Any]]:
-        with self.lock:
-            return self._rows(self.index.search_text(q, k))
+        return self._texts((q, k))
+
+    def _search_texts(self, queries: list[tuple[str, int]]) -> list[list[dict[str, Any]]]:
+        vectors = self.index.encoder.encode_texts([q for q, _ in queries])
+        return [self._rows(self.index.search_vector(vectors[j : j + 1], k)) for j, (_, k) in enumerate(queries)]
 
     def search_image(self, image: Image.Image, k: int) -> list[dict[str, Any]]:
-        with self.lock:
-            return self._rows(self.index.search_image(image, k))
+        return self._rows(self.index.search_image(image, k))
 
     def similar(self, i: int, k: int) -> list[dict[str, Any]]:
         self._check_id(i)
-        with self.lock:
-            vector = np.asarray(self.index.embeddings[i : i + 1], dtype=np.float32)
-            return self._rows(self.index.search_vector(vector, k))
+        vector = np.asarray(self.index.embeddings[i : i + 1], dtype=np.float32)
+        return self._rows(self.index.search_vector(vector, k))
 
     def _check_id(self, i: int) -> None:
         if not 0 <= i < len(self.index):
@@ -222,10 +258,16 @@ def create_app(service: SearchService, *, max_upload_bytes: int = MAX_UPLOAD_BYT
 
 
 def serve(index_folder: str | Path, *, host: str = "127.0.0.1", port: int = 8000, model: str | None = None,
-          pretrained: str | None = None, adapter: str | None = None, device: str = "auto",
+          pretrained: str | None = None, adapter: str | None = None, device: str = "auto", threads: int = 1,
           log_level: str = "warning") -> None:
-    """Load ``index_folder`` with the encoder it was built with (or the one given) and serve it until stopped."""
+    """Load ``index_folder`` with the encoder it was built with (or the one given) and serve it until stopped.
+
+    ``threads``: torch's CPU threads; one query is too small to gain from more (measured by ``bench-serve``).
+    """
+    import torch
+
     uvicorn = lazy_import("uvicorn")
+    torch.set_num_threads(threads)
     app = create_app(SearchService(load_index(index_folder, model, pretrained, adapter, device)))
     print(f"serving {index_folder} on http://{host}:{port}/ (Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
@@ -270,3 +312,135 @@ class BackgroundServer:
     def __exit__(self, *exc: Any) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+BENCH_QUERIES = ("two white planes parked beside the terminal", "a port with boats along the pier",
+                 "storage tanks next to a road", "a running track around a green field", "houses among trees",
+                 "a river crossed by a bridge", "many cars in a parking lot", "a sandy beach by the sea")
+
+
+def _clients(url: str, clients: int, requests: int) -> dict[str, Any]:
+    """``clients`` threads, each on its own keep-alive connection, sending text queries in turn."""
+    import http.client
+    from urllib.parse import quote, urlsplit
+
+    host = urlsplit(url)
+    latencies: list[float] = []
+    errors: list[str] = []
+    done = threading.Lock()
+
+    def client(c: int) -> None:
+        conn = http.client.HTTPConnection(host.hostname, host.port, timeout=30)
+        mine = []
+        for r in range(c, requests, clients):
+            q = quote(f"{BENCH_QUERIES[r % len(BENCH_QUERIES)]} {r}")
+            t0 = time.perf_counter()
+            try:
+                conn.request("GET", f"/api/search?q={q}&k=10")
+                response = conn.getresponse()
+                body = response.read()
+                if response.status != 200 or b'"results"' not in body:
+                    raise RuntimeError(f"status {response.status}")
+            except Exception as exc:  # noqa: BLE001 -- every failure is counted and reported
+                with done:
+                    errors.append(str(exc)[:100])
+                conn.close()
+                conn = http.client.HTTPConnection(host.hostname, host.port, timeout=30)
+                continue
+            mine.append((time.perf_counter() - t0) * 1000)
+        conn.close()
+        with done:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    ms = np.array(latencies) if latencies else np.array([np.nan])
+    return {"requests": requests, "clients": clients, "errors": len(errors), "first_error": errors[0] if errors else None,
+            "p50_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95)), "max_ms": float(ms.max()),
+            "queries_per_s": len(latencies) / wall}
+
+
+def _clients_elsewhere(url: str, clients: int, requests: int) -> dict[str, Any]:
+    """:func:`_clients` in another process, as real clients are (not sharing the server's interpreter lock)."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "rsretrieval.search.serve", "--clients", url, str(clients),
+                           str(requests)], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the benchmark's clients failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout)
+
+
+def bench_serve(index_folder: str | Path | None = None, *, vectors: int = 1_000_000, clients: int = 8,
+                requests: int = 400, device: str = "cpu", threads: int = 1, progress: bool = True) -> dict[str, Any]:
+    """Served text queries, measured end to end over HTTP on 127.0.0.1 (encoding, search, JSON):
+    latency percentiles with ``clients`` concurrent clients, over ``index_folder`` (default: an index
+    of SynthRS's images with MiniCLIP, built once into ``<data home>/indexes/synthrs-mini``) and over
+    ``vectors`` synthetic vectors searched by FAISS IVF (the same encoder; 0: skip)."""
+    import torch
+
+    from rsretrieval.paths import data_dir
+    from rsretrieval.search.archive import Encoder, Manifest
+    from rsretrieval.search.vectors import build, synthetic_vectors
+
+    def say(msg: str) -> None:
+        if progress:
+            print(msg, flush=True)
+
+    if index_folder is None:
+        index_folder = data_dir("indexes") / "synthrs-mini"
+        if not (Path(index_folder) / "manifest.json").is_file():
+            from rsretrieval.data import load_dataset
+
+            images = load_dataset("synthrs", None, "all").image_paths[0].parent  # generated on first use
+            say(f"building the SynthRS index into {index_folder} (once)")
+            ImageIndex.build(images, index_folder, Encoder("mini", "synthrs", device=device), progress=progress)
+    torch.set_num_threads(threads)
+    index = load_index(index_folder, device=device)
+    result: dict[str, Any] = {"device": device, "threads": threads, "targets_ms": {"index": 30.0, "million": 50.0}}
+    runs = [("index", index)]
+    if vectors:
+        t0 = time.perf_counter()
+        vecs = synthetic_vectors(vectors, index.manifest.dim, seed=0)
+        fake = Manifest(index.manifest.encoder, index.manifest.dim, "float32", root=index.manifest.root,
+                        paths=[f"synthetic/{i}" for i in range(vectors)], scenes=[None] * vectors)
+        big = ImageIndex(Path(index_folder), fake, vecs, index.encoder, backend="ivf")
+        big._search = build(vecs, "ivf")
+        result["million_build_s"] = round(time.perf_counter() - t0, 1)
+        result["million_search"] = {"nlist": big._search.params.nlist, "nprobe": big._search.params.nprobe}
+        runs.append(("million", big))
+    for name, idx in runs:
+        service = SearchService(idx)
+        with BackgroundServer(create_app(service)) as url:
+            _clients_elsewhere(url, clients, 4 * clients)  # warm-up: threads, caches, first-call paths
+            alone = _clients_elsewhere(url, 1, max(20, requests // 4))
+            stats = _clients_elsewhere(url, clients, requests)
+        stats["one_client_p50_ms"] = alone["p50_ms"]
+        stats["vectors"] = len(idx)
+        stats["target_ratio"] = stats["p50_ms"] / result["targets_ms"][name]
+        result[name] = stats
+        say(format_bench_serve_line(name, stats, result["targets_ms"][name]))
+    return result
+
+
+def format_bench_serve_line(name: str, s: dict[str, Any], target: float) -> str:
+    return (f"{name}: {s['vectors']:,} vectors, {s['clients']} clients, {s['requests']} text queries: p50 "
+            f"{s['p50_ms']:.1f} ms (target {target:.0f} ms: {s['p50_ms'] / target:.2f} of it), p95 {s['p95_ms']:.1f} ms, "
+            f"{s['queries_per_s']:.0f} queries/s, {s['errors']} errors; one client alone: p50 "
+            f"{s['one_client_p50_ms']:.1f} ms")
+
+
+if __name__ == "__main__":  # the benchmark's clients: python -m rsretrieval.search.serve --clients URL N REQUESTS
+    import json
+    import sys
+
+    if len(sys.argv) != 5 or sys.argv[1] != "--clients":
+        sys.exit("usage: python -m rsretrieval.search.serve --clients URL CLIENTS REQUESTS")
+    print(json.dumps(_clients(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))))
