@@ -80,6 +80,35 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _name_root(value: str) -> tuple[str, str | None]:
+    name, sep, root = value.partition(":")
+    if not name:
+        raise ValueError(f"{value!r}: give a dataset as NAME:ROOT (e.g. rsicd:~/data/RSICD), or NAME alone for "
+                         "a generated one (synthrs)")
+    return name, (root or None) if sep else None
+
+
+def cmd_data_leakage(args: argparse.Namespace) -> int:
+    from rsretrieval.data import load_dataset
+    from rsretrieval.data.leakage import find_leakage
+
+    (test_name, test_root), (train_name, train_root) = _name_root(args.test), _name_root(args.train)
+    test = load_dataset(test_name, test_root, args.test_split, verify_images=True)
+    train = load_dataset(train_name, train_root, args.train_split, verify_images=True)
+    pairs = find_leakage(test.image_paths, train.image_paths, threshold=args.threshold,
+                         candidates=args.candidates, progress=not args.no_progress)
+    if args.json:
+        _json_out(pairs, args.json)
+    else:
+        for p in pairs:
+            print(f"{p['score']:.3f}  {p['test_image']}  ~  {p['train_image']}")
+    leaked = len({p["test_image"] for p in pairs})
+    print(f"{leaked} of {test.num_images} {test_name} {args.test_split} images are near-duplicates of "
+          f"{train_name} {args.train_split} images ({len(pairs)} pairs); leave them out with "
+          "load_dataset(..., exclude=THE_JSON)", file=sys.stderr)
+    return 0
+
+
 # ----------------------------------------------------------------------------- train / eval
 
 def _load(args: argparse.Namespace, split: str):
@@ -428,6 +457,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = dsub.add_parser("info", help="where to get a dataset and how to lay it out")
     p.add_argument("name", nargs="?")
     p.set_defaults(func=cmd_data_info)
+
+    p = dsub.add_parser("leakage", help="test images of one dataset that are near-duplicates of another's "
+                                        "train images (re-encoded, resized or slightly cropped)")
+    p.add_argument("--test", required=True, metavar="NAME:ROOT", help="e.g. rsitmd:~/data/RSITMD")
+    p.add_argument("--train", required=True, metavar="NAME:ROOT", help="e.g. rsicd:~/data/RSICD")
+    p.add_argument("--test-split", default="test")
+    p.add_argument("--train-split", default="train", help="train, val, test or all")
+    p.add_argument("--threshold", type=float, default=0.85,
+                   help="least match score of a duplicate (0.85: planted duplicates score >= 0.89)")
+    p.add_argument("--candidates", type=int, default=3, help="train images verified per test image")
+    p.add_argument("--json", default=None, help="write the pairs here (the list load_dataset(exclude=) takes)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_data_leakage)
 
     p = sub.add_parser("train", help="train a model; selects the best epoch on val, reports test")
     _add_data_args(p)
