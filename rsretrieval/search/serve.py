@@ -16,7 +16,9 @@ JSON API:
 A bad request gets a 4xx and ``{"error": "one line"}``; the server keeps serving.
 """
 
+import asyncio
 import io
+import json
 import queue
 import threading
 import time
@@ -50,9 +52,12 @@ class _Batcher:
         threading.Thread(target=self._loop, daemon=True, name="rsretrieval-batcher").start()
 
     def __call__(self, item: Any) -> Any:
+        return self.submit(item).result()
+
+    def submit(self, item: Any) -> Future:
         future: Future = Future()
         self.queue.put((item, future))
-        return future.result()
+        return future
 
     def _loop(self) -> None:
         while True:
@@ -86,15 +91,22 @@ class SearchService:
         self._raster_of = {r: i for i, r in enumerate(self.rasters)}
         self.tiling = Tiling.from_dict(index.manifest.tiling)
         self.thumbnail = lru_cache(maxsize=2048)(self._thumbnail)
+        self._about = lru_cache(maxsize=100_000)(self._describe)
         self.quicklook = lru_cache(maxsize=16)(self._quicklook)
         index.searcher  # noqa: B018 -- built now, not on the first query
 
     def search_text(self, q: str, k: int) -> list[dict[str, Any]]:
         return self._texts((q, k))
 
+    def submit_text(self, q: str, k: int) -> Future:
+        """:meth:`search_text` without waiting: a future of its rows (what the server awaits)."""
+        return self._texts.submit((q, k))
+
     def _search_texts(self, queries: list[tuple[str, int]]) -> list[list[dict[str, Any]]]:
         vectors = self.index.encoder.encode_texts([q for q, _ in queries])
-        return [self._rows(self.index.search_vector(vectors[j : j + 1], k)) for j, (_, k) in enumerate(queries)]
+        scores, ids = self.index.searcher.search(vectors, max(k for _, k in queries))  # one call for the batch
+        return [[self._row(int(i), r + 1, float(sc)) for r, (sc, i) in enumerate(zip(scores[j][:k], ids[j][:k]))
+                 if i >= 0] for j, (_, k) in enumerate(queries)]
 
     def search_image(self, image: Image.Image, k: int) -> list[dict[str, Any]]:
         return self._rows(self.index.search_image(image, k))
@@ -109,18 +121,20 @@ class SearchService:
             raise KeyError(f"no image {i}: ids run from 0 to {len(self.index) - 1}")
 
     def _rows(self, hits: list[Hit]) -> list[dict[str, Any]]:
-        root = Path(self.index.manifest.root)
-        rows = []
-        for h in hits:
-            tile = h.tile or {}
-            rel = split_key(self.index.manifest.paths[h.id])[0]
-            rows.append({"id": h.id, "rank": h.rank, "score": round(h.score, 6),
-                         "path": str(h.path.relative_to(root)) if h.path.is_relative_to(root) else str(h.path),
-                         "scene": h.scene, "thumbnail": f"/api/thumbnail/{h.id}",
-                         "window": tile.get("window"), "crs": tile.get("crs"), "bounds": tile.get("bounds"),
-                         "lonlat": tile.get("lonlat"), "footprint": tile.get("footprint"),
-                         "raster": self._raster_of.get(rel)})
-        return rows
+        return [self._row(h.id, h.rank, h.score) for h in hits]
+
+    def _row(self, i: int, rank: int, score: float) -> dict[str, Any]:
+        return {"id": i, "rank": rank, "score": round(score, 6), **self._about(i)}
+
+    def _describe(self, i: int) -> dict[str, Any]:
+        """What a result says about indexed image ``i`` besides its score (path relative to the index root)."""
+        m = self.index.manifest
+        key = m.paths[i]
+        tile = m.tiles.get(key) or {}
+        rel = split_key(key)[0]
+        return {"path": rel, "scene": m.scenes[i], "thumbnail": f"/api/thumbnail/{i}",
+                "window": tile.get("window"), "crs": tile.get("crs"), "bounds": tile.get("bounds"),
+                "lonlat": tile.get("lonlat"), "footprint": tile.get("footprint"), "raster": self._raster_of.get(rel)}
 
     def _thumbnail(self, i: int) -> bytes:
         self._check_id(i)
@@ -187,19 +201,20 @@ def create_app(service: SearchService, *, max_upload_bytes: int = MAX_UPLOAD_BYT
     def home() -> str:
         return page
 
-    def answer(query: str | None, k: int, started: float, results: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"query": query, "k": k, "took_ms": round((time.perf_counter() - started) * 1000, 2),
+    def answer(query: str | None, k: int, started: float, results: list[dict[str, Any]]) -> Response:
+        body = {"query": query, "k": k, "took_ms": round((time.perf_counter() - started) * 1000, 2),
                 "results": results}
+        return Response(json.dumps(body), media_type="application/json")  # plain data: no encoder pass
 
     @app.get("/api/search")
-    def search(q: str = Query(""), k: int = Query(10, ge=1, le=MAX_K)):
+    async def search(q: str = Query(""), k: int = Query(10, ge=1, le=MAX_K)):
         started = time.perf_counter()
         if not q.strip():
             return error(400, "empty query: type what you are looking for, e.g. 'two white planes beside the "
                               "terminal'")
         if len(q) > 1000:
             return error(400, f"query of {len(q)} characters: keep it under 1000")
-        return answer(q, k, started, service.search_text(q, k))
+        return answer(q, k, started, await asyncio.wrap_future(service.submit_text(q, k)))
 
     @app.post("/api/search")
     async def search_by_image(request: Request, k: int = Query(10, ge=1, le=MAX_K)):
@@ -367,7 +382,6 @@ def _clients(url: str, clients: int, requests: int) -> dict[str, Any]:
 
 def _clients_elsewhere(url: str, clients: int, requests: int) -> dict[str, Any]:
     """:func:`_clients` in another process, as real clients are (not sharing the server's interpreter lock)."""
-    import json
     import subprocess
     import sys
 
@@ -438,7 +452,6 @@ def format_bench_serve_line(name: str, s: dict[str, Any], target: float) -> str:
 
 
 if __name__ == "__main__":  # the benchmark's clients: python -m rsretrieval.search.serve --clients URL N REQUESTS
-    import json
     import sys
 
     if len(sys.argv) != 5 or sys.argv[1] != "--clients":
