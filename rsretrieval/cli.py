@@ -465,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-split", default="test")
     p.add_argument("--train-split", default="train", help="train, val, test or all")
     p.add_argument("--threshold", type=float, default=0.85,
-                   help="least match score of a duplicate (0.85: planted duplicates score >= 0.89)")
+                   help="least match score of a duplicate (default 0.85; see docs/design.md)")
     p.add_argument("--candidates", type=int, default=3, help="train images verified per test image")
     p.add_argument("--json", default=None, help="write the pairs here (the list load_dataset(exclude=) takes)")
     p.add_argument("--no-progress", action="store_true")

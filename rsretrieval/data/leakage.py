@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from rsretrieval.data.dataset import open_image
 from rsretrieval.errors import lazy_import
 
-THRESHOLD = 0.85  # planted duplicates score >= 0.89, different SynthRS images of one scene <= 0.79
+THRESHOLD = 0.85  # between planted copies (>= 0.90 on SynthRS) and different images (<= 0.66); docs/design.md
 _SIDE = 96  # verification resolution
 _KEEP = 128  # each image is kept in grey at this side, to resize from
 _SCALES = np.round(np.arange(0.85, 1.0001, 0.01), 2)
