@@ -22,7 +22,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from rsretrieval.errors import ChildProcessFailed
-from rsretrieval.files import atomic_write_json, sha256_file
+from rsretrieval.files import atomic_write_json, file_lock, sha256_file
 
 ZOO_VERSION = 1
 SEEDS = (0, 1, 2)
@@ -158,9 +158,12 @@ def build_zoo(only: list[str] | None = None, seeds: list[int] | None = None, out
                disable=not progress)
 
     def land(row: dict[str, Any]) -> None:  # only this thread writes zoo.json
-        doc["entries"] = [e for e in doc["entries"] if e["key"] != row["key"]] + [row]
-        doc["entries"].sort(key=lambda e: (_order(configs, e["label"]), e["seed"]))
-        atomic_write_json(index, doc)
+        with file_lock(index):  # another build into this folder (other --only) may have landed entries
+            if index.is_file():
+                doc["entries"] = json.loads(index.read_text(encoding="utf-8"))["entries"]
+            doc["entries"] = [e for e in doc["entries"] if e["key"] != row["key"]] + [row]
+            doc["entries"].sort(key=lambda e: (_order(configs, e["label"]), e["seed"]))
+            atomic_write_json(index, doc)
         bar.set_postfix_str(row["key"])
         bar.update(1)
 
