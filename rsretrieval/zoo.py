@@ -160,6 +160,8 @@ def build_zoo(only: list[str] | None = None, seeds: list[int] | None = None, out
         if row is None or row["config"] != _plain(config) or row.get("recipe_settings") != _recipe_of(
                 settings, config) or not _file_ok(folder, row):  # new, changed, re-swept or damaged
             todo.append((config, seed))
+    if todo:
+        settings.data_root()  # a regime's data is generated here, once, not by two children at the same time
     bar = tqdm(total=len(picked) * len(seeds), initial=len(picked) * len(seeds) - len(todo), desc="zoo",
                disable=not progress)
 
