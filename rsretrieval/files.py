@@ -7,6 +7,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +58,21 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+@contextmanager
+def file_lock(path: str | Path):
+    """Hold an exclusive advisory lock tied to ``path`` (on ``.<name>.lock`` beside it) while a
+    read-modify-write of ``path`` runs, so two processes updating one file do not lose each other's
+    changes. Where there are no advisory locks (Windows) it locks nothing: run one writer at a time."""
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+

@@ -22,7 +22,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from rsretrieval.errors import ChildProcessFailed
-from rsretrieval.files import atomic_write_json, sha256_file
+from rsretrieval.files import atomic_write_json, file_lock, sha256_file
 
 ZOO_VERSION = 1
 SEEDS = (0, 1, 2)
@@ -40,6 +40,9 @@ class ZooConfig:
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields over the recipe's
     notebooks: tuple[str, ...] = ()
     cache_features: bool = True  # False: a side branch trains from pixels and tokens (what the cache saves)
+    # loss knobs (CMERConfig fields) taken from the recipe's cmer entry: an ablation runs its component
+    # with the settings CMER's sweep chose on validation
+    cmer_knobs: tuple[str, ...] = ()
 
     @property
     def slug(self) -> str:
@@ -56,13 +59,16 @@ CONFIGS: tuple[ZooConfig, ...] = (
     ZooConfig("side_branch", "focus_adapter", "infonce", _MEAN, notebooks=("03", "04")),  # mean pooling
     ZooConfig("focus_adapter_gate1", "focus_adapter", "infonce", {"gate_scale": 1.0}, notebooks=("03",)),
     ZooConfig("focus_adapter_uncached", "focus_adapter", "infonce", notebooks=("05",), cache_features=False),
-    ZooConfig("+scene", "focus_adapter", "cmer", _MEAN, {"queue_weight": 0.0}, notebooks=("04",)),
-    ZooConfig("+recycling", "focus_adapter", "recycling", _MEAN, notebooks=("04",)),
+    ZooConfig("+scene", "focus_adapter", "cmer", _MEAN, {"queue_weight": 0.0}, notebooks=("04",),
+              cmer_knobs=("scene_prob",)),
+    ZooConfig("+recycling", "focus_adapter", "recycling", _MEAN, notebooks=("04",),
+              cmer_knobs=("queue_weight", "queue_size", "queue_warmup")),
     ZooConfig("cmer", "cmer", "cmer", notebooks=("04",)),
     # 04's batch x queue sweep: the side branch without and with the queues at two batch sizes, and
     # two other queue sizes at the small batch; the same number of pairs for every batch size.
     *(ZooConfig(f"sweep-b{b}-q{q}", "focus_adapter", "recycling" if q else "infonce", _MEAN,
-                {"queue_size": q} if q else {}, {"batch_size": b}, notebooks=("04",))
+                {"queue_size": q} if q else {}, {"batch_size": b}, notebooks=("04",),
+                cmer_knobs=("queue_weight", "queue_warmup") if q else ())
       for b, q in ((16, 0), (16, 512), (64, 0), (64, 512), (16, 128), (16, 2048))),
 )
 
@@ -154,13 +160,18 @@ def build_zoo(only: list[str] | None = None, seeds: list[int] | None = None, out
         if row is None or row["config"] != _plain(config) or row.get("recipe_settings") != _recipe_of(
                 settings, config) or not _file_ok(folder, row):  # new, changed, re-swept or damaged
             todo.append((config, seed))
+    if todo:
+        settings.data_root()  # a regime's data is generated here, once, not by two children at the same time
     bar = tqdm(total=len(picked) * len(seeds), initial=len(picked) * len(seeds) - len(todo), desc="zoo",
                disable=not progress)
 
     def land(row: dict[str, Any]) -> None:  # only this thread writes zoo.json
-        doc["entries"] = [e for e in doc["entries"] if e["key"] != row["key"]] + [row]
-        doc["entries"].sort(key=lambda e: (_order(configs, e["label"]), e["seed"]))
-        atomic_write_json(index, doc)
+        with file_lock(index):  # another build into this folder (other --only) may have landed entries
+            if index.is_file():
+                doc["entries"] = json.loads(index.read_text(encoding="utf-8"))["entries"]
+            doc["entries"] = [e for e in doc["entries"] if e["key"] != row["key"]] + [row]
+            doc["entries"].sort(key=lambda e: (_order(configs, e["label"]), e["seed"]))
+            atomic_write_json(index, doc)
         bar.set_postfix_str(row["key"])
         bar.update(1)
 
@@ -185,11 +196,32 @@ def _recipe_of(settings: ZooSettings, config: ZooConfig) -> dict[str, Any] | Non
         return None
     from rsretrieval.recipes import load_recipe
 
-    return json.loads(json.dumps(load_recipe(settings.recipe, config.method).to_dict()))
+    chosen = load_recipe(settings.recipe, config.method).to_dict()
+    if config.cmer_knobs:
+        chosen["cmer_knobs"] = _cmer_knobs(settings, config)
+    return json.loads(json.dumps(chosen))
+
+
+# the recycling loss names the queue's knobs as RecyclingLoss does
+_RECYCLING_KEYWORDS = {"queue_weight": "weight", "queue_size": "queue_size", "queue_warmup": "warmup_steps"}
+
+
+def _cmer_knobs(settings: ZooSettings, config: ZooConfig) -> dict[str, Any]:
+    """The loss keywords ``config`` takes from the recipe's cmer entry (none without a recipe)."""
+    if not config.cmer_knobs or not settings.recipe:
+        return {}
+    from rsretrieval.recipes import load_recipe
+
+    chosen = load_recipe(settings.recipe, "cmer").loss_kwargs
+    knobs = {k: chosen[k] for k in config.cmer_knobs if k in chosen}
+    return {_RECYCLING_KEYWORDS[k]: v for k, v in knobs.items()} if config.loss == "recycling" else knobs
 
 
 def _plain(config: ZooConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(asdict(config)))
+    plain = json.loads(json.dumps(asdict(config)))
+    if not plain["cmer_knobs"]:
+        del plain["cmer_knobs"]  # entries made before the field existed keep their config
+    return plain
 
 
 def _order(configs: tuple[ZooConfig, ...], label: str) -> int:
@@ -246,7 +278,8 @@ def train_entry(config: ZooConfig, seed: int, folder: Path, settings: ZooSetting
     full = config.method == "full"  # scored on test as stored (compact float16), not before
     result = run_method(settings.model, settings.pretrained, config.method, splits[0], splits[1],
                         None if full else splits[2], overrides, recipe=settings.recipe,
-                        loss=config.loss, method_kwargs=config.method_kwargs, loss_kwargs=config.loss_kwargs,
+                        loss=config.loss, method_kwargs=config.method_kwargs,
+                        loss_kwargs={**_cmer_knobs(settings, config), **config.loss_kwargs},
                         run_dir=folder / "runs" / key, cache_features=config.cache_features)
     target = folder / "files" / f"{key}.pt"
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -107,3 +107,22 @@ def test_zoo_entries_have_provenance_resume_and_rebuild_bit_for_bit(tiny_root, t
     assert where == tmp_path / "e" and sorted(trained) == ["full-s1", "linear_probe-s1"]
     assert {e["key"]: e["file_sha256"] for e in more["entries"] if e["seed"] == 0} == \
         {e["key"]: e["file_sha256"] for e in doc["entries"]}
+
+
+def test_ablations_take_their_components_knobs_from_cmers_recipe(monkeypatch):
+    from types import SimpleNamespace
+
+    from rsretrieval import recipes
+
+    chosen = {"scene_prob": 0.25, "queue_weight": 0.5, "queue_size": 1024, "queue_warmup": 100}
+    monkeypatch.setattr(recipes, "load_recipe", lambda name, method: SimpleNamespace(
+        loss_kwargs=chosen if method == "cmer" else {}, to_dict=lambda: {"method": method}))
+    by = {c.label: c for c in CONFIGS}
+    settings = ZooSettings()
+    assert zoo._cmer_knobs(settings, by["+scene"]) == {"scene_prob": 0.25}
+    assert zoo._cmer_knobs(settings, by["+recycling"]) == {"weight": 0.5, "queue_size": 1024, "warmup_steps": 100}
+    assert zoo._cmer_knobs(settings, by["sweep-b16-q512"]) == {"weight": 0.5, "warmup_steps": 100}
+    assert zoo._cmer_knobs(settings, by["side_branch"]) == {} and zoo._cmer_knobs(ZooSettings(recipe=None),
+                                                                                  by["+scene"]) == {}
+    assert zoo._recipe_of(settings, by["+scene"])["cmer_knobs"] == {"scene_prob": 0.25}
+    assert "cmer_knobs" not in zoo._plain(by["full"]) and zoo._plain(by["+scene"])["cmer_knobs"] == ["scene_prob"]

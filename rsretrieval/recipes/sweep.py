@@ -16,7 +16,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from rsretrieval.files import atomic_write_json
+from rsretrieval.files import atomic_write_json, file_lock
 from rsretrieval.recipes import recipe_path
 
 # What every sweep point shares (the model/dataset's training budget): at most `epochs`, early
@@ -208,14 +208,7 @@ def _slug(settings: dict[str, Any]) -> str:
 
 def _store(path: Path, name: str, model: str, pretrained: str | None, dataset: str, method: str,
            entry: dict[str, Any]) -> None:
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; run one sweep at a time there
-        fcntl = None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "w") as lock:  # sweeps of two methods may finish at once
-        if fcntl is not None:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(path):  # sweeps of two methods may finish at once
         doc = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {
             "description": f"Chosen on {dataset}'s validation split for {model} ({pretrained}) by "
                            f"`python -m rsretrieval recipes sweep`; each method's entry keeps the sweep behind it.",
