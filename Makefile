@@ -51,7 +51,7 @@ lock: env
 	 } > requirements-lock.txt.new && mv requirements-lock.txt.new requirements-lock.txt
 
 test: env
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -rs
 
 test-gpu: env
 	RSR_TEST_GPU=1 $(PY) -m pytest -q -m notebook tests/test_notebooks.py

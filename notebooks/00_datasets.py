@@ -21,10 +21,11 @@
 # 2. name the four published benchmarks, their sizes, formats and traps;
 # 3. load any of them (or the offline SynthRS) into one `CaptionDataset`, with an explicit
 #    caption → image index, and check what is on your disk;
-# 4. explain how SynthRS is generated and why the course ships it.
+# 4. explain how SynthRS is generated and why the course ships it;
+# 5. check that one dataset's test images are not in another's training set, and leave them out.
 #
-# **Expected runtime.** CPU: about 30 s (most of it generating SynthRS once). GPU: the same
-# (nothing here runs a model).
+# **Expected runtime.** CPU: about 1 minute (generating SynthRS once, then the leakage check).
+# GPU: the same (nothing here runs a model).
 
 # %% tags=["parameters"]
 SMOKE = False
@@ -218,14 +219,74 @@ if widget is not None:
 static
 
 # %% [markdown]
-# ## 6. Records
+# ## 6. Leakage between datasets
+# RSICD and RSITMD share images: RSITMD was built partly from RSICD's. A model fine-tuned on RSICD's
+# train split and tested on RSITMD (or pretrained on a mixture of both, as RemoteCLIP and GeoRSCLIP
+# were) has seen some of its test images, and its recall is inflated by exactly that memory. The
+# copies are rarely byte-identical: re-encoded (RSICD's JPEGs, RSITMD's TIFFs), resized (256 to 224
+# pixels) or cropped a little. So `python -m rsretrieval data leakage --test rsitmd:ROOT --train
+# rsicd:ROOT --json leaks.json` looks for near-duplicates in two steps:
+# 1. **candidates**: a 16 × 16 grey thumbnail of each image's centre, and of its four 90% corner
+#    crops; each test image keeps the train images whose thumbnails correlate best (either image
+#    may be the crop);
+# 2. **verification**: one image, at a scale of 0.85 to 1 of the other, slid over it; the largest
+#    normalised cross-correlation of their *high-pass filtered* grey images (edges and texture,
+#    not flat colour, so two calm seas do not match) decides.
+#
+# `load_dataset(..., exclude="leaks.json")` then leaves the pairs' images out. We check it here on
+# SynthRS, with duplicates we plant ourselves: copies of a few test images, each altered one way,
+# added to a "training set" of other images.
+
+# %%
+from pathlib import Path
+
+from PIL import Image
+
+from rsretrieval.data.leakage import THRESHOLD, find_leakage
+
+alterations = {
+    "re-encoded as JPEG": lambda im: im,
+    "resized 256 -> 224": lambda im: im.resize((im.width * 7 // 8, im.height * 7 // 8), Image.BICUBIC),
+    "5% cropped off each side": lambda im: im.crop((im.width // 20, im.height // 20, im.width * 19 // 20,
+                                                    im.height * 19 // 20)),
+    "8% cropped from a corner": lambda im: im.crop((0, 0, im.width * 92 // 100, im.height * 92 // 100)),
+}
+planted_dir = cfg.output_dir / "planted"
+planted_dir.mkdir(parents=True, exist_ok=True)
+truth = {}
+for (how, alter), source in zip(alterations.items(), test.image_paths[::7], strict=False):
+    target = planted_dir / f"{len(truth)}_{source.stem}.jpg"
+    alter(Image.open(source).convert("RGB")).save(target, "JPEG", quality=70)
+    truth[str(source)] = (str(target), how)
+others = list(train.image_paths[: 40 if SMOKE else 400])
+pairs = find_leakage(test.image_paths, others + [t for t, _ in truth.values()])
+for p in pairs:
+    print(f"score {p['score']:.3f}: {Path(p['test_image']).name} ~ {Path(p['train_image']).name} "
+          f"({truth.get(p['test_image'], ('', 'NOT PLANTED'))[1]})")
+found = {p["test_image"] for p in pairs if truth.get(p["test_image"], ("",))[0] == p["train_image"]}
+invented = len(pairs) - len(found)
+print(f"found {len(found)} of {len(truth)} planted duplicates, invented {invented} pairs "
+      f"(threshold {THRESHOLD}), among {test.num_images} test and {len(others) + len(truth)} train images")
+
+# %%
+import json
+
+leaks = cfg.output_dir / "leaks.json"
+leaks.write_text(json.dumps(pairs, indent=1))
+clean_test = load_splits(cfg, DATASET, splits=("test",), exclude=leaks)["test"]
+print(f"test without the leaked images: {clean_test.num_images} of {test.num_images} "
+      f"(left out {clean_test.metadata['excluded']})")
+
+# %% [markdown]
+# ## 7. Records
 
 # %%
 record(cfg.output_dir, dataset=DATASET, n_train_images=train.num_images,
        n_val_images=splits["val"].num_images, n_test_images=test.num_images,
        n_train_captions=train.num_captions, n_scenes=len(train.scene_names),
        mean_caption_words=stats["train"]["mean_words"], vocabulary=stats["train"]["vocabulary"],
-       share_captions_naming_scene=share_named)
+       share_captions_naming_scene=share_named, leakage_planted=len(truth), leakage_found=len(found),
+       leakage_invented=invented)
 
 # %% [markdown]
 # ## Exercises
@@ -237,3 +298,5 @@ record(cfg.output_dir, dataset=DATASET, n_train_images=train.num_images,
 #    show that "caption *j* belongs to image *j*//5" gets it wrong.
 # 4. Which SynthRS objects occur in more than one scene? Why does that make scene labels useful
 #    metadata rather than a giveaway?
+# 5. Plant a copy that is flipped left to right, and one cropped by 25%. Does the leakage check
+#    find them? Which step misses them, and what would you change to catch flips?

@@ -19,7 +19,7 @@ from rsretrieval.files import atomic_write_text
 
 
 def _add_data_args(p: argparse.ArgumentParser, split: str | None = None) -> None:
-    p.add_argument("--dataset", default="synthrs", help="rsitmd, rsicd, ucm, sydney, synthrs, karpathy, precomp")
+    p.add_argument("--dataset", default="synthrs", help="rsitmd, rsicd, ucm, sydney, synthrs, karpathy, precomp, csv")
     p.add_argument("--root", default=None,
                    help="dataset folder (synthrs: default <data home>/synthrs, generated on first use)")
     if split is not None:
@@ -27,6 +27,12 @@ def _add_data_args(p: argparse.ArgumentParser, split: str | None = None) -> None
     p.add_argument("--val-fraction", type=float, default=None,
                    help="share of train carved out as val if the files have none (default 0.1, or the recipe's); "
                         "0: no validation, train on all of train and keep the last epoch")
+    csv = p.add_argument_group("--dataset csv (open_clip's caption CSV/TSV: --root FILE or a folder of train.csv, "
+                               "val.csv, test.csv)")
+    csv.add_argument("--csv-img-key", default="filepath", help="the image path column (default: filepath)")
+    csv.add_argument("--csv-caption-key", default="title", help="the caption column (default: title)")
+    csv.add_argument("--csv-scene-key", default=None, help="a scene column, if any")
+    csv.add_argument("--csv-separator", default=None, help="default: tab for .tsv, comma otherwise")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -74,13 +80,47 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _name_root(value: str) -> tuple[str, str | None]:
+    name, sep, root = value.partition(":")
+    if not name:
+        raise ValueError(f"{value!r}: give a dataset as NAME:ROOT (e.g. rsicd:~/data/RSICD), or NAME alone for "
+                         "a generated one (synthrs)")
+    return name, (root or None) if sep else None
+
+
+def cmd_data_leakage(args: argparse.Namespace) -> int:
+    from rsretrieval.data import load_dataset
+    from rsretrieval.data.leakage import find_leakage
+
+    (test_name, test_root), (train_name, train_root) = _name_root(args.test), _name_root(args.train)
+    test = load_dataset(test_name, test_root, args.test_split, verify_images=True)
+    train = load_dataset(train_name, train_root, args.train_split, verify_images=True)
+    pairs = find_leakage(test.image_paths, train.image_paths, threshold=args.threshold,
+                         candidates=args.candidates, progress=not args.no_progress)
+    if args.json:
+        _json_out(pairs, args.json)
+    else:
+        for p in pairs:
+            print(f"{p['score']:.3f}  {p['test_image']}  ~  {p['train_image']}")
+    leaked = len({p["test_image"] for p in pairs})
+    print(f"{leaked} of {test.num_images} {test_name} {args.test_split} images are near-duplicates of "
+          f"{train_name} {args.train_split} images ({len(pairs)} pairs); leave them out with "
+          "load_dataset(..., exclude=THE_JSON)", file=sys.stderr)
+    return 0
+
+
 # ----------------------------------------------------------------------------- train / eval
 
 def _load(args: argparse.Namespace, split: str):
     from rsretrieval.data import load_dataset
 
     val_fraction = {} if args.val_fraction is None else {"val_fraction": args.val_fraction}
-    return load_dataset(args.dataset, args.root or None, split, seed=args.seed, **val_fraction)
+    return load_dataset(args.dataset, args.root or None, split, seed=args.seed, **val_fraction, **_csv_options(args))
+
+
+def _csv_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {key: getattr(args, key) for key in ("csv_img_key", "csv_caption_key", "csv_scene_key", "csv_separator")
+            if hasattr(args, key)}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -143,12 +183,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_index_build(args: argparse.Namespace) -> int:
     from rsretrieval.data.readers import prefix_scene
     from rsretrieval.search import Encoder, ImageIndex, find_images
+    from rsretrieval.search.geotiff import Tiling
 
+    tiling = Tiling(args.tile_size, args.tile_overlap, tuple(args.bands) if args.bands else None, args.min_valid)
     encoder = Encoder(args.model, args.pretrained, args.adapter, args.device)
     root = Path(args.images).resolve()
     scenes = ({str(p.relative_to(root)): prefix_scene(p.name) for p in find_images(root)}
               if args.scene_from_prefix else None)
-    index = ImageIndex.build(root, args.out, encoder, batch_size=args.batch_size, dtype=args.dtype, scenes=scenes)
+    index = ImageIndex.build(root, args.out, encoder, batch_size=args.batch_size, dtype=args.dtype, scenes=scenes,
+                             tiling=tiling)
     print(index)
     for s in index.manifest.skipped:
         print(f"skipped {s['path']}: {s['error']}", file=sys.stderr)
@@ -164,13 +207,48 @@ def cmd_search(args: argparse.Namespace) -> int:
     index = ImageIndex.load(args.index, encoder)
     hits = index.search_image(args.image, args.k, args.scene) if args.image else \
         index.search_text(args.query, args.k, args.scene)
+    if args.geojson:
+        from rsretrieval.files import atomic_write_json
+        from rsretrieval.search.geotiff import hits_geojson
+
+        collection = hits_geojson(hits)
+        atomic_write_json(args.geojson, collection)
+        print(f"wrote {len(collection['features'])} of {len(hits)} hits (those with coordinates) to {args.geojson}",
+              file=sys.stderr)
     if args.json:
-        print(json.dumps([{"rank": h.rank, "score": h.score, "path": str(h.path), "scene": h.scene} for h in hits],
-                         indent=1))
+        print(json.dumps([{"rank": h.rank, "id": h.id, "score": h.score, "path": str(h.path), "scene": h.scene,
+                           **({"window": h.tile["window"], "crs": h.tile["crs"], "bounds": h.tile["bounds"],
+                               "lonlat": h.tile["lonlat"]} if h.tile else {})} for h in hits], indent=1))
     else:
         for h in hits:
-            print(f"{h.rank:3d}  {h.score:.4f}  {h.path}" + (f"  [{h.scene}]" if h.scene else ""))
+            where = ""
+            if h.tile:
+                where = f"  window {h.tile['window']}"
+                if h.tile["lonlat"]:
+                    w, s_, e, n = h.tile["lonlat"]
+                    where += f"  lon {w:.5f}..{e:.5f} lat {s_:.5f}..{n:.5f}"
+            print(f"{h.rank:3d}  {h.score:.4f}  {h.path}" + (f"  [{h.scene}]" if h.scene else "") + where)
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from rsretrieval.search.serve import serve
+
+    serve(args.index, host=args.host, port=args.port, model=args.model, pretrained=args.pretrained,
+          adapter=args.adapter, device=args.device, threads=args.threads)
+    return 0
+
+
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    from rsretrieval.search.serve import bench_serve
+
+    if args.clients < 1 or args.requests < 1 or args.vectors < 0:
+        raise ValueError("need --clients >= 1, --requests >= 1 and --vectors >= 0")
+    result = bench_serve(args.index, vectors=args.vectors, clients=args.clients, requests=args.requests,
+                         device=args.device, threads=args.threads)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+    return 0 if all(result[k]["errors"] == 0 for k in ("index", "million") if k in result) else 1
 
 
 def cmd_bench_search(args: argparse.Namespace) -> int:
@@ -380,6 +458,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?")
     p.set_defaults(func=cmd_data_info)
 
+    p = dsub.add_parser("leakage", help="test images of one dataset that are near-duplicates of another's "
+                                        "train images (re-encoded, resized or slightly cropped)")
+    p.add_argument("--test", required=True, metavar="NAME:ROOT", help="e.g. rsitmd:~/data/RSITMD")
+    p.add_argument("--train", required=True, metavar="NAME:ROOT", help="e.g. rsicd:~/data/RSICD")
+    p.add_argument("--test-split", default="test")
+    p.add_argument("--train-split", default="train", help="train, val, test or all")
+    p.add_argument("--threshold", type=float, default=0.85,
+                   help="least match score of a duplicate (default 0.85; see docs/design.md)")
+    p.add_argument("--candidates", type=int, default=3, help="train images verified per test image")
+    p.add_argument("--json", default=None, help="write the pairs here (the list load_dataset(exclude=) takes)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_data_leakage)
+
     p = sub.add_parser("train", help="train a model; selects the best epoch on val, reports test")
     _add_data_args(p)
     _add_model_args(p)
@@ -438,6 +529,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     p.add_argument("--scene-from-prefix", action="store_true",
                    help="scene = file name before the last '_' (RSITMD, RSICD, SynthRS names)")
+    p.add_argument("--tile-size", type=int, default=256, help="GeoTIFF scenes: tile side in pixels")
+    p.add_argument("--tile-overlap", type=int, default=0, help="GeoTIFF scenes: pixels shared by neighbouring tiles")
+    p.add_argument("--bands", type=int, nargs="+", default=None,
+                   help="GeoTIFF scenes: the red, green, blue band numbers (1-based; default: by band description "
+                        "or colour interpretation, else the first three)")
+    p.add_argument("--min-valid", type=float, default=0.5,
+                   help="GeoTIFF scenes: skip tiles with a smaller share of valid (not nodata) pixels")
     p.set_defaults(func=cmd_index_build)
 
     p = sub.add_parser("search", help="search an index by text (or --image)")
@@ -451,7 +549,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print hits as JSON")
+    p.add_argument("--geojson", default=None, metavar="PATH",
+                   help="write the georeferenced hits as a GeoJSON FeatureCollection (opens in QGIS)")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("serve", help="serve an index: a search page and a JSON API (model and index loaded once)")
+    p.add_argument("index")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", default=None, help="default: the model recorded in the index")
+    p.add_argument("--pretrained", default=None)
+    p.add_argument("--adapter", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: a query gains nothing "
+                                                          "from more, and the other cores serve other requests)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("bench-serve", help="served text-query latency over HTTP with concurrent clients: the "
+                                           "SynthRS index and a million-vector FAISS index")
+    p.add_argument("--index", default=None, help="default: SynthRS's images with MiniCLIP (built once)")
+    p.add_argument("--vectors", type=int, default=1_000_000, help="synthetic vectors of the large run (0: skip)")
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--requests", type=int, default=400)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", default=None)
+    p.set_defaults(func=cmd_bench_serve)
 
     p = sub.add_parser("bench-search", help="exact vs FAISS search on synthetic vectors: latency, recall, memory")
     p.add_argument("--vectors", type=int, default=1_000_000)

@@ -321,6 +321,38 @@ def plot_search_results(title: str, paths: Sequence[str | Path], scores: Sequenc
     return fig
 
 
+def plot_footprints(quicklook, size: tuple[int, int], windows: Sequence[Sequence[int]], scores: Sequence[float],
+                    title: str, *, truth: Sequence[int] | None = None) -> Figure:
+    """Search hits as rectangles on a scene's quicklook (the best one thickest), each labelled by rank.
+
+    Args:
+        quicklook: the scene, downsampled (a PIL image or array).
+        size: the scene's ``(width, height)`` in pixels, the units of ``windows``.
+        windows: each hit's ``[col, row, width, height]``.
+        truth: a window to outline as the expected answer (dashed).
+    """
+    from matplotlib.patches import Rectangle
+
+    width, height = size
+    fig = Figure(figsize=(7, 7 * height / width + 0.6))
+    ax = fig.subplots()
+    ax.imshow(quicklook, extent=(0, width, height, 0))
+    for rank, (window, score) in reversed(list(enumerate(zip(windows, scores), start=1))):
+        c, r, w, h = window
+        ax.add_patch(Rectangle((c, r), w, h, fill=False, edgecolor="#d55e00" if rank == 1 else "#e69f00",
+                               linewidth=3 if rank == 1 else 1.5))
+        ax.text(c + 4, r + 4, f"#{rank} {score:.2f}", color="white", fontsize=8, va="top",
+                bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "linewidth": 0})
+    if truth is not None:
+        c, r, w, h = truth
+        ax.add_patch(Rectangle((c, r), w, h, fill=False, edgecolor="#56b4e9", linewidth=2, linestyle="--"))
+    ax.set_xlabel("column (pixels)")
+    ax.set_ylabel("row (pixels)")
+    ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def plot_focus_maps(
     image_paths: Sequence[str | Path],
     maps: torch.Tensor | np.ndarray,

@@ -16,6 +16,7 @@ import logging
 import os
 import warnings
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from PIL import Image
 from rsretrieval.data.dataset import CaptionDataset, normalize_scene
 from rsretrieval.data.fetch import download, extract, prepare_dataset
 from rsretrieval.data.readers import (
+    CSVColumns,
     ImageRecord,
     Problem,
     Problems,
@@ -75,12 +77,19 @@ def load_dataset(
     verify_images: bool = True,
     images_dir: str | Path | None = None,
     scene_rule: str | None = None,
+    csv_img_key: str = "filepath",
+    csv_caption_key: str = "title",
+    csv_scene_key: str | None = None,
+    csv_split_key: str | None = None,
+    csv_separator: str | None = None,
+    exclude: str | Path | Iterable[str | Path] | None = None,
 ) -> CaptionDataset:
     """Load one split of a caption dataset.
 
     Args:
         name: ``rsitmd``, ``rsicd``, ``ucm``, ``sydney``, ``synthrs``, ``karpathy`` (any
-            Karpathy-style json) or ``precomp`` (AMFMN text files); see :func:`list_datasets`.
+            Karpathy-style json), ``precomp`` (AMFMN text files) or ``csv`` (open_clip's caption
+            CSV/TSV, your own images); see :func:`list_datasets`.
         root: the dataset folder, laid out as :meth:`DatasetInfo.layout` shows. For
             ``karpathy`` it may also be the json file. None: the default folder of a generated
             dataset (SynthRS: ``<data home>/synthrs``, see :mod:`rsretrieval.paths`), generated on
@@ -97,6 +106,11 @@ def load_dataset(
             :func:`check_dataset` decodes).
         images_dir: the image folder, if not the registry's (relative to ``root``).
         scene_rule: override how scenes are found: ``prefix``, ``ucm`` or ``field``.
+        csv_img_key, csv_caption_key, csv_scene_key, csv_split_key, csv_separator: for ``csv``, the
+            columns of the image path, caption, scene and split (default: ``split`` if present), and
+            the separator (default: tab for ``.tsv``, else comma), as open_clip's ``--csv-*`` options.
+        exclude: images to leave out: a leakage list written by ``data leakage --json`` (both sides
+            of each pair), or image paths; how many were left out is ``metadata["excluded"]``.
 
     Returns:
         The split, with ``metadata`` holding the files read and how ``val`` was made.
@@ -117,10 +131,18 @@ def load_dataset(
         root = default_root(info)
     source = locate(info, root, images_dir)
     problems = Problems(on_error)
-    records = read_records(info, source, problems)
+    columns = CSVColumns(csv_img_key, csv_caption_key, csv_scene_key, csv_split_key, csv_separator)
+    records = read_records(info, source, problems, columns)
     scenes = assign_scenes(info, records, source.root, scene_rule)
     splits, val_source = _final_splits(records, scenes, val_fraction, seed)
     chosen = [i for i, s in enumerate(splits) if split == "all" or s == split]
+    excluded = 0
+    if exclude is not None:
+        from rsretrieval.data.leakage import excluded_paths
+
+        drop = excluded_paths(exclude)
+        kept = [i for i in chosen if str((source.images_dir / records[i].filename).resolve()) not in drop]
+        excluded, chosen = len(chosen) - len(kept), kept
     if split == "val" and not chosen and val_fraction == 0:
         raise DatasetFormatError(f"{source.annotation} has no val images and val_fraction=0 carves none: "
                                  "train without validation (the last epoch is kept) or give val_fraction > 0")
@@ -134,7 +156,8 @@ def load_dataset(
         )
     data = _build(info, source, split, [records[i] for i in chosen], [scenes[i] for i in chosen], mine)
     data.metadata.update(
-        val_source=val_source, val_fraction=val_fraction if val_source == "carved" else None, seed=seed
+        val_source=val_source, val_fraction=val_fraction if val_source == "carved" else None, seed=seed,
+        excluded=excluded,
     )
     if mine:
         warnings.warn(

@@ -34,7 +34,7 @@ class DatasetInfo:
         sha256: expected SHA-256 per archive file name (empty where unknown).
         splits: the split names :func:`load_dataset` accepts.
         notes: caveats (scene labels, splits, duplicates).
-        reader: which parser reads the annotations (``karpathy`` or ``precomp``).
+        reader: which parser reads the annotations (``karpathy``, ``precomp`` or ``csv``).
         optional_files: extra files or folders, relative to the root, with what they add.
         example_images: a few image names, shown in :meth:`layout`.
         scene_rule: how images get their scene when no record names one: ``prefix`` (file name before
@@ -233,6 +233,22 @@ _REGISTRY: dict[str, DatasetInfo] = {
         notes="Scene from a 'label'/'class'/'scene' field of each image record, else 'unknown' "
         "(pass scene_rule='prefix' to use the file-name prefix).",
         example_images=("img_0001.jpg",),
+    ),
+    "csv": DatasetInfo(
+        name="csv",
+        title="Your own captioned images, in open_clip's CSV/TSV format",
+        annotation_files=("train.csv",),
+        image_dir=".",
+        reader="csv",
+        source="your own files: one row per (image, caption); root is the CSV file, or a folder of "
+        "train.csv, val.csv and test.csv (.tsv with tabs)",
+        citation="",
+        notes="Columns as open_clip names them: image path 'filepath' and caption 'title' (csv_img_key=, "
+        "csv_caption_key=); an optional scene column (csv_scene_key=) and split column ('split', values "
+        "train/val/test). Rows of one image are grouped into one image with several captions. Image paths "
+        "are relative to the CSV's folder. A single file without a split column is all train (val carved).",
+        optional_files={"val.csv, test.csv": "the val and test splits"},
+        example_images=("chips/0001.png",),
     ),
     "precomp": DatasetInfo(
         name="precomp",

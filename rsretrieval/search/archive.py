@@ -3,9 +3,14 @@
 An index is a folder:
 
     index/
-      manifest.json      model, adapter checksum, embedding dim, dtype, paths, scenes, skipped files
+      manifest.json      model, adapter checksum, embedding dim, dtype, paths, scenes, skipped files,
+                         and for GeoTIFF scenes the tiling and each tile's window and coordinates
       embeddings.npy     [n, dim] unit vectors (float16 or float32), row i = manifest path i
       parts/             while building: encoded chunks, so an interrupted build resumes
+
+A GeoTIFF scene (georeferenced, multi-band or not 8-bit: :func:`~rsretrieval.search.geotiff.is_scene`)
+is indexed tile by tile; a tile's path is ``<file>#col,row,width,height``. Other images are indexed
+whole, as always.
 
 Loading checks the manifest against the model that will encode the queries and refuses a
 mismatch: vectors of two different models live in different spaces and their dot products mean
@@ -33,6 +38,7 @@ from rsretrieval import __version__
 from rsretrieval.data.dataset import open_image
 from rsretrieval.errors import CheckpointError, DatasetFormatError, SearchIndexError
 from rsretrieval.files import sha256_file
+from rsretrieval.search.geotiff import Raster, Tiling, is_scene, split_key, tile_key
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
 MANIFEST = "manifest.json"
@@ -123,6 +129,8 @@ class Manifest:
     skipped: list[dict[str, str]] = field(default_factory=list)
     adapter_path: str | None = None  # where the adapter was, to rebuild the encoder from the manifest
     pretrained: str | None = None  # the weights tag or file the index was built with, likewise
+    tiling: dict[str, Any] = field(default_factory=lambda: Tiling().to_dict())  # how GeoTIFF scenes are cut
+    tiles: dict[str, dict[str, Any]] = field(default_factory=dict)  # path -> window, crs, bounds, lonlat
     library_version: str = __version__
     created: float = field(default_factory=time.time)
 
@@ -131,8 +139,10 @@ class Manifest:
 class Hit:
     rank: int
     score: float
-    path: Path
+    path: Path  # the image file (a GeoTIFF scene's file for a tile)
     scene: str | None
+    id: int = -1  # the row in the index
+    tile: dict[str, Any] | None = None  # a tile's window, crs, bounds, lonlat and footprint
 
 
 class ImageIndex:
@@ -154,12 +164,13 @@ class ImageIndex:
     # ------------------------------------------------------------------ building
     @classmethod
     def build(cls, images: str | Path, out: str | Path, encoder: Encoder, *, batch_size: int = 64,
-              dtype: str = "float16", scenes: dict[str, str] | None = None, chunk: int = 1024,
-              progress: bool = True) -> ImageIndex:
-        """Encode every image below ``images`` into an index at ``out``; resumes an interrupted build.
+              dtype: str = "float16", scenes: dict[str, str] | None = None, tiling: Tiling | None = None,
+              chunk: int = 1024, progress: bool = True) -> ImageIndex:
+        """Encode every image below ``images`` (GeoTIFF scenes tile by tile, cut by ``tiling``) into an
+        index at ``out``; resumes an interrupted build.
 
-        Unreadable images are skipped and listed in the manifest. ``scenes`` optionally maps a
-        path relative to ``images`` to a scene label (used by scene filters).
+        Unreadable images and tiles that are mostly nodata are skipped and listed in the manifest.
+        ``scenes`` optionally maps a path relative to ``images`` to a scene label (used by scene filters).
         """
         root = Path(images).resolve()
         out = Path(out)
@@ -168,25 +179,28 @@ class ImageIndex:
             raise SearchIndexError(f"no images (.tif .tiff .jpg .jpeg .png) below {root}")
         if (out / MANIFEST).exists():
             raise FileExistsError(f"{out} already holds an index: add images with `add`, or choose another folder")
+        tiling = tiling or Tiling()
         parts = out / "parts"
         parts.mkdir(parents=True, exist_ok=True)
-        _check_parts_identity(parts, encoder, root)
+        _check_parts_identity(parts, encoder, root, tiling)
         done = _encoded_paths(parts)
-        todo = [p for p in files if str(p.relative_to(root)) not in done]
-        bar = tqdm(total=len(files), initial=len(files) - len(todo), desc="indexing", disable=not progress)
+        items = _items(files, root, tiling)
+        todo = [item for item in items if item[0] not in done]
+        bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="indexing", disable=not progress)
         for start in range(0, len(todo), chunk):
-            _encode_part(todo[start:start + chunk], root, parts, encoder, batch_size, bar)
+            _encode_part(todo[start:start + chunk], parts, encoder, tiling, batch_size, bar)
         bar.close()
-        rel, vecs, skipped = _gather_parts(parts)
+        rel, vecs, skipped, tiles = _gather_parts(parts)
         order = np.argsort(rel, kind="stable")
         rel = [rel[i] for i in order]
         vecs = vecs[order] if len(vecs) else np.zeros((0, 0), dtype=np.float32)
         if not rel:
             raise SearchIndexError(f"none of the {len(files)} images below {root} could be read; first: {skipped[:1]}")
         manifest = Manifest(encoder.identity(), int(vecs.shape[1]), dtype, root=str(root), paths=rel,
-                            scenes=[(scenes or {}).get(r) for r in rel], skipped=skipped,
+                            scenes=[(scenes or {}).get(split_key(r)[0]) for r in rel], skipped=skipped,
                             adapter_path=encoder.adapter_path,
-                            pretrained=None if encoder.pretrained is None else str(encoder.pretrained))
+                            pretrained=None if encoder.pretrained is None else str(encoder.pretrained),
+                            tiling=tiling.to_dict(), tiles={r: tiles[r] for r in rel if r in tiles})
         _write_index(out, manifest, vecs.astype(dtype))
         shutil.rmtree(parts)
         return cls.load(out, encoder)
@@ -202,13 +216,15 @@ class ImageIndex:
         if outside:
             raise SearchIndexError(f"{outside[0]} is not below the index root {root}: an index holds one folder's "
                                    "images; copy the image there first, or build another index")
-        new = [p for p in new if str(p.relative_to(root)) not in known]
+        tiling = Tiling.from_dict(self.manifest.tiling)
+        new = [item for item in _items(new, root, tiling) if item[0] not in known]
         if not new:
             return 0
         vecs, rel, skipped = [], [], []
         for start in range(0, len(new), batch_size):
-            ok, bad = _read_images(new[start:start + batch_size], root)
+            ok, bad, tiles = _read_items(new[start:start + batch_size], tiling, {})
             skipped += bad
+            self.manifest.tiles.update(tiles)
             if ok:
                 vecs.append(self.encoder.encode_images([im for _, im in ok]))
                 rel += [r for r, _ in ok]
@@ -216,7 +232,7 @@ class ImageIndex:
             block = np.concatenate(vecs).astype(self.manifest.dtype)
             self.embeddings = np.concatenate([np.asarray(self.embeddings), block])
             self.manifest.paths += rel
-            self.manifest.scenes += [(scenes or {}).get(r) for r in rel]
+            self.manifest.scenes += [(scenes or {}).get(split_key(r)[0]) for r in rel]
             if self._search is not None:
                 self._search.add(block.astype(np.float32))
         self.manifest.skipped += skipped
@@ -280,8 +296,20 @@ class ImageIndex:
                                          self.searcher.params.__class__("exact")).search(query, k)
             ids = np.where(local >= 0, sub[np.clip(local, 0, None)], -1)
         root = Path(self.manifest.root)
-        return [Hit(r + 1, float(s), root / self.manifest.paths[i], self.manifest.scenes[i])
+        return [Hit(r + 1, float(s), root / split_key(self.manifest.paths[i])[0], self.manifest.scenes[i], int(i),
+                    self.manifest.tiles.get(self.manifest.paths[i]))
                 for r, (s, i) in enumerate(zip(scores[0], ids[0])) if i >= 0]
+
+    def image(self, i: int) -> Image.Image:
+        """The image of row ``i`` as it was encoded (a tile: read from its scene's window)."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"no image {i} in index {self.folder} (it holds {len(self)})")
+        rel, window = split_key(self.manifest.paths[i])
+        path = Path(self.manifest.root) / rel
+        if window is None and not is_scene(path):
+            return open_image(path)
+        with Raster(path, Tiling.from_dict(self.manifest.tiling)) as scene:
+            return scene.read(window or scene.windows()[0])[0]
 
     def search_text(self, query: str, k: int = 10, scene: str | None = None) -> list[Hit]:
         return self.search_vector(self._encoder().encode_texts([query]), k, scene)
@@ -305,40 +333,84 @@ class ImageIndex:
 
 # ---------------------------------------------------------------------- build helpers
 
-def _read_images(paths: Sequence[Path], root: Path) -> tuple[list[tuple[str, Image.Image]], list[dict[str, str]]]:
-    ok, bad = [], []
-    for p in paths:
+Item = tuple[str, Path, tuple[int, int, int, int] | None]  # (index path, file, a scene's window or None)
+
+
+def _items(files: Sequence[Path], root: Path, tiling: Tiling) -> list[Item]:
+    """What to encode: each plain image whole, each scene's tiles (a scene of one tile keeps its file's path)."""
+    items: list[Item] = []
+    for p in files:
+        rel = str(p.relative_to(root))
+        if not is_scene(p):
+            items.append((rel, p, None))
+            continue
         try:
-            ok.append((str(p.relative_to(root)), open_image(p)))
+            with Raster(p, tiling) as scene:
+                windows = scene.windows()
+        except DatasetFormatError:
+            items.append((rel, p, None))  # read, and skipped with its reason, like any unreadable image
+            continue
+        items += [(rel if len(windows) == 1 else tile_key(rel, w), p, w) for w in windows]
+    return items
+
+
+def _read_items(items: Sequence[Item], tiling: Tiling, open_rasters: dict[Path, Raster]
+                ) -> tuple[list[tuple[str, Image.Image]], list[dict[str, str]], dict[str, dict[str, Any]]]:
+    ok, bad, tiles = [], [], {}
+    for key, path, window in items:
+        try:
+            if window is None and not is_scene(path):
+                ok.append((key, open_image(path)))
+                continue
+            if path not in open_rasters:
+                open_rasters[path] = Raster(path, tiling)
+            scene = open_rasters[path]
+            window = window or scene.windows()[0]
+            img, valid = scene.read(window)
         except DatasetFormatError as exc:  # undecodable, truncated, or declaring too many pixels: skipped, listed
-            bad.append({"path": str(p.relative_to(root)), "error": str(exc)})
-    return ok, bad
+            bad.append({"path": key, "error": str(exc)})
+            continue
+        if valid < tiling.min_valid:
+            bad.append({"path": key, "error": f"mostly nodata ({valid:.0%} valid, below min_valid "
+                                               f"{tiling.min_valid:.0%})"})
+            continue
+        ok.append((key, img))
+        tiles[key] = scene.georef(window)
+    return ok, bad, tiles
 
 
-def _encode_part(paths: Sequence[Path], root: Path, parts: Path, encoder: Encoder, batch_size: int, bar) -> None:
-    vecs, rel, skipped = [], [], []
-    for start in range(0, len(paths), batch_size):
-        ok, bad = _read_images(paths[start:start + batch_size], root)
-        skipped += bad
-        if ok:
-            vecs.append(encoder.encode_images([im for _, im in ok]))
-            rel += [r for r, _ in ok]
-        bar.update(len(ok) + len(bad))
+def _encode_part(items: Sequence[Item], parts: Path, encoder: Encoder, tiling: Tiling, batch_size: int,
+                 bar) -> None:
+    vecs, rel, skipped, tiles = [], [], [], {}
+    open_rasters: dict[Path, Raster] = {}
+    try:
+        for start in range(0, len(items), batch_size):
+            ok, bad, geo = _read_items(items[start:start + batch_size], tiling, open_rasters)
+            skipped += bad
+            tiles.update(geo)
+            if ok:
+                vecs.append(encoder.encode_images([im for _, im in ok]))
+                rel += [r for r, _ in ok]
+            bar.update(len(ok) + len(bad))
+    finally:
+        for scene in open_rasters.values():
+            scene.close()
     k = len(list(parts.glob("part-*.json")))
     arr = np.concatenate(vecs) if vecs else np.zeros((0, 0), dtype=np.float32)
     tmp = parts / f".part-{k:05d}.npy"
     np.save(tmp, arr)
     os.replace(tmp, parts / f"part-{k:05d}.npy")
     meta = parts / f".part-{k:05d}.json"
-    meta.write_text(json.dumps({"paths": rel, "skipped": skipped}))
+    meta.write_text(json.dumps({"paths": rel, "skipped": skipped, "tiles": tiles}))
     os.replace(meta, parts / f"part-{k:05d}.json")  # the json marks the part complete
 
 
-def _check_parts_identity(parts: Path, encoder: Encoder, root: Path) -> None:
-    ident = {"encoder": encoder.identity(), "root": str(root)}
+def _check_parts_identity(parts: Path, encoder: Encoder, root: Path, tiling: Tiling) -> None:
+    ident = {"encoder": encoder.identity(), "root": str(root), "tiling": tiling.to_dict()}
     f = parts / "identity.json"
     if f.exists() and json.loads(f.read_text()) != ident:
-        raise SearchIndexError(f"{parts} holds a partial build with another encoder or image folder; delete it to start over")
+        raise SearchIndexError(f"{parts} holds a partial build with another encoder, image folder or tiling; "
+                               "delete it to start over")
     f.write_text(json.dumps(ident))
 
 
@@ -351,8 +423,8 @@ def _encoded_paths(parts: Path) -> set[str]:
     return done
 
 
-def _gather_parts(parts: Path) -> tuple[list[str], np.ndarray, list[dict[str, str]]]:
-    rel, vecs, skipped = [], [], []
+def _gather_parts(parts: Path) -> tuple[list[str], np.ndarray, list[dict[str, str]], dict[str, dict[str, Any]]]:
+    rel, vecs, skipped, tiles = [], [], [], {}
     for meta in sorted(parts.glob("part-*.json")):
         m = json.loads(meta.read_text())
         arr = np.load(meta.with_suffix(".npy"))
@@ -360,7 +432,8 @@ def _gather_parts(parts: Path) -> tuple[list[str], np.ndarray, list[dict[str, st
             rel += m["paths"]
             vecs.append(arr)
         skipped += m["skipped"]
-    return rel, (np.concatenate(vecs) if vecs else np.zeros((0, 0), dtype=np.float32)), skipped
+        tiles.update(m.get("tiles", {}))
+    return rel, (np.concatenate(vecs) if vecs else np.zeros((0, 0), dtype=np.float32)), skipped, tiles
 
 
 def _write_index(out: Path, manifest: Manifest, vecs: np.ndarray) -> None:
