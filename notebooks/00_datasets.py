@@ -159,7 +159,7 @@ image, objects, mask = render_scene(rng, "airport", 224, "rs")
 for caption in make_captions(rng, "airport", objects, "rs"):
     print("-", caption)
 print(f"{len(objects)} objects; areas (% of the image):", [round(100 * o["area_fraction"], 2) for o in objects])
-display(image)
+display(image, metadata={"image/png": {"alt": f"a SynthRS airport scene seen from above, {len(objects)} objects"}})
 
 # %% [markdown]
 # The whole dataset (generated once, then read from disk like any other):

@@ -54,7 +54,37 @@ def setup(*, device: str, dataset: str, data_dir: str | None, output_dir: str | 
     out = Path(output_dir) if output_dir else paths.build_dir() / "notebooks" / notebook
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
+    _figures_with_alt_text()
     return Setup(dev, data, out, smoke, model, pretrained or None)
+
+
+def _figures_with_alt_text() -> None:
+    """In a notebook, every matplotlib figure is shown as a PNG with alternative text (read off the
+    figure, or set by :func:`rsretrieval.plots.set_alt_text`), in the course's colour-blind-safe style."""
+    from rsretrieval.plots import use_course_style
+
+    use_course_style()
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "display_formatter"):
+        return
+    from matplotlib.figure import Figure
+
+    from rsretrieval.plots import alt_text
+
+    def png(fig: Figure):
+        import io
+
+        if not fig.axes and not fig.images:
+            return None
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", bbox_inches="tight", dpi=fig.dpi)
+        return buf.getvalue(), {"alt": alt_text(fig)}
+
+    shell.display_formatter.formatters["image/png"].for_type(Figure, png)
 
 
 def record(output_dir: str | Path, **numbers: Any) -> dict[str, Any]:
