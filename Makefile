@@ -17,11 +17,13 @@ COURSE_OUT ?= build/course
 COURSE_ARGS = $(if $(DATASET),-p DATASET=$(DATASET)) $(if $(DATA_DIR),-p DATA_DIR=$(DATA_DIR)) \
 	$(if $(DEVICE),-p DEVICE=$(DEVICE)) $(if $(MODEL),-p MODEL=$(MODEL)) $(if $(PRETRAINED),-p PRETRAINED=$(PRETRAINED))
 
-.PHONY: env lock test test-gpu course notebooks clean help
+.PHONY: env lock test test-gpu course student instructor notebooks clean help
 
 help:
 	@echo "make course   run every notebook offline into $(COURSE_OUT) (creates .venv if missing)"
 	@echo "make test     run the test suite, notebooks included (creates .venv if missing)"
+	@echo "make student  write the student edition of the notebooks (solutions left out) into build/student"
+	@echo "make instructor  write the instructor edition (solutions and worked answers) into build/instructor"
 	@echo "make env      create or update .venv with the exact versions of requirements-lock.txt"
 	@echo "make lock     rewrite requirements-lock.txt from what .venv holds"
 	@echo "make notebooks  re-pair notebooks/*.ipynb from their py:percent sources"
@@ -58,6 +60,13 @@ test-gpu: env
 
 course: env
 	$(PY) -m rsretrieval course --out $(COURSE_OUT) $(COURSE_ARGS)
+
+# The notebooks to hand out (every solution replaced by a stub) and the teacher's copy
+student: env
+	$(PY) -m rsretrieval course --edition student --out build/student
+
+instructor: env
+	$(PY) -m rsretrieval course --edition instructor --out build/instructor
 
 notebooks: env
 	$(VENV)/bin/jupytext --sync notebooks/*.py

@@ -40,6 +40,8 @@ OUTPUT_DIR = ""
 
 # %%
 # %matplotlib inline
+from pathlib import Path
+
 from IPython.display import display
 
 from rsretrieval.data import get_dataset_info, list_datasets
@@ -157,7 +159,7 @@ image, objects, mask = render_scene(rng, "airport", 224, "rs")
 for caption in make_captions(rng, "airport", objects, "rs"):
     print("-", caption)
 print(f"{len(objects)} objects; areas (% of the image):", [round(100 * o["area_fraction"], 2) for o in objects])
-display(image)
+display(image, metadata={"image/png": {"alt": f"a SynthRS airport scene seen from above, {len(objects)} objects"}})
 
 # %% [markdown]
 # The whole dataset (generated once, then read from disk like any other):
@@ -168,6 +170,40 @@ for split, data in splits.items():
     print(f"{split:5s} {data}")
 train, test = splits["train"], splits["test"]
 print("scenes:", train.scene_names)
+
+# %% [markdown]
+# **Build it yourself: read one record.** Every benchmark but one ships a Karpathy-style JSON
+# (`{"images": [{"filename", "split", "sentences": [{"raw", "tokens"}, ...]}, ...]}`). Write
+# `read_record`, which turns one image record into `(filename, split, captions)`: the file name
+# (with the record's `filepath` folder in front, if it has one), the split (`restval` is training
+# data), and each caption's `raw` text stripped (or its `tokens` joined, where `raw` is missing).
+# The next cell checks it against the library's reader on the whole file.
+
+# %%
+import json
+
+
+def read_record(record):
+    ### BEGIN SOLUTION
+    filename = record["filename"].strip()
+    if record.get("filepath"):
+        filename = f"{record['filepath'].strip().rstrip('/')}/{filename}"
+    split = {"restval": "train"}.get(record["split"], record["split"])
+    captions = [(s["raw"] if isinstance(s.get("raw"), str) else " ".join(s["tokens"])).strip()
+                for s in record["sentences"]]
+    return filename, split, captions
+    ### END SOLUTION
+
+
+# %%
+from rsretrieval.data.readers import Problems, read_karpathy
+from rsretrieval.notebook import check
+
+annotation = train.metadata["annotation"]
+raw_records = json.loads(Path(annotation).read_text())["images"]
+library_records = [(r.filename, r.split, r.captions) for r in read_karpathy(annotation, Problems())]
+read = check("read_record", lambda: [read_record(r) for r in raw_records], library_records)
+print(f"{len(read)} records; the first: {read[0]}")
 
 # %%
 picks = [next(i for i, s in enumerate(train.scenes) if s == scene) for scene in train.scene_names[:4]]
@@ -238,8 +274,6 @@ static
 # added to a "training set" of other images.
 
 # %%
-from pathlib import Path
-
 from PIL import Image
 
 from rsretrieval.data.leakage import THRESHOLD, find_leakage
@@ -269,8 +303,6 @@ print(f"found {len(found)} of {len(truth)} planted duplicates, invented {invente
       f"(threshold {THRESHOLD}), among {test.num_images} test and {len(others) + len(truth)} train images")
 
 # %%
-import json
-
 leaks = cfg.output_dir / "leaks.json"
 leaks.write_text(json.dumps(pairs, indent=1))
 clean_test = load_splits(cfg, DATASET, splits=("test",), exclude=leaks)["test"]

@@ -140,11 +140,15 @@ plot_similarity(similarity, test.text_to_image, n_images=min(10, test.num_images
 #   share of *captions* with rank < K.
 # - **mR** is the mean of the six recalls, **rsum** their sum (older papers report rsum).
 #
-# Written as plainly as possible, with loops:
+# **Build it yourself.** Write `recalls_by_hand` as plainly as possible, with loops; the next cell
+# checks it against the library. (In the course's own edition the answer is filled in.)
 
 # %%
 def recalls_by_hand(S, text_to_image, ks=(1, 5, 10)):
-    """S: a list of rows, S[i][j] = similarity of image i and caption j."""
+    """S: a list of rows, S[i][j] = similarity of image i and caption j.
+
+    Returns {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mr", "rsum"} in percent."""
+    ### BEGIN SOLUTION
     n_images, n_texts = len(S), len(S[0])
     own = [[j for j in range(n_texts) if text_to_image[j] == i] for i in range(n_images)]
     # the 0-based rank of a candidate = how many candidates score strictly higher
@@ -164,17 +168,21 @@ def recalls_by_hand(S, text_to_image, ks=(1, 5, 10)):
     out["mr"] = sum(out.values()) / 6
     out["rsum"] = 6 * out["mr"]
     return out
+    ### END SOLUTION
 
 
-by_hand = recalls_by_hand(similarity.tolist(), test.text_to_image)
+# %%
+from rsretrieval.notebook import check
+
 library = retrieval_metrics(similarity, test.text_to_image, ties="optimistic")
-for key in by_hand:
-    assert abs(by_hand[key] - library[key]) < 1e-9, (key, by_hand[key], library[key])
+by_hand = check("recalls_by_hand", lambda: recalls_by_hand(similarity.tolist(), test.text_to_image),
+                {k: library[k] for k in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mr", "rsum")},
+                atol=1e-9)
 print("by hand :", format_metrics(by_hand))
 print("library :", format_metrics(library))
 
 # %% [markdown]
-# The two agree exactly. Both count a candidate as ahead only when its score is *strictly*
+# Where the check agrees, the two count a candidate as ahead only when its score is *strictly*
 # higher: a ground truth tied with another candidate always wins the tie. That is one of four
 # tie rules the library knows, and not its default; the next section says why.
 #

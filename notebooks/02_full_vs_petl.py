@@ -60,7 +60,8 @@ from IPython.display import display
 from rsretrieval.experiments import compare, format_summary, summarize
 from rsretrieval.methods import apply_method
 from rsretrieval.models import create_model, print_trainable_parameters
-from rsretrieval.notebook import load_splits, recipe_data_kwargs, record, setup, watch_training, zero_shot_row, zoo_runs
+from rsretrieval.notebook import (check, load_splits, recipe_data_kwargs, record, setup, watch_training, zero_shot_row,
+                                  zoo_runs)
 from rsretrieval.plots import plot_score_vs_params, plot_val_curves
 
 cfg = setup(device=DEVICE, dataset=DATASET, data_dir=DATA_DIR, output_dir=OUTPUT_DIR, model=MODEL,
@@ -139,7 +140,9 @@ print(inspect.getsource(lora).split("class ")[0][:1500])
 # towers. Each tower projects down to 64 dimensions with its own matrix; ReLU and dropout; then
 # two up projections whose outputs are concatenated: one specific to the tower (64 → width − 64)
 # and one **shared** by both towers (64 → 64). Up projections start at zero, so training starts
-# from frozen CLIP exactly. We build it from scratch:
+# from frozen CLIP exactly. We build it from scratch. **Build it yourself:** the layers are given;
+# write `forward` (tower-specific down projection, ReLU, dropout, then the tower's own up
+# projection and the shared one, concatenated); a later cell checks it against the library's.
 
 # %%
 from torch import nn
@@ -160,9 +163,11 @@ class MyMRSAdapter(nn.Module):
             nn.init.zeros_(lin.bias)
 
     def forward(self, x, tower):
+        ### BEGIN SOLUTION
         h = self.drop(torch.relu(self.down[tower](x)))
         parts = ([self.up[tower](h)] if tower in self.up else []) + [self.up_shared(h)]
         return torch.cat(parts, dim=-1)
+        ### END SOLUTION
 
 
 widths = {"visual": 768, "text": 512}
@@ -194,10 +199,9 @@ x = torch.randn(2, 10, lib_adapter.down["visual"].in_features)
 base = lib_block.base_layer
 with torch.no_grad():
     h = x + base.ls_1(base.attn(base.ln_1(x), base.ln_1(x), base.ln_1(x), need_weights=False)[0])
-    by_hand = h + base.ls_2(base.mlp(base.ln_2(h))) + ours(h, "visual")
     library = lib_block(x)
-print("max difference, our block vs the library's:", float((by_hand - library).abs().max()))
-assert torch.allclose(by_hand, library, atol=1e-5)
+    by_hand = check("MyMRSAdapter.forward (one block's output)",
+                    lambda: h + base.ls_2(base.mlp(base.ln_2(h))) + ours(h, "visual"), library, atol=1e-5)
 print_trainable_parameters(lib_model);
 
 # %% [markdown]

@@ -153,7 +153,8 @@ print("step 0, largest difference from frozen CLIP:", float(diff))
 #
 # `d_i = h_i − mean(h)`, `z_i = standardise(‖d_i‖)`, `w = softmax((β·z_i + s·LN(d_i)) / τ)`.
 #
-# Written from scratch:
+# **Build it yourself:** write `forward` from the formula above (the parameters are given); the
+# next cell checks both its outputs against the library's `FocusPool`.
 
 # %%
 from torch import nn
@@ -167,13 +168,18 @@ class MyFocus(nn.Module):
         self.outlier_weight = nn.Parameter(torch.zeros(()))
         self.tau = tau
 
-    def forward(self, h):  # h: [N, P, r] patch tokens
+    def forward(self, h):  # h: [N, P, r] patch tokens -> (pooled [N, r], weights [N, P])
+        ### BEGIN SOLUTION
         d = h - h.mean(1, keepdim=True)
         dist = d.norm(dim=-1)
         z = (dist - dist.mean(1, keepdim=True)) / (dist.std(1, correction=0, keepdim=True) + 1e-6)
         w = ((self.outlier_weight * z + self.norm(d) @ self.score) / self.tau).softmax(-1)
         return (w.unsqueeze(-1) * h).sum(1), w
+        ### END SOLUTION
 
+
+# %%
+from rsretrieval.notebook import check
 
 lib = FocusPool(16, 0.1)
 mine = MyFocus(16)
@@ -181,10 +187,11 @@ with torch.no_grad():
     lib.score.normal_(), lib.outlier_weight.fill_(0.7)  # non-zero, so the comparison means something
 mine.load_state_dict(lib.state_dict())
 h = torch.randn(3, 49, 16)
-ours_pooled, ours_w = mine(h)
-assert torch.allclose(ours_pooled, lib(h), atol=1e-6) and torch.allclose(ours_w, lib.last_weights, atol=1e-6)
-print("our focus layer equals the library's; at init it is mean pooling:",
-      torch.allclose(FocusPool(16, 0.1)(h), h.mean(1), atol=1e-6))
+with torch.no_grad():
+    expected = (lib(h), lib.last_weights.clone())
+    ours_pooled, ours_w = check("MyFocus.forward (pooled tokens and weights)", lambda: mine(h), expected, atol=1e-6)
+print("at init the library's focus layer is mean pooling:", torch.allclose(FocusPool(16, 0.1)(h), h.mean(1),
+                                                                           atol=1e-6))
 print(inspect.getsource(FocusPool.weights))
 
 # %% [markdown]

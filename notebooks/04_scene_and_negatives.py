@@ -113,6 +113,43 @@ zero_shot_scenes = report_scene_protocols(zs.model, zs.tokenizer, zs.transform, 
 # embeddings are *stale* — computed by slightly older weights. With a frozen backbone and a small
 # branch the drift per step is small at moderate learning rates; the queue size bounds how old an
 # entry can be.
+#
+# **Build it yourself: the queue loss.** For anchors `a` [B, d] with their positives `p` [B, d]
+# (unit vectors) and a queue `q` [K, d] of past embeddings with the image id of each entry, the
+# loss of anchor i is `−log softmax([s⟨a_i, p_i⟩, s⟨a_i, q_1⟩, …, s⟨a_i, q_K⟩])[0]`, with the queue
+# entries of anchor i's own image left out of the softmax (another caption of the same image is no
+# negative). Write `queue_loss` (the mean over anchors); the next cell checks it, both ways
+# (image → text queue, text → image queue), against the library's `RecyclingLoss`.
+
+# %%
+import torch
+
+
+def queue_loss(anchors, positives, queue, anchor_ids, queue_ids, scale):
+    ### BEGIN SOLUTION
+    pos = scale * (anchors * positives).sum(-1, keepdim=True)  # [B, 1]
+    neg = scale * anchors @ queue.T  # [B, K]
+    neg = neg.masked_fill(anchor_ids[:, None] == queue_ids[None, :], float("-inf"))
+    logits = torch.cat([pos, neg], dim=1)
+    return (torch.logsumexp(logits, dim=1) - pos[:, 0]).mean()
+    ### END SOLUTION
+
+
+# %%
+from rsretrieval.cmer import RecyclingLoss
+from rsretrieval.notebook import check
+
+g = torch.Generator().manual_seed(SEED)
+unit = lambda *shape: torch.nn.functional.normalize(torch.randn(*shape, generator=g), dim=-1)  # noqa: E731
+lib = RecyclingLoss(queue_size=32, dim=16)
+lib.image_queue.enqueue(unit(32, 16), torch.arange(32) % 10)  # 32 past pairs of 10 images
+lib.text_queue.enqueue(unit(32, 16), torch.arange(32) % 10)
+img, txt, ids = unit(6, 16), unit(6, 16), torch.tensor([0, 1, 2, 3, 11, 12])  # some images are in the queue
+expected = lib.queue_loss(img, txt, 10.0, ids)
+check("queue_loss (both ways, averaged)",
+      lambda: (queue_loss(img, txt, lib.text_queue.features, ids, lib.text_queue.image_ids, 10.0)
+               + queue_loss(txt, img, lib.image_queue.features, ids, lib.image_queue.image_ids, 10.0)) / 2,
+      expected, atol=1e-5);
 
 # %%
 SWEEP = [c for c in CONFIGS if c.label.startswith("sweep-")]  # the zoo's batch x queue grid

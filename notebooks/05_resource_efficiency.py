@@ -49,13 +49,14 @@ N_SEEDS = 3
 # %matplotlib inline
 import json
 
+import torch
 from matplotlib.figure import Figure
 
 from rsretrieval.bench import bench, format_table
 from rsretrieval.cmer.cache import time_epochs
 from rsretrieval.methods import apply_method
 from rsretrieval.models import create_model
-from rsretrieval.notebook import load_splits, record, setup, zoo_runs
+from rsretrieval.notebook import check, load_splits, record, setup, zoo_runs
 from rsretrieval.plots import plot_cost
 
 cfg = setup(device=DEVICE, dataset=DATASET, data_dir=DATA_DIR, output_dir=OUTPUT_DIR, model=MODEL,
@@ -200,7 +201,47 @@ for name in ("full", "mrs_adapter", "focus_adapter (from pixels)"):
 #   library uses it on CUDA only, where it is also faster.
 #
 # Measured the same way as section 1, beside the side branch (`saved MB`: what autograd keeps
-# for one step, counted tensor by tensor; it does not depend on the allocator):
+# for one step, counted tensor by tensor; it does not depend on the allocator).
+#
+# **Build it yourself: count what autograd keeps.** PyTorch calls a *pack hook* for every tensor
+# it saves for backward (`torch.autograd.graph.saved_tensors_hooks(pack, unpack)`). Write
+# `my_saved_bytes(fn)`: run `fn()` under such a hook and return the bytes of the saved tensors
+# (elements times bytes per element). The next cell checks it against `bench.saved_tensor_bytes`
+# on a small network, in training (saves activations) and under `torch.no_grad()` (saves nothing).
+
+# %%
+def my_saved_bytes(fn):
+    ### BEGIN SOLUTION
+    saved = 0
+
+    def pack(t):
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return saved
+    ### END SOLUTION
+
+
+# %%
+from rsretrieval.bench import saved_tensor_bytes
+
+net = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 64))
+x = torch.randn(32, 64)
+
+
+def no_grad_forward():
+    with torch.no_grad():
+        net(x)
+
+
+mine = check("my_saved_bytes (training, then no_grad)",
+             lambda: [my_saved_bytes(lambda: net(x).sum()), my_saved_bytes(no_grad_forward)],
+             [saved_tensor_bytes(lambda: net(x).sum()), saved_tensor_bytes(no_grad_forward)])
+print(f"one forward of the small network keeps {mine[0] / 1024:.0f} KiB for backward; under no_grad "
+      f"{mine[1]} bytes")
 
 # %%
 checkpointed = bench(bench_model, ["full", "mrs_adapter"], batch_size=BATCH_SIZE, steps=1 if SMOKE else BENCH_STEPS,

@@ -227,6 +227,32 @@ hits = index.search_text("white planes", K, scene="airport")
 [(h.rank, round(h.score, 3), h.path.name) for h in hits]
 
 # %% [markdown]
+# **Build it yourself: exact search.** Under the index is one operation: the k rows of the
+# embedding matrix `E` [n, d] (unit vectors) with the largest inner product with a query `q` [d],
+# best first. Write `top_k(E, q, k)` returning `(scores, ids)`, both of length k, with NumPy; the
+# next cell checks it against the index's own search for a few queries.
+
+# %%
+def top_k(E, q, k):
+    ### BEGIN SOLUTION
+    scores = E @ q
+    ids = np.argpartition(-scores, k - 1)[:k]  # the k best, in any order
+    ids = ids[np.argsort(-scores[ids], kind="stable")]
+    return scores[ids], ids
+    ### END SOLUTION
+
+
+# %%
+from rsretrieval.notebook import check
+from rsretrieval.search.vectors import exact_topk
+
+E = np.asarray(index.embeddings, dtype=np.float32)
+queries = encoder.encode_texts(["white planes", "a port with boats", "storage tanks"])
+expected_scores, expected_ids = exact_topk(E, queries, K)
+mine = check("top_k (three queries)", lambda: [tuple(np.asarray(x) for x in top_k(E, q, K)) for q in queries],
+             [(expected_scores[i], expected_ids[i]) for i in range(len(queries))], atol=1e-5)
+
+# %% [markdown]
 # ## 4. What changes at a million images
 # SynthRS has 1,500 images; exact search (one matrix product) answers in well under a millisecond.
 # A national archive holds millions. Exact search then reads every vector for every query: about

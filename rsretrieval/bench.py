@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,13 +92,6 @@ def measure(model_name: str, method: str, *, batch_size: int = 32, steps: int = 
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    saved = 0
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal saved
-        saved += t.numel() * t.element_size()
-        return t
-
     for _ in range(warmup):
         step()
     if dev.type == "cuda":
@@ -109,8 +103,7 @@ def measure(model_name: str, method: str, *, batch_size: int = 32, steps: int = 
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):  # one more step, its saved tensors counted
-        step()
+    saved = saved_tensor_bytes(step)  # one more step, its saved tensors counted
     out = {
         "method": method, "model": model_name, "device": dev.type, "batch_size": batch_size, "steps": steps,
         "grad_checkpointing": grad_checkpointing, "amp": amp and dev.type == "cuda", "saved_for_backward_bytes": saved,
@@ -218,6 +211,21 @@ def _child_main(argv: list[str] | None = None) -> int:
                      device=a.device, loss=a.loss, grad_checkpointing=a.grad_checkpointing, amp=a.amp)
     atomic_write_text(a.json, json.dumps(result))
     return 0
+
+
+def saved_tensor_bytes(fn: Callable[[], Any]) -> int:
+    """The bytes of the tensors autograd saves for backward while ``fn()`` runs, counted at each save
+    (what a training step keeps alive between forward and backward, whatever the allocator does)."""
+    saved = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return saved
 
 
 if __name__ == "__main__":

@@ -412,6 +412,13 @@ def cmd_course(args: argparse.Namespace) -> int:
         if not notebooks:
             raise ValueError(f"no notebook name starts with {' or '.join(args.only)}; the notebooks are "
                              f"{', '.join(nb.stem for nb in list_notebooks())}")
+    if args.edition:
+        from rsretrieval.editions import write_edition
+
+        out = args.out if args.out != "build/course" else f"build/{args.edition}"
+        written = write_edition(args.edition, out, notebooks)
+        print(f"{args.edition} edition: {len(written)} notebooks in {out}")
+        return 0
     try:
         summary = run_course(args.out, params, notebooks=notebooks, cell_timeout=args.cell_timeout)
     except NotebookFailed as exc:
@@ -675,6 +682,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="SMOKE=True: tiny sizes, for tests")
     p.add_argument("--only", nargs="+", help="notebook name prefixes, e.g. 00 01")
     p.add_argument("--cell-timeout", type=int, default=None, help="seconds per cell")
+    p.add_argument("--edition", choices=["student", "instructor"], default=None,
+                   help="write this edition of the notebooks (into build/<edition>) instead of running them: "
+                        "student leaves every solution out")
     p.set_defaults(func=cmd_course)
     return parser
 

@@ -98,7 +98,9 @@ def _export_html(notebook: Path) -> Path:
     import nbconvert
     import nbformat
 
-    body, _ = nbconvert.HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+    templates = Path(__file__).parent / "templates"  # "course": JupyterLab's, with the figures' alt text
+    exporter = nbconvert.HTMLExporter(template_name="course", extra_template_basedirs=[str(templates)])
+    body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
     target = notebook.with_suffix(".html")
     target.write_text(body, encoding="utf-8")
     return target

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,37 @@ def setup(*, device: str, dataset: str, data_dir: str | None, output_dir: str | 
     out = Path(output_dir) if output_dir else paths.build_dir() / "notebooks" / notebook
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
+    _figures_with_alt_text()
     return Setup(dev, data, out, smoke, model, pretrained or None)
+
+
+def _figures_with_alt_text() -> None:
+    """In a notebook, every matplotlib figure is shown as a PNG with alternative text (read off the
+    figure, or set by :func:`rsretrieval.plots.set_alt_text`), in the course's colour-blind-safe style."""
+    from rsretrieval.plots import use_course_style
+
+    use_course_style()
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "display_formatter"):
+        return
+    from matplotlib.figure import Figure
+
+    from rsretrieval.plots import alt_text
+
+    def png(fig: Figure):
+        import io
+
+        if not fig.axes and not fig.images:
+            return None
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", bbox_inches="tight", dpi=fig.dpi)
+        return buf.getvalue(), {"alt": alt_text(fig)}
+
+    shell.display_formatter.formatters["image/png"].for_type(Figure, png)
 
 
 def record(output_dir: str | Path, **numbers: Any) -> dict[str, Any]:
@@ -67,8 +98,94 @@ def record(output_dir: str | Path, **numbers: Any) -> dict[str, Any]:
     path = Path(output_dir) / "records.json"
     records = json.loads(path.read_text()) if path.exists() else {}
     records.update(numbers)
+    if _CHECKS:
+        records["checks"] = dict(_CHECKS)  # what each build-it cell's check said: ok, differs, not done
     atomic_write_text(path, json.dumps(records, indent=1, default=float) + "\n")
     return records
+
+
+_CHECKS: dict[str, str] = {}
+
+
+def check(what: str, attempt: Callable[[], Any], expected: Any, *, atol: float = 1e-6) -> Any:
+    """Compare a learner's build-it result with the library's and say in words what agrees or differs.
+
+    Args:
+        what: what was built (``"recalls_by_hand"``), for the sentence.
+        attempt: runs the learner's code; raising ``NotImplementedError`` means "not written yet".
+        expected: the library's result (numbers, tensors, arrays, or dicts and lists of them).
+        atol: the largest absolute difference still counted as equal.
+
+    Returns:
+        The learner's result when it agrees, else ``expected``: the notebook goes on with a right
+        answer either way.
+    """
+    try:
+        got = attempt()
+    except NotImplementedError:
+        print(f"not done yet: {what} still raises NotImplementedError. Write it in the cell above and run "
+              "this cell again; until then the library's result is used.")
+        _CHECKS[what] = "not done"
+        return expected
+    problems = _differences(got, expected, atol, what)
+    if problems:
+        print(f"{what} differs from the library's: " + "; ".join(problems[:5])
+              + ("; ..." if len(problems) > 5 else "") + ". The library's result is used from here on.")
+        _CHECKS[what] = "differs"
+        return expected
+    print(f"{what} agrees with the library's ({_summary(expected)}, within {atol:g}).")
+    _CHECKS[what] = "ok"
+    return got
+
+
+def _summary(x: Any) -> str:
+    if isinstance(x, dict):
+        return f"{len(x)} values: {', '.join(map(str, list(x)[:6]))}" + (", ..." if len(x) > 6 else "")
+    shape = getattr(x, "shape", None)
+    if shape is not None:
+        return f"shape {tuple(shape)}, {getattr(x, 'dtype', '')}"
+    return f"{type(x).__name__}"
+
+
+def _differences(got: Any, expected: Any, atol: float, name: str) -> list[str]:
+    import numpy as np
+
+    if isinstance(expected, dict):
+        if not isinstance(got, dict):
+            return [f"{name} is a {type(got).__name__}, the library's is a dict"]
+        out = [f"{name} lacks {k!r}" for k in expected if k not in got]
+        out += [f"{name} has {k!r}, which the library's has not" for k in got if k not in expected]
+        for k in expected:
+            if k in got:
+                out += _differences(got[k], expected[k], atol, f"{name}[{k!r}]")
+        return out
+    if isinstance(expected, (list, tuple)) and not hasattr(expected, "shape"):
+        if not isinstance(got, (list, tuple)) or len(got) != len(expected):
+            return [f"{name} has {len(got) if hasattr(got, '__len__') else 'no'} items, the library's "
+                    f"{len(expected)}"]
+        return [d for k, (g, e) in enumerate(zip(got, expected)) for d in _differences(g, e, atol, f"{name}[{k}]")]
+    if isinstance(expected, (str, bool)) or expected is None:
+        return [] if got == expected else [f"{name} is {got!r}, the library's is {expected!r}"]
+    try:
+        g = got.detach().cpu().numpy() if hasattr(got, "detach") else np.asarray(got)
+        e = expected.detach().cpu().numpy() if hasattr(expected, "detach") else np.asarray(expected)
+    except (TypeError, ValueError):
+        return [] if got == expected else [f"{name} is {got!r}, the library's is {expected!r}"]
+    if g.shape != e.shape:
+        return [f"{name} has shape {g.shape}, the library's {e.shape}"]
+    out = []
+    if hasattr(expected, "dtype") and hasattr(got, "dtype") and str(got.dtype) != str(expected.dtype):
+        out.append(f"{name} is {got.dtype}, the library's is {expected.dtype}")
+    if not np.issubdtype(g.dtype, np.number) and g.dtype != bool:
+        return out + ([] if np.array_equal(g, e) else [f"{name}'s values differ"])
+    diff = np.abs(g.astype(np.float64) - e.astype(np.float64))
+    if diff.size and (not np.isfinite(diff).all() or diff.max() > atol):
+        at = np.unravel_index(int(np.nanargmax(np.where(np.isfinite(diff), diff, np.inf))), diff.shape)
+        where = f" at {tuple(int(i) for i in at)}" if diff.ndim else ""
+        out.append(f"{name} is {g[at] if diff.ndim else g.item():.6g}{where} where the library's is "
+                   f"{e[at] if diff.ndim else e.item():.6g} ({int((diff > atol).sum())} of {diff.size} values "
+                   f"differ by more than {atol:g})")
+    return out
 
 
 def _check_finite(key: str, value: Any) -> None:

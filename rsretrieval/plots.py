@@ -24,7 +24,56 @@ _LABELS = {
     "t2i_r1": "t2i R@1", "t2i_r5": "t2i R@5", "t2i_r10": "t2i R@10",
     "mr": "mR", "rsum": "rsum",
 }
-_MATCH, _MISS = "tab:green", "tab:red"
+# Okabe and Ito's colour-blind-safe palette (Color Universal Design), in matplotlib's cycle order
+OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+_MATCH, _MISS = "#009E73", "#D55E00"  # bluish green and vermillion: told apart with any colour vision
+
+
+def use_course_style() -> None:
+    """The course's figure defaults: the Okabe-Ito colour cycle and text legible at a notebook's width."""
+    import matplotlib as mpl
+    from cycler import cycler
+
+    mpl.rcParams.update({"axes.prop_cycle": cycler(color=list(OKABE_ITO)), "font.size": 10,
+                         "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 9,
+                         "image.cmap": "viridis"})
+
+
+def alt_text(fig: Figure) -> str:
+    """A figure's alternative text: the one set with :func:`set_alt_text`, else a description read
+    off the figure (its title, and per panel the title, axis labels and legend entries)."""
+    given = getattr(fig, "rsr_alt_text", None)
+    if given:
+        return given
+    parts = []
+    title = fig._suptitle.get_text() if getattr(fig, "_suptitle", None) is not None else ""
+    if title:
+        parts.append(title.replace("\n", " "))
+    axes = [ax for ax in fig.axes if ax.get_visible() and ax.axison]
+    for k, ax in enumerate(axes):
+        bits = []
+        if ax.get_title():
+            bits.append(ax.get_title().replace("\n", " "))
+        if ax.get_xlabel() or ax.get_ylabel():
+            bits.append(f"{ax.get_ylabel() or 'values'} against {ax.get_xlabel() or 'position'}")
+        legend = ax.get_legend()
+        if legend is not None:
+            labels = [t.get_text() for t in legend.get_texts()]
+            bits.append("series: " + ", ".join(labels[:8]) + (", ..." if len(labels) > 8 else ""))
+        if bits:
+            parts.append((f"panel {k + 1}: " if len(axes) > 1 else "") + "; ".join(bits))
+    images = sum(len(ax.get_images()) for ax in fig.axes)
+    if not parts:
+        parts.append(f"{images} image(s)" if images else "a figure")
+    elif images and not any(ax.axison for ax in fig.axes):
+        parts.append(f"{images} image(s)")
+    return ". ".join(parts)[:800]
+
+
+def set_alt_text(fig: Figure, text: str) -> Figure:
+    """Give ``fig`` the alternative text a screen reader says (and the HTML export writes)."""
+    fig.rsr_alt_text = text
+    return fig
 RanksLike = Ranks | torch.Tensor | np.ndarray | Sequence[int]
 
 

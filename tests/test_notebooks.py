@@ -97,6 +97,11 @@ def test_notebook_runs(path: Path, tmp_path: Path):
     records = json.loads((tmp_path / path.stem / "records.json").read_text())
     assert records == result["records"]
     _check_records(path.stem, records)
+    from rsretrieval.editions import has_solutions
+
+    built = sum(has_solutions(c.source) for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+    assert len(records.get("checks", {})) >= min(built, 1), f"{path.stem}: a build-it cell without a check"
+    assert set(records.get("checks", {}).values()) <= {"ok"}, f"{path.stem}: {records['checks']}"
 
 
 @pytest.mark.skipif(GPU, reason="a CPU smoke run")

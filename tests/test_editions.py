@@ -1,0 +1,75 @@
+"""The student edition: every solution replaced by a stub that says what to write, and it still runs."""
+
+import json
+
+import nbformat
+import pytest
+
+from rsretrieval.course import list_notebooks, run_notebook
+from rsretrieval.editions import BEGIN, END, make_edition, student_source, write_edition
+
+CODE = f'''def recall(x):
+    """doc"""
+    {BEGIN}
+    y = x + 1
+    return y
+    {END}
+
+
+def other():
+    if True:
+        {BEGIN}
+        pass
+        {END}
+'''
+
+
+def test_a_solution_becomes_a_stub_named_after_its_function():
+    out = student_source(CODE)
+    assert 'y = x + 1' not in out and BEGIN not in out and END not in out
+    assert '    raise NotImplementedError("write recall here")' in out.split("\n")
+    assert '        raise NotImplementedError("write other here")' in out.split("\n")
+    assert student_source(f"Why?\n{BEGIN}\nBecause.\n{END}", "markdown") == "Why?\nYOUR ANSWER HERE"
+    for broken, says in ((f"{BEGIN}\nx", "never closed"), (f"x\n{END}", "never opened"),
+                         (f"{BEGIN}\n{BEGIN}\n{END}", "inside another")):
+        with pytest.raises(ValueError, match=says):
+            student_source(broken)
+
+
+def test_the_student_edition_leaves_no_solution_and_drops_instructor_cells(tmp_path):
+    written = write_edition("student", tmp_path / "student")
+    assert [p.name for p in written] == [p.name for p in list_notebooks()]
+    stubs = 0
+    for path, original in zip(written, list_notebooks(), strict=True):
+        ours, theirs = nbformat.read(path, as_version=4), nbformat.read(original, as_version=4)
+        text = "\n".join(c.source for c in ours.cells)
+        assert BEGIN not in text and END not in text
+        solution_lines = set()
+        for cell in theirs.cells:
+            inside = False
+            for line in cell.source.split("\n"):
+                if line.strip() in (BEGIN, END):
+                    inside = line.strip() == BEGIN
+                elif inside and line.strip():
+                    solution_lines.add(line)
+        elsewhere = {line for c in theirs.cells for line in student_source(c.source, c.cell_type).split("\n")}
+        leaked = (solution_lines - elsewhere) & set(text.split("\n"))
+        assert not leaked, f"{path.name} still holds solution code: {sorted(leaked)[:3]}"
+        assert not any("instructor" in c.metadata.get("tags", []) for c in ours.cells)
+        stubs += text.count("raise NotImplementedError(\"write ")
+    assert stubs >= 3
+    nb = nbformat.read(list_notebooks()[0], as_version=4)
+    assert make_edition(nb, "instructor") == nb
+
+
+@pytest.mark.notebook
+def test_the_student_edition_runs_and_each_check_says_not_done_yet(tmp_path):
+    [student] = write_edition("student", tmp_path / "student",
+                              [p for p in list_notebooks() if p.stem.startswith("01")])
+    result = run_notebook(student, tmp_path / "out", {"SMOKE": True, "DEVICE": "cpu"}, cell_timeout=600,
+                          html=False)
+    assert result["records"]["checks"] == {"recalls_by_hand": "not done"}
+    executed = nbformat.read(result["output"], as_version=4)
+    said = "\n".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert "not done yet: recalls_by_hand still raises NotImplementedError" in said
+    assert "Traceback" not in said and json.dumps(result["records"])
