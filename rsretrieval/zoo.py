@@ -142,7 +142,7 @@ def build_zoo(only: list[str] | None = None, seeds: list[int] | None = None, out
     Returns:
         The zoo document, as written to ``zoo.json`` after every entry.
     """
-    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     settings = settings or ZooSettings()
     folder = Path(out) if out else zoo_dir(settings.model, settings.dataset, settings.regime)
@@ -179,7 +179,7 @@ def build_zoo(only: list[str] | None = None, seeds: list[int] | None = None, out
         train = _run_child if isolate else _in_process
         pending = {pool.submit(train, config, seed, folder, settings) for config, seed in todo}
         while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)  # each entry lands as it finishes
             for future in done:
                 if future.exception() is not None:
                     for other in pending:

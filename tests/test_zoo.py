@@ -126,3 +126,26 @@ def test_ablations_take_their_components_knobs_from_cmers_recipe(monkeypatch):
                                                                                   by["+scene"]) == {}
     assert zoo._recipe_of(settings, by["+scene"])["cmer_knobs"] == {"scene_prob": 0.25}
     assert "cmer_knobs" not in zoo._plain(by["full"]) and zoo._plain(by["+scene"])["cmer_knobs"] == ["scene_prob"]
+
+
+def test_each_entry_lands_in_zoo_json_as_it_finishes(tmp_path, monkeypatch):
+    configs = (ZooConfig("a", "linear_probe"), ZooConfig("b", "linear_probe"))
+    seen = []
+
+    def fake_child(config, seed, folder, settings):
+        import time
+
+        index = folder / "zoo.json"
+        deadline = time.monotonic() + (10 if config.label == "b" else 0)
+        while not index.is_file() and time.monotonic() < deadline:  # b waits (a while) for a to land
+            time.sleep(0.01)
+        seen.append([e["key"] for e in json.loads(index.read_text())["entries"]] if index.is_file() else [])
+        (folder / "files").mkdir(parents=True, exist_ok=True)
+        (folder / "files" / f"{config.slug}.pt").write_bytes(config.slug.encode())
+        return {"key": f"{config.slug}-s{seed}", "label": config.label, "seed": seed, "config": zoo._plain(config),
+                "recipe_settings": None, "file": f"files/{config.slug}.pt",
+                "file_sha256": zoo.sha256_file(folder / "files" / f"{config.slug}.pt")}
+
+    monkeypatch.setattr(zoo, "_run_child", fake_child)
+    build_zoo(None, [0], tmp_path / "z", ZooSettings(recipe=None), configs=configs, workers=1, progress=False)
+    assert seen == [[], ["a-s0"]]  # the first entry was in zoo.json while the second was still training
