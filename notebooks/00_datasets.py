@@ -332,3 +332,81 @@ record(cfg.output_dir, dataset=DATASET, n_train_images=train.num_images,
 #    metadata rather than a giveaway?
 # 5. Plant a copy that is flipped left to right, and one cropped by 25%. Does the leakage check
 #    find them? Which step misses them, and what would you change to catch flips?
+
+# %% [markdown] tags=["instructor"]
+# ## Worked answers (instructor edition)
+# **1. Another seed, the same proportions.** The split is stratified by scene, so each split's scene
+# shares match the whole dataset's whatever the seed.
+
+# %% tags=["instructor"]
+from collections import Counter
+
+from rsretrieval.data import load_dataset
+from rsretrieval.data.synthrs import generate_synthrs
+from rsretrieval.notebook import SYNTHRS_DEFAULT, SYNTHRS_SMOKE
+
+other_root = generate_synthrs(cfg.output_dir / "synthrs-seed-1", seed=1, progress=False,
+                              **(SYNTHRS_SMOKE if SMOKE else SYNTHRS_DEFAULT))
+shares = {}
+for split in ("train", "val", "test"):
+    scenes = load_dataset("synthrs", other_root, split).scenes
+    shares[split] = {s: n / len(scenes) for s, n in Counter(scenes).items()}
+worst = max(abs(shares[a].get(s, 0) - shares[b].get(s, 0)) for a in shares for b in shares for s in shares[a])
+print(f"seed 1: the largest gap between two splits' share of one scene is {100 * worst:.1f} points "
+      f"(one image of a scene is {100 / len(load_dataset('synthrs', other_root, 'test').scenes):.1f} points of test)")
+
+# %% [markdown] tags=["instructor"]
+# **2. Unique captions and their length.** The same two numbers for whatever `DATASET` this run
+# loaded (run it with `DATASET="rsitmd"` for RSITMD's).
+
+# %% tags=["instructor"]
+for name, st in stats.items():
+    print(f"{DATASET} {name}: {st['unique_captions']:,} unique of {st['captions']:,} captions "
+          f"({100 * st['unique_captions'] / st['captions']:.1f}%), {st['mean_words']:.1f} words on average")
+
+# %% [markdown] tags=["instructor"]
+# **3. Images with 4, 5 and 6 captions.** The index is built by walking the records; `j // 5` is right
+# only while every image has exactly five.
+
+# %% tags=["instructor"]
+counts = [4, 5, 6, 5]
+text_to_image = [i for i, n in enumerate(counts) for _ in range(n)]
+wrong = [j // 5 for j in range(len(text_to_image))]
+bad = [j for j, (a, b) in enumerate(zip(text_to_image, wrong)) if a != b]
+print(f"{len(text_to_image)} captions; j // 5 assigns {len(bad)} of them to the wrong image, the first "
+      f"caption {bad[0]} to image {wrong[bad[0]]} instead of {text_to_image[bad[0]]}")
+
+# %% [markdown] tags=["instructor"]
+# **4. Objects in more than one scene.** Read off `objects.json`: an object that several scenes
+# share does not tell the scene, so the scene label adds what the objects alone do not.
+
+# %% tags=["instructor"]
+objects_by_file = json.loads(Path(train.metadata["objects_file"]).read_text())
+scenes_of = {}
+for filename, objs in objects_by_file.items():
+    for o in objs:
+        if o["kind"] == "object":
+            scenes_of.setdefault(o["class"], set()).add(filename.rsplit("_", 1)[0])
+for cls, where in sorted(scenes_of.items(), key=lambda kv: -len(kv[1])):
+    print(f"{cls:9s} in {len(where):2d} scenes" + (f" ({', '.join(sorted(where))})" if len(where) <= 3 else ""))
+
+# %% [markdown] tags=["instructor"]
+# **5. Flips and large crops.** Neither step mirrors an image, and the verification tries scales of
+# 0.85 to 1 only, so both copies should escape; the run says whether they do, and whether mirroring
+# the copy back (what a check of mirror images would do) finds it.
+
+# %% tags=["instructor"]
+source = test.image_paths[1]
+flipped = planted_dir / "flipped.jpg"
+Image.open(source).convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(flipped, "JPEG", quality=70)
+cropped = planted_dir / "cropped25.jpg"
+im = Image.open(source).convert("RGB")
+im.crop((0, 0, im.width * 3 // 4, im.height * 3 // 4)).save(cropped, "JPEG", quality=70)
+for copy in (flipped, cropped):
+    found_it = find_leakage([source], others + [copy], progress=False)
+    print(f"{copy.name}: " + (f"found (score {found_it[0]['score']:.2f})" if found_it else "not found"))
+back = planted_dir / "flipped-back.jpg"
+Image.open(flipped).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(back, "JPEG", quality=95)
+print("the flipped copy mirrored back:",
+      "found" if find_leakage([source], others + [back], progress=False) else "not found")
+

@@ -356,3 +356,88 @@ record(cfg.output_dir, dataset=DATASET, model=MODEL, pretrained=str(cfg.pretrain
 #    your RSITMD folder in `DATA_DIR`. How close do you get to the paper's 23.89? Then try
 #    `MODEL="ViT-B-32"` with `quick_gelu=False` in `create_model` and measure what the QuickGELU
 #    trap costs.
+
+# %% [markdown] tags=["instructor"]
+# ## Worked answers (instructor edition)
+# **1. Ties counted against the ground truth.** Counting an *equal* score as ahead (`>=` instead
+# of `>`, minus the candidate itself) is the pessimistic rule. On float32 features ties are rare,
+# so the two rules agree; in half precision many scores collide, and `argsort` breaks each tie by
+# position, which is why its result can move while `expected` (the mean over tie orders) does not.
+
+# %% tags=["instructor"]
+def recalls_pessimistic(S, text_to_image, ks=(1, 5, 10)):
+    n_images, n_texts = len(S), len(S[0])
+    own = [[j for j in range(n_texts) if text_to_image[j] == i] for i in range(n_images)]
+    i2t = [min(sum(S[i][k] >= S[i][j] for k in range(n_texts)) - 1 for j in own[i]) for i in range(n_images)]
+    t2i = [sum(S[k][j] >= S[text_to_image[j]][j] for k in range(n_images)) - 1 for j in range(n_texts)]
+    out = {f"i2t_r{k}": 100 * sum(r < k for r in i2t) / n_images for k in ks}
+    out.update({f"t2i_r{k}": 100 * sum(r < k for r in t2i) / n_texts for k in ks})
+    out["mr"] = sum(out.values()) / 6
+    return out
+
+
+pessimistic = retrieval_metrics(similarity, test.text_to_image, ties="pessimistic")
+mine = recalls_pessimistic(similarity.tolist(), test.text_to_image)
+print("by hand vs ties='pessimistic', largest difference:", max(abs(mine[k] - pessimistic[k]) for k in mine))
+half = similarity.half().float()
+for rule in ("argsort", "expected"):
+    full_mr = retrieval_metrics(similarity, test.text_to_image, ties=rule)["mr"]
+    half_mr = retrieval_metrics(half, test.text_to_image, ties=rule)["mr"]
+    print(f"ties={rule!r}: float32 mR {full_mr:.3f}, float16 mR {half_mr:.3f} ({half_mr - full_mr:+.3f})")
+print(f"distinct scores: float32 {torch.unique(similarity).numel():,}, float16 {torch.unique(half).numel():,} "
+      f"of {similarity.numel():,}")
+
+# %% [markdown] tags=["instructor"]
+# **2. Random weights.** The same protocol on a model that has learnt nothing should land near
+# chance: if it did not, the protocol (not the model) would be finding structure.
+
+# %% tags=["instructor"]
+from rsretrieval.evaluation import evaluate
+
+torch.manual_seed(SEED)
+random_clip = create_model(MODEL, None, device=cfg.device)
+random_mr = evaluate(random_clip.model, test, transform=random_clip.transform, tokenizer=random_clip.tokenizer,
+                     batch_size=BATCH_SIZE, device=cfg.device, progress=False).metrics["mr"]
+print(f"random {MODEL}: mR {random_mr:.2f}; chance {chance:.2f}; pretrained {result.metrics['mr']:.2f}")
+
+# %% [markdown] tags=["instructor"]
+# **3. Three templates of our own**, scored both ways: the best i2t template need not be the
+# best t2i one, because i2t ranks captions for an image and t2i ranks images for a caption.
+
+# %% tags=["instructor"]
+own_prompts = {"top-down view of": "top-down view of {}", "remote sensing image:": "remote sensing image: {}",
+               "seen from a plane,": "seen from a plane, {}"}
+both_ways = {}
+for label, template in {**prompts, **own_prompts}.items():
+    texts = [template.format(c[0].lower() + c[1:]) if template != "{}" else c for c in test.captions]
+    feats = encode_texts(clip.model, texts, tokenizer=clip.tokenizer, device=cfg.device, progress=False)
+    m = retrieval_metrics(image_features @ feats.T, test.text_to_image)
+    both_ways[label] = (sum(m[f"i2t_r{k}"] for k in (1, 5, 10)) / 3, sum(m[f"t2i_r{k}"] for k in (1, 5, 10)) / 3)
+best_i2t = max(both_ways, key=lambda k: both_ways[k][0])
+best_t2i = max(both_ways, key=lambda k: both_ways[k][1])
+for label, (i2t, t2i) in both_ways.items():
+    print(f"{label:24s} i2t {i2t:6.2f}  t2i {t2i:6.2f}")
+print(f"best for i2t: {best_i2t!r}; best for t2i: {best_t2i!r}"
+      + (" (the same)" if best_i2t == best_t2i else " (not the same)"))
+
+# %% [markdown] tags=["instructor"]
+# **4. The QuickGELU trap.** OpenAI's CLIP was trained with QuickGELU (`x * sigmoid(1.702 x)`);
+# open_clip's plain `ViT-B-32` config uses exact GELU, and loading OpenAI's weights into it costs
+# 2-3 mR on RSITMD (the factory picks `ViT-B-32-quickgelu` for `openai` weights). Offline, the same
+# trap shows on MiniCLIP, trained with exact GELU: evaluating its weights with QuickGELU instead.
+# (With a GPU and network: `create_model("ViT-B-32", "openai")` against
+# `create_model("ViT-B-32", "openai", quick_gelu=False)` on RSITMD, beside the paper's 23.89.)
+
+# %% tags=["instructor"]
+from open_clip.transformer import QuickGELU
+
+wrong = create_model(MODEL, cfg.pretrained, device=cfg.device)
+for name, module in list(wrong.model.named_modules()):
+    for child_name, child in list(module.named_children()):
+        if isinstance(child, torch.nn.GELU):
+            setattr(module, child_name, QuickGELU())
+wrong_mr = evaluate(wrong.model, test, transform=wrong.transform, tokenizer=wrong.tokenizer, batch_size=BATCH_SIZE,
+                    device=cfg.device, progress=False).metrics["mr"]
+print(f"{MODEL} with the activation it was trained with: mR {result.metrics['mr']:.2f}; with QuickGELU instead: "
+      f"{wrong_mr:.2f} ({wrong_mr - result.metrics['mr']:+.2f})")
+

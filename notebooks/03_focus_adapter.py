@@ -79,9 +79,11 @@ cfg
 # activations. A side branch reads the backbone's features but the backbone itself runs under
 # `torch.no_grad()`: nothing of it is kept for backward.
 #
-# Count what autograd saves for one training step of a batch, with hooks on the saved tensors:
+# Count what autograd saves for one training step of a batch, with hooks on the saved tensors
+# (`bench.saved_tensor_bytes`; notebook 05 has you build it):
 
 # %%
+from rsretrieval.bench import saved_tensor_bytes
 from rsretrieval.training import Batch, build_task
 
 
@@ -91,18 +93,9 @@ def saved_for_backward_mb(method: str, batch: int = 32) -> float:
     task = build_task("infonce", model).train()
     images = torch.randn(batch, 3, bundle.image_size, bundle.image_size)
     tokens = bundle.tokenizer(["two white planes are parked beside the terminal"] * batch)
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        losses = task(Batch(image_ids=torch.arange(batch), caption_ids=torch.arange(batch), captions=[],
-                            pixels=images, tokens=tokens))
-    sum(losses.values()).backward()
-    return total / 2**20
+    one_batch = Batch(image_ids=torch.arange(batch), caption_ids=torch.arange(batch), captions=[], pixels=images,
+                      tokens=tokens)
+    return saved_tensor_bytes(lambda: sum(task(one_batch).values()).backward()) / 2**20
 
 
 saved = {m: saved_for_backward_mb(m) for m in ("full", "mrs_adapter", "focus_adapter")}

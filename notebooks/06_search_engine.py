@@ -64,6 +64,7 @@ from rsretrieval.plots import plot_search_results
 cfg = setup(device=DEVICE, dataset=DATASET, data_dir=DATA_DIR, output_dir=OUTPUT_DIR, model=MODEL,
             pretrained=PRETRAINED, smoke=SMOKE, seed=SEED, notebook="06_search_engine")
 bench_vectors = 20_000 if SMOKE else BENCH_VECTORS
+bench_dim, pq_m = (128, 16) if SMOKE else (BENCH_DIM, 64)  # smoke runs check the plumbing, not the numbers
 cfg
 
 # %% [markdown]
@@ -264,11 +265,11 @@ mine = check("top_k (three queries)", lambda: [tuple(np.asarray(x) for x in top_
 # index). This takes a few minutes on a CPU.
 
 # %%
-clustered = bench_search(bench_vectors, BENCH_DIM, 200 if SMOKE else 1000, 10, seed=SEED)
+clustered = bench_search(bench_vectors, bench_dim, 200 if SMOKE else 1000, 10, pq_m=pq_m, seed=SEED)
 print(format_bench(clustered))
 
 # %%
-uniform = bench_search(bench_vectors // (1 if SMOKE else 4), BENCH_DIM, 100 if SMOKE else 300, 10,
+uniform = bench_search(bench_vectors // (1 if SMOKE else 4), bench_dim, 100 if SMOKE else 300, 10, pq_m=pq_m,
                        uniform=True, seed=SEED)
 print(format_bench(uniform))
 
