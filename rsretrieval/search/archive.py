@@ -359,13 +359,12 @@ def _read_items(items: Sequence[Item], tiling: Tiling, open_rasters: dict[Path, 
     ok, bad, tiles = [], [], {}
     for key, path, window in items:
         try:
-            if window is None and not is_scene(path):
+            if window is None:  # a plain image (_items gives every scene's tiles their window)
                 ok.append((key, open_image(path)))
                 continue
             if path not in open_rasters:
                 open_rasters[path] = Raster(path, tiling)
             scene = open_rasters[path]
-            window = window or scene.windows()[0]
             img, valid = scene.read(window)
         except DatasetFormatError as exc:  # undecodable, truncated, or declaring too many pixels: skipped, listed
             bad.append({"path": key, "error": str(exc)})
