@@ -249,13 +249,16 @@ def create_app(service: SearchService, *, max_upload_bytes: int = MAX_UPLOAD_BYT
         except KeyError as exc:
             return error(404, exc.args[0])
 
-    @app.get("/api/thumbnail/{i}")
-    def thumbnail(i: int):
+    def jpeg(make: Callable[[int], bytes], key: int) -> Response:
         try:
-            data = service.thumbnail(i)
-        except KeyError as exc:
+            data = make(key)
+        except KeyError as exc:  # an id the index does not have
             return error(404, exc.args[0])
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+    @app.get("/api/thumbnail/{i}")
+    def thumbnail(i: int):
+        return jpeg(service.thumbnail, i)
 
     @app.get("/api/rasters")
     def rasters() -> dict[str, Any]:
@@ -263,11 +266,7 @@ def create_app(service: SearchService, *, max_upload_bytes: int = MAX_UPLOAD_BYT
 
     @app.get("/api/quicklook/{rid}")
     def quicklook(rid: int):
-        try:
-            data = service.quicklook(rid)
-        except KeyError as exc:
-            return error(404, exc.args[0])
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+        return jpeg(service.quicklook, rid)
 
     return app
 
