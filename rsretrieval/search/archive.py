@@ -153,6 +153,7 @@ class ImageIndex:
         self.folder, self.manifest, self.embeddings = folder, manifest, embeddings
         self.encoder, self.backend = encoder, backend
         self._search: VectorSearch | None = None
+        self._stretches: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # per scene, read once
 
     def __len__(self) -> int:
         return len(self.manifest.paths)
@@ -308,8 +309,16 @@ class ImageIndex:
         path = Path(self.manifest.root) / rel
         if window is None and not is_scene(path):
             return open_image(path)
-        with Raster(path, Tiling.from_dict(self.manifest.tiling)) as scene:
+        with self.raster(rel) as scene:
             return scene.read(window or scene.windows()[0])[0]
+
+    def raster(self, rel: str) -> Raster:
+        """The GeoTIFF scene at ``rel`` (below the index root), opened with the index's tiling; its
+        stretch is read once per index (use as a context manager)."""
+        scene = Raster(Path(self.manifest.root) / rel, Tiling.from_dict(self.manifest.tiling),
+                       stretch=self._stretches.get(rel))
+        self._stretches[rel] = (scene.low, scene.high)
+        return scene
 
     def search_text(self, query: str, k: int = 10, scene: str | None = None) -> list[Hit]:
         return self.search_vector(self._encoder().encode_texts([query]), k, scene)

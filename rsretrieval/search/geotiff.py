@@ -122,7 +122,9 @@ def split_key(key: str) -> tuple[str, tuple[int, int, int, int] | None]:
 class Raster:
     """One GeoTIFF scene opened for tiled reading (use as a context manager, or call :meth:`close`)."""
 
-    def __init__(self, path: str | Path, tiling: Tiling) -> None:
+    def __init__(self, path: str | Path, tiling: Tiling,
+                 stretch: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """``stretch``: the scene's (low, high) from an earlier opening, instead of reading them again."""
         rasterio = _rasterio()
         self.path, self.tiling = Path(path), tiling
         try:
@@ -132,7 +134,7 @@ class Raster:
             raise DatasetFormatError(f"scene {self.path} cannot be read by rasterio ({str(exc)[:160]}); "
                                      "replace the file with a good copy") from None
         self.bands = self._pick_bands()
-        self.low, self.high = self._stretch()
+        self.low, self.high = stretch if stretch is not None else self._stretch()
 
     def __enter__(self) -> Raster:
         return self

@@ -34,7 +34,7 @@ from PIL import Image
 
 from rsretrieval.errors import lazy_import
 from rsretrieval.search.archive import Hit, ImageIndex
-from rsretrieval.search.geotiff import Raster, Tiling, split_key
+from rsretrieval.search.geotiff import split_key
 
 MAX_K = 100
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -89,7 +89,6 @@ class SearchService:
         keys = index.manifest.paths
         self.rasters = sorted({split_key(k)[0] for k in keys if k in index.manifest.tiles})
         self._raster_of = {r: i for i, r in enumerate(self.rasters)}
-        self.tiling = Tiling.from_dict(index.manifest.tiling)
         self.thumbnail = lru_cache(maxsize=2048)(self._thumbnail)
         self._about = lru_cache(maxsize=100_000)(self._describe)
         self.quicklook = lru_cache(maxsize=16)(self._quicklook)
@@ -145,7 +144,7 @@ class SearchService:
     def raster_info(self) -> list[dict[str, Any]]:
         out = []
         for rid, rel in enumerate(self.rasters):
-            with Raster(Path(self.index.manifest.root) / rel, self.tiling) as r:
+            with self.index.raster(rel) as r:
                 out.append({"id": rid, "path": rel, "width": r.ds.width, "height": r.ds.height,
                             "crs": None if r.ds.crs is None else r.ds.crs.to_string(),
                             "quicklook": f"/api/quicklook/{rid}"})
@@ -154,7 +153,7 @@ class SearchService:
     def _quicklook(self, rid: int) -> bytes:
         if not 0 <= rid < len(self.rasters):
             raise KeyError(f"no scene {rid}: the index holds {len(self.rasters)} GeoTIFF scene(s)")
-        with Raster(Path(self.index.manifest.root) / self.rasters[rid], self.tiling) as r:
+        with self.index.raster(self.rasters[rid]) as r:
             return _jpeg(r.quicklook(1024))
 
 
