@@ -60,3 +60,39 @@ def test_wheel_in_a_fresh_environment_evaluates_miniclip_on_synthrs(tmp_path):
     report = json.loads((REPO / "rsretrieval" / "models" / "weights" / "mini-synthrs.json").read_text())
     measured = json.loads((tmp_path / "eval.json").read_text())["metrics"]["mr"]
     assert measured == pytest.approx(report["zero_shot"]["mr"], abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.notebook
+def test_a_notebook_copied_outside_the_checkout_runs_with_the_installed_wheel(tmp_path):
+    """What a lab machine or Colab does: the wheel installed, one notebook in an empty folder, executed."""
+    src = _tracked_copy(tmp_path / "src")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "dist"), str(src)], check=True, capture_output=True)
+    env_dir = tmp_path / "fresh"
+    venv.create(env_dir, with_pip=False)
+    python = env_dir / "bin" / "python"
+    site = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # torch, papermill's kernel, ...
+    zipfile.ZipFile(next((tmp_path / "dist").glob("rsretrieval-*.whl"))).extractall(site)
+    kernel = tmp_path / "jupyter" / "kernels" / "fresh"
+    kernel.mkdir(parents=True)
+    (kernel / "kernel.json").write_text(json.dumps({"argv": [str(python), "-m", "ipykernel_launcher", "-f",
+                                                             "{connection_file}"], "language": "python"}))
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    shutil.copy2(REPO / "notebooks" / "00_datasets.ipynb", folder)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "RSR_HOME": str(tmp_path / "home"),
+           "JUPYTER_PATH": str(tmp_path / "jupyter"), "CUDA_VISIBLE_DEVICES": "", "MPLBACKEND": "Agg"}
+    where = subprocess.run([python, "-c", "import rsretrieval; print(rsretrieval.__file__)"], cwd=folder, env=env,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(where).is_relative_to(site), where  # the kernel imports the installed copy, not the checkout
+    done = subprocess.run([sys.executable, "-m", "papermill", "00_datasets.ipynb", "executed.ipynb", "-k", "fresh",
+                           "-p", "SMOKE", "True", "-p", "DEVICE", "cpu", "-p", "OUTPUT_DIR", str(tmp_path / "out"),
+                           "--no-progress-bar"], cwd=folder, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = json.loads((tmp_path / "out" / "records.json").read_text())
+    assert records["n_test_images"] > 0 and records["checks"] == {"read_record": "ok"}
+    assert (tmp_path / "home" / "synthrs-smoke" / "synthrs.json").is_file()  # data found through the library
+    assert sorted(p.name for p in folder.iterdir()) == ["00_datasets.ipynb", "executed.ipynb"]
