@@ -27,13 +27,12 @@ def _tracked_copy(dest: Path) -> Path:
     return dest
 
 
-@pytest.mark.slow
-def test_wheel_in_a_fresh_environment_evaluates_miniclip_on_synthrs(tmp_path):
+def _installed_wheel(tmp_path: Path) -> tuple[Path, Path]:
+    """The package built as a wheel and installed into a fresh environment: its python and site-packages."""
     src = _tracked_copy(tmp_path / "src")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp_path / "dist"), str(src)], check=True, capture_output=True)
     wheel = next((tmp_path / "dist").glob("rsretrieval-*.whl"))
-
     env_dir = tmp_path / "fresh"
     venv.create(env_dir, with_pip=False)
     python = env_dir / "bin" / "python"
@@ -43,6 +42,12 @@ def test_wheel_in_a_fresh_environment_evaluates_miniclip_on_synthrs(tmp_path):
     # the test environment by path only, so the checkout's own editable install is not visible there
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     zipfile.ZipFile(wheel).extractall(site)  # what an installer does with a pure-Python wheel
+    return python, site
+
+
+@pytest.mark.slow
+def test_wheel_in_a_fresh_environment_evaluates_miniclip_on_synthrs(tmp_path):
+    python, site = _installed_wheel(tmp_path)
 
     home, cwd = tmp_path / "home", tmp_path / "elsewhere"
     cwd.mkdir()
@@ -66,16 +71,7 @@ def test_wheel_in_a_fresh_environment_evaluates_miniclip_on_synthrs(tmp_path):
 @pytest.mark.notebook
 def test_a_notebook_copied_outside_the_checkout_runs_with_the_installed_wheel(tmp_path):
     """What a lab machine or Colab does: the wheel installed, one notebook in an empty folder, executed."""
-    src = _tracked_copy(tmp_path / "src")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path / "dist"), str(src)], check=True, capture_output=True)
-    env_dir = tmp_path / "fresh"
-    venv.create(env_dir, with_pip=False)
-    python = env_dir / "bin" / "python"
-    site = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())
-    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # torch, papermill's kernel, ...
-    zipfile.ZipFile(next((tmp_path / "dist").glob("rsretrieval-*.whl"))).extractall(site)
+    python, site = _installed_wheel(tmp_path)
     kernel = tmp_path / "jupyter" / "kernels" / "fresh"
     kernel.mkdir(parents=True)
     (kernel / "kernel.json").write_text(json.dumps({"argv": [str(python), "-m", "ipykernel_launcher", "-f",
