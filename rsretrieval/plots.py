@@ -46,7 +46,7 @@ def alt_text(fig: Figure) -> str:
     if given:
         return given
     parts = []
-    title = fig._suptitle.get_text() if getattr(fig, "_suptitle", None) is not None else ""
+    title = fig.get_suptitle()
     if title:
         parts.append(title.replace("\n", " "))
     axes = [ax for ax in fig.axes if ax.get_visible() and ax.axison]
