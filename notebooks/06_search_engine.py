@@ -248,10 +248,11 @@ from rsretrieval.notebook import check
 from rsretrieval.search.vectors import exact_topk
 
 E = np.asarray(index.embeddings, dtype=np.float32)
-queries = encoder.encode_texts(["white planes", "a port with boats", "storage tanks"])
-expected_scores, expected_ids = exact_topk(E, queries, K)
-mine = check("top_k (three queries)", lambda: [tuple(np.asarray(x) for x in top_k(E, q, K)) for q in queries],
-             [(expected_scores[i], expected_ids[i]) for i in range(len(queries))], atol=1e-5)
+query_vectors = encoder.encode_texts(["white planes", "a port with boats", "storage tanks"])
+expected_scores, expected_ids = exact_topk(E, query_vectors, K)
+mine = check("top_k (three queries)",
+             lambda: [tuple(np.asarray(x) for x in top_k(E, q, K)) for q in query_vectors],
+             [(expected_scores[i], expected_ids[i]) for i in range(len(query_vectors))], atol=1e-5)
 
 # %% [markdown]
 # ## 4. What changes at a million images
@@ -421,3 +422,150 @@ record(cfg.output_dir, n_indexed=len(index), n_skipped=len(index.manifest.skippe
 #    does the airport still come first? What does overlap buy when a target straddles two tiles?
 # 6. Serve the index (`python -m rsretrieval serve ...`) and run `bench-serve` with 1, 8 and 32
 #    clients. Where does latency start to grow, and why does batching help less beyond it?
+
+# %% [markdown] tags=["instructor"]
+# ## Worked answers (instructor edition)
+# **1. Another folder.** Any folder indexes the same way. Here: SynthRS's *source* domain (object
+# photos seen from the side, the pretraining domain), searched with queries for its objects. A
+# query that fails on it while the images are there points at the model; one whose images are not
+# in the folder cannot succeed whatever the model.
+
+# %% tags=["instructor"]
+from rsretrieval.data import load_dataset
+from rsretrieval.data.synthrs import generate_synthrs
+
+photos = generate_synthrs(cfg.output_dir / "photos", n_images=60 if SMOKE else 300, image_size=96 if SMOKE else 224,
+                          domain="source", progress=False)
+photo_data = load_dataset("synthrs", photos, "all", verify_images=False)
+photo_scenes = {str(p.resolve().relative_to((photos / "images").resolve())): sc
+                for p, sc in zip(photo_data.image_paths, photo_data.scenes)}
+photo_dir = cfg.output_dir / "index-photos"
+photo_index = ImageIndex.load(photo_dir, encoder) if (photo_dir / "manifest.json").exists() else \
+    ImageIndex.build(photos / "images", photo_dir, encoder, batch_size=BATCH_SIZE, scenes=photo_scenes,
+                     progress=False)
+for cls in sorted(set(photo_data.scenes))[:6]:
+    hits = photo_index.search_text(f"a photo of a {cls}", K)
+    print(f"'a photo of a {cls}': {sum(h.scene == cls for h in hits)} of the top {K} are {cls} photos "
+          f"({photo_data.scenes.count(cls)} in the folder)")
+
+# %% [markdown] tags=["instructor"]
+# **2. An in-block adapter against a side branch.** Two indexes, one per method (seed 0 of each, from
+# the committed zoo when it has them, else trained here as notebook 02 does), scored by scene
+# precision on this notebook's queries; the last column is the side branch's gain. A side branch
+# that weights object patches may gain most where the scene is told by small objects.
+
+# %% tags=["instructor"]
+from rsretrieval.zoo import ensure_zoo
+
+pair_doc, pair_folder = ensure_zoo(settings, ["mrs_adapter", "focus_adapter"], [0], cfg.output_dir / "zoo",
+                                   train={"epochs": 1, "max_steps": 1} if SMOKE else None, isolate=not SMOKE,
+                                   progress=False)
+by_method = {}
+for run in (e for e in pair_doc["entries"] if e["seed"] == 0 and e["label"] in ("mrs_adapter", "focus_adapter")):
+    w = encoder_weights(run, pair_folder, settings)
+    enc = Encoder(MODEL, w["pretrained"], w["adapter"], device=str(cfg.device))
+    folder = cfg.output_dir / f"index-{run['label']}"
+    idx = ImageIndex.load(folder, enc) if (folder / "manifest.json").exists() else \
+        ImageIndex.build(images_root, folder, enc, batch_size=BATCH_SIZE, scenes=scenes, progress=False)
+    by_method[run["label"]] = {q: scene_precision(idx, q, e)[1] for q, e in queries.items()}
+print(f"{'query':52s} {'MRS-Adapter':>11s} {'Focus-Adapter':>13s} {'gain':>6s}")
+for q in queries:
+    a, b = by_method["mrs_adapter"][q], by_method["focus_adapter"][q]
+    print(f"{q:52s} {a:11.2f} {b:13.2f} {b - a:+6.2f}")
+gains = {q: by_method["focus_adapter"][q] - by_method["mrs_adapter"][q] for q in queries}
+best_gain = max(gains, key=gains.get)
+print(f"the side branch gains most on '{best_gain}' ({gains[best_gain]:+.2f})" if gains[best_gain] > 0 else
+      "the side branch gains on no query here")
+
+# %% [markdown] tags=["instructor"]
+# **3. Recall against latency as `nprobe` grows.** Each doubling scans twice the cells: recall climbs
+# fast, then flattens while latency keeps growing; the knee is where a doubling buys under a point.
+
+# %% tags=["instructor"]
+from rsretrieval.search.vectors import build, recall_at_k, synthetic_vectors
+
+n_small = 20_000 if SMOKE else 200_000
+vecs = synthetic_vectors(n_small, bench_dim, seed=SEED)
+probe_queries = synthetic_vectors(200, bench_dim, seed=SEED)
+_, truth = exact_topk(vecs, probe_queries, 10)
+ivf = build(vecs, "ivf")
+curve = []
+for nprobe in (1, 2, 4, 8, 16, 32, 64):
+    ivf.index.nprobe = min(nprobe, ivf.params.nlist)
+    t = time.perf_counter()
+    found = ivf.search(probe_queries, 10)[1]
+    curve.append((nprobe, recall_at_k(found, truth), (time.perf_counter() - t) * 1000 / len(probe_queries)))
+knee = next((curve[k][0] for k in range(1, len(curve)) if curve[k][1] - curve[k - 1][1] < 0.01), curve[-1][0])
+for nprobe, recall, ms in curve:
+    print(f"nprobe {nprobe:3d}: recall@10 {recall:.3f}, {ms:.3f} ms per query")
+print(f"the knee: past nprobe {knee // 2 if knee > 1 else 1}, a doubling buys less than a point of recall")
+from matplotlib.figure import Figure
+
+fig = Figure(figsize=(5, 3.2))
+ax = fig.subplots()
+ax.plot([c[2] for c in curve], [c[1] for c in curve], "o-")
+for nprobe, recall, ms in curve:
+    ax.annotate(str(nprobe), (ms, recall), textcoords="offset points", xytext=(4, -10), fontsize=8)
+ax.set_xlabel("latency per query (ms)")
+ax.set_ylabel("recall@10")
+ax.set_title(f"IVF on {n_small:,} vectors: nprobe from 1 to 64")
+fig.tight_layout()
+fig
+
+# %% [markdown] tags=["instructor"]
+# **4. HNSW at the same recall.** A graph instead of cells: no training, a longer build, more memory
+# per vector (its links), and `efSearch` as the knob; raised until it matches IVF's recall.
+
+# %% tags=["instructor"]
+import faiss
+
+ivf.index.nprobe = ivf.params.nprobe
+target = recall_at_k(ivf.search(probe_queries, 10)[1], truth)
+t = time.perf_counter()
+hnsw = faiss.IndexHNSWFlat(bench_dim, 32, faiss.METRIC_INNER_PRODUCT)
+hnsw.add(vecs)
+hnsw_build = time.perf_counter() - t
+for ef in (16, 32, 64, 128, 256):
+    hnsw.hnsw.efSearch = ef
+    t = time.perf_counter()
+    found = hnsw.search(probe_queries, 10)[1]
+    hnsw_ms = (time.perf_counter() - t) * 1000 / len(probe_queries)
+    hnsw_recall = recall_at_k(found, truth)
+    if hnsw_recall >= target:
+        break
+t = time.perf_counter()
+ivf.search(probe_queries, 10)
+ivf_ms = (time.perf_counter() - t) * 1000 / len(probe_queries)
+print(f"IVF (nprobe {ivf.params.nprobe}): recall {target:.3f}, {ivf_ms:.3f} ms/query, "
+      f"{ivf.memory_bytes() / len(vecs):.0f} bytes/vector")
+print(f"HNSW (M 32, efSearch {ef}): recall {hnsw_recall:.3f}, {hnsw_ms:.3f} ms/query, "
+      f"{faiss.serialize_index(hnsw).nbytes / len(vecs):.0f} bytes/vector, built in {hnsw_build:.1f} s")
+
+# %% [markdown] tags=["instructor"]
+# **5. Overlapping tiles.** Half-tile overlap puts every point of the scene in up to four tiles: a
+# target cut by a tile edge is whole in a neighbour, at the price of more tiles to encode and store.
+
+# %% tags=["instructor"]
+overlap_dir = cfg.output_dir / "geotiff-index-overlap"
+overlap_index = ImageIndex.load(overlap_dir, encoder) if (overlap_dir / "manifest.json").exists() else \
+    ImageIndex.build(scene_dir, overlap_dir, encoder, tiling=Tiling(size=cell, overlap=cell // 2),
+                     batch_size=BATCH_SIZE, progress=False)
+top = overlap_index.search_text("white planes parked at the airport", 1)[0]
+c, r, w, h = top.tile["window"]
+ac, ar, aw, ah = airport["window"]
+overlap_share = max(0, min(c + w, ac + aw) - max(c, ac)) * max(0, min(r + h, ar + ah) - max(r, ar)) / (w * h)
+print(f"{len(overlap_index)} tiles with half-tile overlap, {len(geo_index)} without; the top tile "
+      f"{top.tile['window']} lies {100 * overlap_share:.0f}% inside the airport's cell {airport['window']}")
+
+# %% [markdown] tags=["instructor"]
+# **6. Latency under load.** With 1, 8 and 32 clients at once: the server encodes the queries that
+# wait together, so latency grows slower than the number of clients until a batch no longer fits in
+# the time between arrivals, and the per-request overhead (HTTP, JSON) dominates.
+
+# %% tags=["instructor"]
+for clients in (1, 8, 32):
+    r = bench_serve(index_dir, vectors=0, clients=clients, requests=(8 if SMOKE else 40) * clients, device="cpu",
+                    progress=False)["index"]
+    print(f"{clients:2d} clients: p50 {r['p50_ms']:6.1f} ms, p95 {r['p95_ms']:6.1f} ms, "
+          f"{r['queries_per_s']:5.0f} queries/s, {r['errors']} errors")
+
