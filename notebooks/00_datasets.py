@@ -27,6 +27,16 @@
 # **Expected runtime.** CPU: about 1 minute (generating SynthRS once, then the leakage check).
 # GPU: the same (nothing here runs a model).
 
+# %%
+# Run first: in a kernel without rsretrieval (Colab, a lab machine), say how to get it.
+import importlib.util
+
+if importlib.util.find_spec("rsretrieval") is None:
+    raise ModuleNotFoundError(
+        "rsretrieval is not installed in this kernel. In the course checkout: `make env` and choose the "
+        ".venv kernel (or `pip install -e .`); elsewhere: `pip install rsretrieval-<version>-py3-none-any.whl` "
+        "(built with `pip wheel --no-deps .` in the checkout). Then restart the kernel.")
+
 # %% tags=["parameters"]
 SMOKE = False
 DEVICE = "auto"

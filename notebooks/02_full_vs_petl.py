@@ -29,6 +29,16 @@
 # model, dataset or recipe (ViT-B/32 on RSITMD with `RECIPE="pe-rsitr"`), no committed zoo matches
 # and every run trains first, resumably: a few hours on a GPU.
 
+# %%
+# Run first: in a kernel without rsretrieval (Colab, a lab machine), say how to get it.
+import importlib.util
+
+if importlib.util.find_spec("rsretrieval") is None:
+    raise ModuleNotFoundError(
+        "rsretrieval is not installed in this kernel. In the course checkout: `make env` and choose the "
+        ".venv kernel (or `pip install -e .`); elsewhere: `pip install rsretrieval-<version>-py3-none-any.whl` "
+        "(built with `pip wheel --no-deps .` in the checkout). Then restart the kernel.")
+
 # %% tags=["parameters"]
 SMOKE = False
 DEVICE = "auto"

@@ -34,6 +34,16 @@
 # trains here for a few epochs. GPU: about a minute. With another model, dataset or recipe, the
 # runs train first (side branches from the frozen-feature cache: minutes to an hour).
 
+# %%
+# Run first: in a kernel without rsretrieval (Colab, a lab machine), say how to get it.
+import importlib.util
+
+if importlib.util.find_spec("rsretrieval") is None:
+    raise ModuleNotFoundError(
+        "rsretrieval is not installed in this kernel. In the course checkout: `make env` and choose the "
+        ".venv kernel (or `pip install -e .`); elsewhere: `pip install rsretrieval-<version>-py3-none-any.whl` "
+        "(built with `pip wheel --no-deps .` in the checkout). Then restart the kernel.")
+
 # %% tags=["parameters"]
 SMOKE = False
 DEVICE = "auto"

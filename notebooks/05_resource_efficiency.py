@@ -27,6 +27,16 @@
 # gradient checkpointing, each in its own process, plus the cache timing on MiniCLIP; the cost
 # figure reads the zoo). GPU: about a minute.
 
+# %%
+# Run first: in a kernel without rsretrieval (Colab, a lab machine), say how to get it.
+import importlib.util
+
+if importlib.util.find_spec("rsretrieval") is None:
+    raise ModuleNotFoundError(
+        "rsretrieval is not installed in this kernel. In the course checkout: `make env` and choose the "
+        ".venv kernel (or `pip install -e .`); elsewhere: `pip install rsretrieval-<version>-py3-none-any.whl` "
+        "(built with `pip wheel --no-deps .` in the checkout). Then restart the kernel.")
+
 # %% tags=["parameters"]
 SMOKE = False
 DEVICE = "auto"

@@ -92,3 +92,15 @@ def test_a_notebook_copied_outside_the_checkout_runs_with_the_installed_wheel(tm
     assert records["n_test_images"] > 0 and records["checks"] == {"read_record": "ok"}
     assert (tmp_path / "home" / "synthrs-smoke" / "synthrs.json").is_file()  # data found through the library
     assert sorted(p.name for p in folder.iterdir()) == ["00_datasets.ipynb", "executed.ipynb"]
+
+
+def test_a_notebook_in_a_kernel_without_the_package_says_how_to_install_it(tmp_path):
+    import nbformat
+
+    venv.create(tmp_path / "bare", with_pip=False)
+    for path in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        first = next(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+        done = subprocess.run([tmp_path / "bare" / "bin" / "python", "-c", first], cwd=tmp_path,
+                              capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+        assert done.returncode != 0 and "rsretrieval is not installed in this kernel" in done.stderr, path.name
+        assert "pip install" in done.stderr

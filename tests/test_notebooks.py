@@ -56,6 +56,8 @@ def test_notebook_hygiene(path: Path):
     assert strip(paired.cells) == strip(nb.cells), f"{path.name} differs from {source.name}: run `make notebooks`"
     missing = REQUIRED - set(notebook_parameters(path))
     assert not missing, f"{path.name} lacks parameters {sorted(missing)}"
+    first_code = next(c.source for c in nb.cells if c.cell_type == "code")
+    assert 'find_spec("rsretrieval")' in first_code, f"{path.name}: the first code cell should say how to install"
     markdown = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown").lower()
     assert "exercise" in markdown, f"{path.name} should end with exercises"
     assert "runtime" in markdown, f"{path.name} should state its expected runtime"
