@@ -175,3 +175,28 @@ def test_openai_layout_files_get_quickgelu_and_others_warn(tmp_path):
     torch.save(state, plain)
     with pytest.warns(UserWarning, match="cannot tell .* QuickGELU"):
         create_model("ViT-B-32", str(plain))
+
+
+@pytest.mark.parametrize("method", [None, "coop", "clip_adapter", "mrs_adapter", "focus_adapter"])
+def test_trimmed_text_encoding_equals_open_clips_or_is_not_used(method):
+    from rsretrieval.methods import apply_method, wrap_tokenizer
+    from rsretrieval.models import encode_text_trimmed, trims_text_exactly
+
+    torch.manual_seed(0)
+    bundle = create_model("tiny")
+    model = bundle.model if method is None else apply_method(bundle.model, method)
+    with torch.no_grad():  # zero-initialised adapters would make any path look right
+        for p in model.parameters():
+            if p.requires_grad and not p.any():
+                p.normal_(0, 0.05)
+    tokenizer = wrap_tokenizer(model, bundle.tokenizer)
+    model.eval()
+    tokens = tokenizer(["planes", "a port with boats along the pier and many cars beside it", "a road"])
+    if method == "focus_adapter":  # it has its own encode_text: trimming is refused, not guessed
+        assert not trims_text_exactly(model, tokenizer)
+        return
+    assert trims_text_exactly(model, tokenizer)
+    assert int((tokens != 0).any(0).nonzero().max()) + 1 < tokens.shape[1]  # there is padding to skip
+    with torch.inference_mode():
+        torch.testing.assert_close(encode_text_trimmed(model, tokens, normalize=True),
+                                   model.encode_text(tokens, normalize=True), atol=1e-5, rtol=0)

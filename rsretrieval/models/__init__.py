@@ -13,12 +13,14 @@ from rsretrieval.models.utils import (
     count_parameters,
     embed_dim,
     encode_pair,
+    encode_text_trimmed,
     eval_mode,
     freeze,
     logit_scale,
     print_trainable_parameters,
     seed_everything,
     select_device,
+    trims_text_exactly,
 )
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "create_model",
     "embed_dim",
     "encode_pair",
+    "encode_text_trimmed",
     "eval_mode",
     "freeze",
     "logit_scale",
@@ -38,4 +41,5 @@ __all__ = [
     "print_trainable_parameters",
     "seed_everything",
     "select_device",
+    "trims_text_exactly",
 ]

@@ -79,6 +79,47 @@ def encode_pair(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tens
     return model.encode_image(images, normalize=True), model.encode_text(tokens, normalize=True)
 
 
+def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+    """open_clip's ``CLIP.encode_text`` run over the batch's columns up to its longest caption only.
+
+    With the causal mask and end-of-text pooling, padding after a caption's end never reaches its
+    feature, so the result equals ``model.encode_text(tokens)``; a query of 10 tokens then costs a
+    third of a 32-token context. :func:`trims_text_exactly` says whether that holds for a model.
+    """
+    from open_clip.transformer import text_global_pool
+
+    used = (tokens != 0).any(0).nonzero()
+    n = int(used.max()) + 1 if len(used) else tokens.shape[1]
+    tokens = tokens[:, :n]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:n].to(cast_dtype)
+    mask = None if model.attn_mask is None else model.attn_mask[:n, :n]
+    x = model.ln_final(model.transformer(x, attn_mask=mask))
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    proj = model.text_projection
+    if proj is not None:
+        x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+    return torch.nn.functional.normalize(x, dim=-1) if normalize else x
+
+
+def trims_text_exactly(model: torch.nn.Module, tokenizer, atol: float = 1e-5) -> bool:
+    """Whether :func:`encode_text_trimmed` gives ``model.encode_text``'s features (checked on two
+    captions): true for open_clip's CLIP with a causal text tower, whatever adapter it carries."""
+    from open_clip.model import CLIP
+
+    if type(model).encode_text is not CLIP.encode_text or getattr(model, "attn_mask", None) is None \
+            or getattr(model, "text_pool_type", None) not in ("argmax", "eos"):
+        return False
+    tokens = tokenizer(["a plane", "two white planes parked beside the terminal of an airport"])
+    device = next(model.parameters()).device
+    with torch.inference_mode(), eval_mode(model):
+        try:
+            trimmed = encode_text_trimmed(model, tokens.to(device))
+        except (RuntimeError, ValueError, IndexError):
+            return False
+        return bool(torch.allclose(trimmed, model.encode_text(tokens.to(device)), atol=atol))
+
+
 def freeze(module: torch.nn.Module) -> torch.nn.Module:
     """Turn off gradients for every parameter of ``module``; returns it for chaining."""
     for p in module.parameters():

@@ -67,7 +67,7 @@ class Encoder:
     def __init__(self, model: str = "mini", pretrained: str | None = "synthrs", adapter: str | Path | None = None,
                  device: str = "auto") -> None:
         from rsretrieval.methods import load_method, wrap_tokenizer
-        from rsretrieval.models import create_model, local_pretrained_path, select_device
+        from rsretrieval.models import create_model, local_pretrained_path, select_device, trims_text_exactly
 
         self.device = select_device(device)
         with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
@@ -89,6 +89,7 @@ class Encoder:
         self.transform = bundle.transform
         self.tokenizer = wrap_tokenizer(net, bundle.tokenizer)
         self.name, self.pretrained = bundle.name, pretrained
+        self.trims_text = trims_text_exactly(self.model, self.tokenizer)  # queries are short: skip the padding
 
     def identity(self) -> dict[str, Any]:
         """What a query encoder must match to search an index built with this one (weights by content)."""
@@ -106,12 +107,14 @@ class Encoder:
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        from rsretrieval.models import autocast
+        from rsretrieval.models import autocast, encode_text_trimmed
 
         if not texts or any(not t.strip() for t in texts):
             raise ValueError("empty query: type what you are looking for, e.g. 'two white planes beside the terminal'")
+        tokens = self.tokenizer(list(texts)).to(self.device)
         with autocast(self.device):
-            f = self.model.encode_text(self.tokenizer(list(texts)).to(self.device), normalize=True)
+            f = (encode_text_trimmed(self.model, tokens, normalize=True) if self.trims_text
+                 else self.model.encode_text(tokens, normalize=True))
         return f.float().cpu().numpy()
 
 
