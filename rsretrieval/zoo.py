@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -497,7 +500,22 @@ def load_zoo(folder: str | Path | None = None) -> dict[str, Any]:
     return json.loads(index.read_text(encoding="utf-8"))
 
 
+def exit_with_parent(poll_seconds: float = 2.0) -> None:
+    """End this process when its parent ends (killed or stopped): a zoo build that is stopped leaves
+    no entry training on behind it, which a restarted build would train a second time alongside.
+    The entry's last checkpoint (written atomically) keeps it resumable."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os._exit(3)
+
+    threading.Thread(target=watch, daemon=True, name="rsretrieval-exit-with-parent").start()
+
+
 def _child_main(argv: list[str] | None = None) -> int:
+    exit_with_parent()
     p = argparse.ArgumentParser()
     p.add_argument("--child", required=True, help="the job file the parent wrote")
     job_path = Path(p.parse_args(argv).child)

@@ -149,3 +149,33 @@ def test_each_entry_lands_in_zoo_json_as_it_finishes(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo, "_run_child", fake_child)
     build_zoo(None, [0], tmp_path / "z", ZooSettings(recipe=None), configs=configs, workers=1, progress=False)
     assert seen == [[], ["a-s0"]]  # the first entry was in zoo.json while the second was still training
+
+
+def test_a_child_ends_when_its_build_is_killed(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    child = ("import pathlib, sys, time; from rsretrieval.zoo import exit_with_parent; exit_with_parent(0.1); "
+             f"pathlib.Path({str(pid_file)!r}).write_text(str(__import__('os').getpid())); time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', "
+                               f"{child!r}])"])
+    deadline = time.monotonic() + 60
+    while not pid_file.is_file() or not pid_file.read_text():
+        assert time.monotonic() < deadline, "the child did not start"
+        time.sleep(0.1)
+    child_pid = int(pid_file.read_text())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child_pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(child_pid, signal.SIGKILL)
+    raise AssertionError("the child kept running after its parent was killed")
