@@ -162,7 +162,7 @@ for name in ("rsitmd", "rsicd", "ucm", "sydney"):
 # %%
 import numpy as np
 
-from rsretrieval.data.synthrs import SCENES, make_captions, render_scene
+from rsretrieval.data.synthrs import make_captions, render_scene
 
 rng = np.random.default_rng(SEED)
 image, objects, mask = render_scene(rng, "airport", 224, "rs")

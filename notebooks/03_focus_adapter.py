@@ -314,3 +314,128 @@ record(cfg.output_dir, saved_for_backward_mb=saved, seeds=seeds,
 # 3. Tap only the last block (`method_kwargs={"layers": (-1,)}`). What do the early blocks add?
 # 4. Draw `focus_map(..., kind="outlier")`: the score the layer reads before learning. Where is
 #    it high on a forest scene, where on a port?
+
+# %% [markdown] tags=["instructor"]
+# ## Worked answers (instructor edition)
+# The answers train side branches from the frozen-feature cache with `fit`, the loop behind
+# `run_method`, so that a callback can read the model after each epoch. Each uses the recipe's
+# settings and is scored on **validation** (a choice between variants never reads test).
+
+# %% tags=["instructor"]
+from rsretrieval.cmer.cache import CachedSideBranchTask, build_cache
+from rsretrieval.models import seed_everything
+from rsretrieval.recipes import load_recipe
+from rsretrieval.training import TrainConfig, fit
+
+focus_recipe = load_recipe(RECIPE, "focus_adapter") if RECIPE else None
+
+
+def train_branch(seed, *, epochs=None, swap=None, on_epoch=None, **method_kwargs):
+    """The Focus-Adapter with the recipe's settings (``method_kwargs`` over them), trained from the cache."""
+    seed_everything(seed)
+    b = create_model(MODEL, cfg.pretrained)
+    net = apply_method(b.model, "focus_adapter", **{**(focus_recipe.method_kwargs if focus_recipe else {}),
+                                                   **method_kwargs}).to(cfg.device)
+    if swap is not None:
+        swap(net)
+    cache = build_cache(net, train, b.transform, b.tokenizer, progress=False)
+    settings = {**(focus_recipe.train if focus_recipe else {}), "seed": seed, "device": str(cfg.device),
+                "progress": False, "max_steps": 1 if SMOKE else None}
+    if epochs is not None:
+        settings.update(epochs=epochs, patience=None, stop_epoch=None)
+    history = fit(net, b.tokenizer, train, b.transform, TrainConfig(**settings), val_data=val,
+                  val_transform=b.transform, task=CachedSideBranchTask(net, cache),
+                  on_epoch=None if on_epoch is None else lambda record: on_epoch(net, record))
+    return net, history
+
+# %% [markdown] tags=["instructor"]
+# **1. How far an unscaled gate grows.** The branch's contribution is `s · gate · up(p)`; we read
+# the mean |s · gate| of the image branch after each of 12 epochs, for s = 1, beside the value the
+# zoo's s = 64 runs ended with.
+
+# %% tags=["instructor"]
+def gate_size(model):
+    branch = model.focus_adapter.image
+    return float((branch.gate_scale * branch.gate).detach().abs().mean())
+
+
+gate_growth = []
+train_branch(SEED, epochs=12, gate_scale=1.0,
+             on_epoch=lambda net, rec: gate_growth.append((rec["epoch"], gate_size(net), rec.get("val_mr"))))
+for epoch, g, v in gate_growth:
+    print(f"s = 1, epoch {epoch:2d}: mean |s·gate| {g:.4f}, val mR {v:.2f}")
+zoo_gates = [gate_size(load_method(create_model(MODEL, cfg.pretrained).model, r["file"]))
+             for r in runs if r["label"] == "focus_adapter"]
+print(f"the zoo's s = 64 runs end at mean |s·gate| {statistics.mean(zoo_gates):.4f}: "
+      f"{statistics.mean(zoo_gates) / max(gate_growth[-1][1], 1e-12):.1f}x what s = 1 reached in "
+      f"{len(gate_growth)} epoch{'s' if len(gate_growth) != 1 else ''}")
+print(compare(focus, by_label["focus_adapter (gate_scale 1)"], group="label"))
+
+# %% [markdown] tags=["instructor"]
+# **2. The naive scorer.** One linear score per patch token, randomly initialised, softmax over the
+# patches: we put it in place of our focus layer and train it with the same recipe and seeds as
+# the zoo's Focus-Adapter runs.
+
+# %% tags=["instructor"]
+class NaiveFocus(FocusPool):
+    def __init__(self, r, temperature):
+        super().__init__(r, temperature)
+        self.scorer = nn.Linear(r, 1)
+
+    def weights(self, patches):
+        w = (self.scorer(patches).squeeze(-1) / self.temperature).softmax(-1)
+        self.last_weights, self.last_outlier = w.detach(), torch.zeros_like(w)
+        return w
+
+
+def naive(net):
+    old = net.focus_adapter.focus
+    net.focus_adapter.focus = NaiveFocus(old.norm.normalized_shape[0], old.temperature).to(old.score.device)
+
+
+naive_val = {s: max(r["val_mr"] for r in train_branch(s, swap=naive)[1].records) for s in seeds}
+ours_val = {r["seed"]: r["val_mr"] for r in runs if r["label"] == "focus_adapter"}
+for s in seeds:
+    print(f"seed {s}: naive scorer val mR {naive_val[s]:.2f}, our focus layer (the zoo's) {ours_val.get(s, float('nan')):.2f}")
+naive_row = {"label": "naive scorer", "mr_mean": statistics.mean(naive_val.values()),
+             "mr_std": statistics.stdev(naive_val.values()) if len(naive_val) > 1 else 0.0, "n": len(naive_val)}
+ours_row = {"label": "our focus layer", "mr_mean": statistics.mean(ours_val[s] for s in seeds),
+            "mr_std": statistics.stdev([ours_val[s] for s in seeds]) if len(seeds) > 1 else 0.0, "n": len(seeds)}
+print(compare(ours_row, naive_row, group="label"), "(validation)")
+
+# %% [markdown] tags=["instructor"]
+# **3. Only the last block.** The same recipe, the branch reading block −1 only, against the zoo's
+# runs that read all four.
+
+# %% tags=["instructor"]
+last_only = {s: max(r["val_mr"] for r in train_branch(s, layers=(-1,))[1].records) for s in seeds[:1]}
+for s, v in last_only.items():
+    print(f"seed {s}: last block only, val mR {v:.2f}; all four blocks (the zoo's): {ours_val.get(s, float('nan')):.2f} "
+          f"({v - ours_val.get(s, float('nan')):+.2f})")
+
+# %% [markdown] tags=["instructor"]
+# **4. The outlier score before learning.** `kind="outlier"` draws z, the standardised distance of
+# each patch from the image's mean token, on an untrained branch: what the focus layer can lean on
+# from its first step. Where the scene's objects are its outliers (boats on water), z peaks on
+# them; where the objects *are* the background (a forest's trees), it peaks on whatever breaks the
+# pattern. The share of softmax(z) on object patches says which holds for each scene.
+
+# %% tags=["instructor"]
+from IPython.display import display
+
+picks = [next((i for i, s in enumerate(test.scenes) if s == scene), None) for scene in ("forest", "port")]
+picks = [i for i in picks if i is not None]
+if picks:
+    untrained = apply_method(create_model(MODEL, cfg.pretrained).model, "focus_adapter").eval()
+    with torch.no_grad():
+        x = torch.stack([bundle.transform(open_image(test.image_paths[i])) for i in picks])
+        outlier = untrained.focus_map(x, kind="outlier")
+    for i, z in zip(picks, outlier):
+        on_objects = object_masks(test, [i])
+        share = focus_mass_on_objects(torch.softmax(z.flatten(), 0).reshape(1, *z.shape), on_objects)
+        print(f"{test.scenes[i]}: softmax(z) puts {share['focus_share']:.2f} of its weight on object patches "
+              f"(uniform: {share['uniform_share']:.2f})")
+    display(plot_focus_maps([test.image_paths[i] for i in picks], outlier, object_masks(test, picks),
+                            titles=[f"{test.scenes[i]}: outlier score z" for i in picks]))
+else:
+    print("this dataset has no forest or port scene in its test split")

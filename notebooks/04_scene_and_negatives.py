@@ -324,3 +324,168 @@ record(cfg.output_dir, seeds=seeds,
 #    `evaluate_with_scenes`). When does it beat the zero-shot prediction?
 # 4. The oracle row is not a valid protocol. Construct a case where it misleads: a query whose
 #    gold scene differs from what its words describe.
+
+# %% [markdown] tags=["instructor"]
+# ## Worked answers (instructor edition)
+# The training answers run at a short budget (`ANSWER_EPOCHS`, the same for every variant they
+# compare) from the frozen-feature cache, and read **validation** only.
+
+# %% tags=["instructor"]
+from rsretrieval.cmer.cache import CachedSideBranchTask, build_cache
+from rsretrieval.evaluation import encode_images, encode_texts
+from rsretrieval.methods import apply_method
+from rsretrieval.models import seed_everything
+from rsretrieval.recipes import load_recipe
+from rsretrieval.training import TrainConfig, build_task, fit
+
+ANSWER_EPOCHS = 1 if SMOKE else 2
+branch_recipe = load_recipe(RECIPE, "focus_adapter") if RECIPE else None
+
+
+def train_variant(loss, seed=SEED, lr=None, **loss_kwargs):
+    """The mean-pooling side branch with the recipe's settings, trained ANSWER_EPOCHS epochs with ``loss``;
+    returns the model, its task and its history."""
+    seed_everything(seed)
+    b = create_model(MODEL, cfg.pretrained)
+    net = apply_method(b.model, "focus_adapter", **{**(branch_recipe.method_kwargs if branch_recipe else {}),
+                                                   "pooling": "mean"}).to(cfg.device)
+    cache = build_cache(net, train, b.transform, b.tokenizer, progress=False)
+    task = build_task(loss, net, train, **loss_kwargs)
+    task = task.read_images_from(cache) if hasattr(task, "read_images_from") else CachedSideBranchTask(
+        net, cache, loss=task.loss)
+    settings = {**(branch_recipe.train if branch_recipe else {}), "epochs": ANSWER_EPOCHS, "patience": None,
+                "stop_epoch": None, "seed": seed, "device": str(cfg.device), "progress": False,
+                **({"lr": lr} if lr else {}), **({"max_steps": 1} if SMOKE else {})}
+    history = fit(net, b.tokenizer, train, b.transform, TrainConfig(**settings), val_data=val,
+                  val_transform=b.transform, task=task)
+    return net.eval(), task, history
+
+# %% [markdown] tags=["instructor"]
+# **1. Every caption prefixed.** With `scene_prob` 1.0 the text encoder never trains on a caption
+# without a scene prefix, yet every test query arrives without one: the training captions and the
+# queries then come from two distributions. We train both probabilities at the same budget and
+# score validation twice: with plain captions (as queries come) and with every caption prefixed.
+
+# %% tags=["instructor"]
+from rsretrieval.evaluation import retrieval_metrics
+
+prefixed_val = [scene_caption(c, val.scenes[val.text_to_image[j]], random.Random(j))
+                for j, c in enumerate(val.captions)]
+scene_prob_rows = {}
+for p in (0.5, 1.0):
+    net, _, _ = train_variant("cmer", scene_prob=p, queue_weight=0.0)
+    with torch.no_grad():
+        imgs = encode_images(net, val, transform=base_bundle.transform, device=cfg.device, progress=False)
+        plain = encode_texts(net, val.captions, tokenizer=base_bundle.tokenizer, device=cfg.device, progress=False)
+        named = encode_texts(net, prefixed_val, tokenizer=base_bundle.tokenizer, device=cfg.device, progress=False)
+    scene_prob_rows[p] = (retrieval_metrics(imgs @ plain.T, val.text_to_image)["mr"],
+                          retrieval_metrics(imgs @ named.T, val.text_to_image)["mr"])
+    print(f"scene_prob {p}: val mR {scene_prob_rows[p][0]:.2f} with plain captions, "
+          f"{scene_prob_rows[p][1]:.2f} with every caption prefixed")
+d_plain = scene_prob_rows[1.0][0] - scene_prob_rows[0.5][0]
+print(f"prefixing every training caption changes plain-caption retrieval by {d_plain:+.2f} mR "
+      f"and prefixed-caption retrieval by {scene_prob_rows[1.0][1] - scene_prob_rows[0.5][1]:+.2f} mR")
+if RECIPE:
+    points = load_recipe(RECIPE, "cmer").sweep.get("points", [])
+    tried = [(p["settings"]["loss.scene_prob"], p["val_mr"]) for p in points if "loss.scene_prob" in p["settings"]]
+    print("the recipe sweep's scene probabilities (CMER, val mR at convergence):",
+          ", ".join(f"{p}: {v:.2f}" for p, v in sorted(tried)) or "none")
+
+# %% [markdown] tags=["instructor"]
+# **2. A large learning rate and a long queue.** A queue entry is `steps_held` steps old at most;
+# meanwhile the weights move. `embedding_drift` re-encodes the images in the queue with the final
+# weights and takes the mean cosine with what was enqueued: 1 means fresh. We compare the recipe's
+# learning rate with 1e-2, both with a 2048-entry queue.
+
+# %% tags=["instructor"]
+from rsretrieval.cmer.recycling import embedding_drift
+from rsretrieval.data.dataset import open_image
+
+drift_rows = {}
+for lr in ((branch_recipe.train["lr"] if branch_recipe else 3e-3), 1e-2):
+    net, task, history = train_variant("recycling", lr=lr, queue_size=2048, weight=0.25)
+    queue = task.loss.image_queue
+    ids = queue.image_ids.tolist()
+    with torch.no_grad():
+        pixels = torch.stack([base_bundle.transform(open_image(train.image_paths[i])) for i in ids]).to(cfg.device)
+        fresh = torch.cat([net.encode_image(pixels[k:k + 128], normalize=True) for k in range(0, len(ids), 128)])
+    drift_rows[lr] = (embedding_drift(queue.features, fresh.cpu()), history.records[-1]["val_mr"], len(ids))
+    print(f"lr {lr:g}, queue 2048 ({len(ids)} entries filled): drift cosine {drift_rows[lr][0]:.4f}, "
+          f"val mR {drift_rows[lr][1]:.2f} after {ANSWER_EPOCHS} epoch{'s' if ANSWER_EPOCHS != 1 else ''}")
+low, high = sorted(drift_rows)
+print(f"at lr {high:g} the queued images are {'staler' if drift_rows[high][0] < drift_rows[low][0] else 'no staler'} "
+      f"(cosine {drift_rows[high][0]:.4f} vs {drift_rows[low][0]:.4f}) and val mR is "
+      f"{drift_rows[high][1] - drift_rows[low][1]:+.2f} against lr {low:g}")
+
+# %% [markdown] tags=["instructor"]
+# **3. Scene words in the query.** `text_source="words"` predicts a query's scene from the scene
+# words it contains; a query without any gets no prediction, and nothing is filtered for it. We
+# compare both text sources on validation with the zero-shot model, and split the queries by
+# whether they name a scene.
+
+# %% tags=["instructor"]
+from rsretrieval.cmer.scene import evaluate_with_scenes, keyword_scene_probs, vocabulary_of
+
+with torch.no_grad():
+    zs_img = encode_images(zs.model, val, transform=zs.transform, device=cfg.device, progress=False)
+    zs_txt = encode_texts(zs.model, val.captions, tokenizer=zs.tokenizer, device=cfg.device, progress=False)
+by_source = {src: evaluate_with_scenes(zs_img, zs_txt, val, train.scene_names, zs.model, zs.tokenizer,
+                                       modes=("none", "hard"), text_source=src, oracle=False)
+             for src in ("embedding", "words")}
+for src, res in by_source.items():
+    print(f"text_source={src!r}: hard-mode val mR {res.rows['hard']['mr']:.2f} (no re-ranking: "
+          f"{res.rows['none']['mr']:.2f}); text scene accuracy {res.text_scene_accuracy:.1f}%")
+kw = keyword_scene_probs(val.captions, train.scene_names, vocabulary_of(val))
+names_one = (kw.max(-1).values - kw.min(-1).values) > 1e-9
+print(f"{int(names_one.sum())} of {len(val.captions)} validation captions name a scene word")
+gold = [train.scene_names.index(val.scenes[val.text_to_image[j]]) if val.scenes[val.text_to_image[j]] in
+        train.scene_names else -1 for j in range(len(val.captions))]
+for src, res in by_source.items():
+    pred = res.text_scene_probs.argmax(-1).tolist()
+    right = [pred[j] == gold[j] for j in range(len(gold)) if names_one[j]]
+    print(f"  on those, {src!r} predicts the gold scene for {100 * sum(right) / max(len(right), 1):.1f}%")
+
+# %% [markdown] tags=["instructor"]
+# **4. How the oracle misleads.** A caption describes what it sees, and an image's gold scene need
+# not be what its words say. We build such queries: each of a few validation images' own caption,
+# with a phrase naming another scene added ("... beside a river"). The oracle re-ranks them with
+# their image's gold scene, which no system can know from the query; a real system can only go by
+# what the query says. Validation captions that already name another scene than their image's are
+# counted too.
+
+# %% tags=["instructor"]
+from rsretrieval.cmer.scene import scene_phrases, scene_rerank, with_article
+
+kw_pred = kw.argmax(-1).tolist()
+natural = [j for j in range(len(val.captions)) if names_one[j] and gold[j] >= 0 and kw_pred[j] != gold[j]]
+print(f"{len(natural)} of {len(val.captions)} validation captions name another scene than their image's gold one")
+first_caption = {val.text_to_image[j]: j for j in reversed(range(len(val.captions)))}
+built, built_images = [], []
+for i in sorted(first_caption)[:8]:
+    other = next(s for s in train.scene_names if s != val.scenes[i] and scene_phrases(s, vocabulary_of(val)))
+    built.append(f"{val.captions[first_caption[i]].rstrip('.')} beside {with_article(scene_phrases(other, vocabulary_of(val))[0])}")
+    built_images.append(i)
+for q in built[:2]:
+    print("  e.g.", repr(q))
+with torch.no_grad():
+    q_feats = encode_texts(zs.model, built, tokenizer=zs.tokenizer, device=cfg.device, progress=False)
+sim = zs_img @ q_feats.T  # [n_images, n_queries]
+image_probs = by_source["words"].image_scene_probs
+gold_onehot = torch.nn.functional.one_hot(torch.tensor(
+    [train.scene_names.index(s) if s in train.scene_names else 0 for s in val.scenes]), len(train.scene_names)).float()
+own = torch.tensor(built_images)
+cols = torch.arange(len(built))
+
+
+def mean_rank(scores):
+    return float((scores > scores[own, cols]).sum(0).float().mean() + 1)
+
+
+ranks = {"no re-ranking": mean_rank(sim),
+         "hard, scene from the words": mean_rank(scene_rerank(
+             sim, image_probs, keyword_scene_probs(built, train.scene_names, vocabulary_of(val)), "hard")),
+         "hard, gold scene (oracle)": mean_rank(scene_rerank(sim, gold_onehot, gold_onehot[own], "hard"))}
+print(f"mean rank of each query's own image among {val.num_images}: "
+      + "; ".join(f"{k} {v:.1f}" for k, v in ranks.items()))
+print(f"on these queries the oracle ranks the right image {ranks['hard, scene from the words'] / ranks['hard, gold scene (oracle)']:.1f}x "
+      "closer to the top than re-ranking by what the queries say: a gain from a label no query carries")

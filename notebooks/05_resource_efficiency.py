@@ -314,3 +314,105 @@ record(cfg.output_dir, bench_model=bench_model, device=device, batch_size=BATCH_
 # 3. With the cache, how many epochs fit in the time one uncached epoch takes? Use them: does mR
 #    improve over notebook 04's one-epoch runs?
 # 4. On a GPU, measure batch 128. Which method runs out of memory first on a 16 GB card?
+
+# %% [markdown] tags=["instructor"]
+# ## Worked answers (instructor edition)
+# **1. VPT and CoOp.** Both add a few tokens at a tower's *input* (VPT: prompt tokens at every
+# visual block; CoOp: context words in the text), so the gradient reaches them only through every
+# block above: backward runs through the whole tower, and autograd keeps its activations, however
+# few weights train. Measured the same way as section 1, beside MRS-Adapter and the side branch:
+
+# %% tags=["instructor"]
+prompts = bench(bench_model, ["vpt", "coop"], batch_size=BATCH_SIZE, steps=1 if SMOKE else BENCH_STEPS, device=device,
+                progress=False)
+compared = [by["mrs_adapter"], *prompts, by["focus_adapter"]]
+print(format_table(compared))
+cheaper = min(prompts, key=lambda r: r["saved_for_backward_bytes"])
+dearer = max(prompts, key=lambda r: r["saved_for_backward_bytes"])
+print(f"{cheaper['method']} keeps {cheaper['saved_for_backward_bytes'] / 2**20:.1f} MB for backward, "
+      f"{dearer['method']} {dearer['saved_for_backward_bytes'] / 2**20:.1f} MB; throughput "
+      f"{cheaper['samples_per_s']:.1f} vs {dearer['samples_per_s']:.1f} samples/s; the side branch keeps "
+      f"{by['focus_adapter']['saved_for_backward_bytes'] / 2**20:.1f} MB")
+
+# %% [markdown] tags=["instructor"]
+# **2. Tapping every block.** Each tapped block adds a LayerNorm + Linear down-projection to the
+# branch and keeps that block's tokens for the branch's backward, so memory grows with the taps;
+# the frozen backbone still runs under `no_grad`. `bench` times the methods as registered, so we
+# count here, in this process, what one training step keeps and how long it takes.
+
+# %% tags=["instructor"]
+import time
+
+from rsretrieval.bench import saved_tensor_bytes
+from rsretrieval.training import Batch, build_task
+
+tap_bundle = create_model(bench_model)
+depth = len(tap_bundle.model.visual.transformer.resblocks)
+tap_rows = {}
+for taps in sorted({min(4, depth), depth}):
+    net = apply_method(create_model(bench_model).model, "focus_adapter", layers=taps)
+    task = build_task("infonce", net).train()
+    size = tap_bundle.image_size
+    step = Batch(image_ids=torch.arange(BATCH_SIZE), caption_ids=torch.arange(BATCH_SIZE), captions=[],
+                 pixels=torch.randn(BATCH_SIZE, 3, size, size),
+                 tokens=tap_bundle.tokenizer(["two white planes beside the terminal"] * BATCH_SIZE))
+    saved_b = saved_tensor_bytes(lambda: sum(task(step).values()).backward())
+    t0 = time.perf_counter()
+    sum(task(step).values()).backward()
+    tap_rows[taps] = (saved_b / 2**20, BATCH_SIZE / (time.perf_counter() - t0),
+                      sum(p.numel() for p in net.parameters() if p.requires_grad))
+    print(f"{bench_model}, {taps} tapped blocks: {tap_rows[taps][2]:,} trainable, {tap_rows[taps][0]:.1f} MB kept "
+          f"for backward, {tap_rows[taps][1]:.1f} samples/s")
+if len(tap_rows) == 2:
+    (a, ra), (b, rb) = sorted(tap_rows.items())
+    print(f"{b} taps instead of {a}: x{rb[0] / ra[0]:.2f} memory kept for backward, x{rb[1] / ra[1]:.2f} throughput")
+print("retrieval: MiniCLIP has 4 blocks, so the default already taps all of them; notebook 03's third answer "
+      "measures what tapping fewer (the last block only) costs on validation")
+
+# %% [markdown] tags=["instructor"]
+# **3. Epochs from the cache.** An epoch from the cache costs the branch only; section 3 timed
+# both. We spend one uncached epoch's time on cached epochs (at most the recipe's 12) and compare
+# validation mR after one epoch and after all of them.
+
+# %% tags=["instructor"]
+from rsretrieval.cmer.cache import CachedSideBranchTask, build_cache
+from rsretrieval.models import seed_everything
+from rsretrieval.training import TrainConfig, fit
+
+per_uncached = timing["uncached_seconds"][-1]
+per_cached = max(timing["cached_seconds"][-1], 1e-9)
+fit_in = int(per_uncached // per_cached)
+n_epochs = 1 if SMOKE else max(1, min(fit_in, 12))
+print(f"one uncached epoch ({per_uncached:.1f} s) holds {fit_in} cached epochs ({per_cached:.2f} s each)")
+answer_splits = load_splits(cfg, DATASET, splits=("train", "val"))
+seed_everything(SEED)
+cached_net = apply_method(create_model(MODEL, cfg.pretrained).model, "focus_adapter").to(device)
+cache = build_cache(cached_net, answer_splits["train"], bundle.transform, bundle.tokenizer, progress=False)
+history = fit(cached_net, bundle.tokenizer, answer_splits["train"], bundle.transform,
+              TrainConfig(epochs=n_epochs, lr=3e-3, weight_decay=0.0, seed=SEED, device=device, progress=False,
+                          max_steps=1 if SMOKE else None),
+              val_data=answer_splits["val"], val_transform=bundle.transform,
+              task=CachedSideBranchTask(cached_net, cache))
+curve = history.column("val_mr")
+print(f"val mR after epoch 1: {curve[0]:.2f}; after {len(curve)} epoch{'s' if len(curve) != 1 else ''}: {curve[-1]:.2f} "
+      f"(best {max(curve):.2f}) in {sum(history.column('seconds')):.1f} s of training")
+
+# %% [markdown] tags=["instructor"]
+# **4. Batch 128 on a 16 GB card.** On a GPU, run `bench` with `--batch-size 128 --device cuda`
+# and read `peak_memory_bytes`. Without one, estimate it from what section 1 measured at batch
+# 32: activations kept for backward grow with the batch (×4), while weights (4 bytes each in
+# float32) and, for trained weights, their gradient and Adam's two moments (12 bytes more) do not.
+# Mixed precision halves most activations; the estimate below is float32, an upper bound.
+
+# %% tags=["instructor"]
+GIB = 2**30
+estimates = {}
+for r in results:
+    activations = r["saved_for_backward_bytes"] * 128 / BATCH_SIZE
+    states = 4 * r["total"] + 12 * r["trainable"]
+    estimates[r["method"]] = activations + states
+for m, b in sorted(estimates.items(), key=lambda kv: -kv[1]):
+    print(f"{m:14s} about {b / GIB:6.2f} GiB at batch 128 ({bench_model}, float32)")
+first = max(estimates, key=estimates.get)
+print(f"first to run out on a 16 GB card: {first} ({estimates[first] / GIB:.1f} GiB estimated"
+      + (", over 16" if estimates[first] > 16 * GIB else ", within 16: none would at this size") + ")")

@@ -67,7 +67,7 @@ import numpy as np
 from IPython.display import display
 
 from rsretrieval.search.vectors import bench_search, format_bench
-from rsretrieval.search import Encoder, ImageIndex, find_images
+from rsretrieval.search import Encoder, ImageIndex
 from rsretrieval.notebook import load_splits, record, setup
 from rsretrieval.plots import plot_search_results
 

@@ -73,3 +73,19 @@ def test_the_student_edition_runs_and_each_check_says_not_done_yet(tmp_path):
     said = "\n".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     assert "not done yet: recalls_by_hand still raises NotImplementedError" in said
     assert "Traceback" not in said and json.dumps(result["records"])
+
+
+def test_every_exercise_has_a_worked_answer_in_the_instructor_edition():
+    import re
+
+    for path in list_notebooks():
+        nb = nbformat.read(path, as_version=4)
+        exercises = next((c.source for c in nb.cells if c.cell_type == "markdown"
+                          and c.source.lstrip().startswith("## Exercises")), None)
+        assert exercises is not None, f"{path.name} has no exercises"
+        asked = [int(n) for n in re.findall(r"^(\d+)\. ", exercises, re.M)]
+        answer_cells = [c for c in nb.cells if "instructor" in c.metadata.get("tags", [])]
+        answered = [int(n) for c in answer_cells if c.cell_type == "markdown"
+                    for n in re.findall(r"^\*\*(\d+)\. ", c.source, re.M)]
+        assert asked and answered == asked, f"{path.name}: exercises {asked}, worked answers {answered}"
+        assert any(c.cell_type == "code" for c in answer_cells), f"{path.name}: no answer computes anything"
