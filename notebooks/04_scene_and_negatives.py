@@ -197,8 +197,8 @@ for queue in sorted({r["queue"] for r in sweep}):
         b, m, sd = zip(*pts)
         ax.errorbar(b, m, yerr=sd, fmt="o-", capsize=3, label="no queue" if queue == 0 else f"queue {queue}")
 ax.set_xscale("log", base=2)
-ax.set_xlabel("batch size")
-ax.set_ylabel("test mR (mean ± std, 3 seeds)")
+ax.set_xlabel("batch size (pairs)")
+ax.set_ylabel(f"test mR (%; mean ± std, {len(seeds)} seed{'s' if len(seeds) != 1 else ''})")
 ax.legend()
 fig.tight_layout()
 fig

@@ -127,7 +127,7 @@ fig = Figure(figsize=(5, 3.2))
 ax = fig.subplots()
 for m, pts in mem_rows.items():
     ax.plot(list(pts), list(pts.values()), "o-", label=m)
-ax.set_xlabel("batch size")
+ax.set_xlabel("batch size (pairs)")
 ax.set_ylabel("peak memory (MB)")
 ax.set_title(f"{bench_model} on {device}")
 ax.legend()

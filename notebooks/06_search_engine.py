@@ -517,7 +517,7 @@ ax.plot([c[2] for c in curve], [c[1] for c in curve], "o-")
 for nprobe, recall, ms in curve:
     ax.annotate(str(nprobe), (ms, recall), textcoords="offset points", xytext=(4, -10), fontsize=8)
 ax.set_xlabel("latency per query (ms)")
-ax.set_ylabel("recall@10")
+ax.set_ylabel("recall@10 (share of the exact top 10)")
 ax.set_title(f"IVF on {n_small:,} vectors: nprobe from 1 to 64")
 fig.tight_layout()
 fig

@@ -329,7 +329,7 @@ def plot_score_vs_params(
                     textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters")
-    ax.set_ylabel(f"{_LABELS.get(key, key)} (ours)")
+    ax.set_ylabel(f"{_LABELS.get(key, key)} (%, ours)")
     ax.set_title(title or "ours")
     if paper:
         ax2 = axes[1]
@@ -338,7 +338,7 @@ def plot_score_vs_params(
             ax2.annotate(name, (n, score), fontsize=8, xytext=(4, 3), textcoords="offset points")
         ax2.set_xscale("log")
         ax2.set_xlabel("trainable parameters")
-        ax2.set_ylabel(f"{_LABELS.get(key, key)} (paper)")
+        ax2.set_ylabel(f"{_LABELS.get(key, key)} (%, paper)")
         ax2.set_title("PE-RSITR's table (paper, ViT-B/32 on RSITMD)")
     fig.tight_layout()
     return fig
@@ -474,7 +474,7 @@ def plot_val_curves(
         if pts:
             ax.plot(*zip(*pts), "s--", ms=3, label=f"{name} (trained here)")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("val mR")
+    ax.set_ylabel("val mR (%)")
     ax.set_title(title or "validation mR while training")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -501,7 +501,7 @@ def plot_cost(points: Sequence[Mapping], *, title: str = "") -> Figure:
             ax.annotate(str(p["label"]), (x, p["val_mr"]), fontsize=8, xytext=(4, 3), textcoords="offset points")
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("val mR")
+        ax.set_ylabel("val mR (%)")
     fig.suptitle(title or "what each method's score costs")
     fig.tight_layout()
     return fig
