@@ -99,7 +99,9 @@ if MODEL == "mini" and cfg.pretrained == "synthrs":
 # %% [markdown]
 # What made it worth transferring? Each row below pretrains MiniCLIP from nothing, on 2 CPU cores,
 # with one choice changed (`python -m rsretrieval pretrain --variants all` reruns them). The
-# validation split chose the shipped variant; test is reported beside it.
+# validation split chose the shipped variant; test is reported beside it. Minutes are wall time;
+# `load` is the machine's 1-minute load average as a run ended (about 2: the run had both cores to
+# itself; more: it shared them, and its minutes overstate what it costs alone; -: not recorded).
 
 # %%
 from rsretrieval.pretrain import format_variants, read_variants

@@ -13,6 +13,8 @@ statistics): see ``docs/design.md``.
 from __future__ import annotations
 
 import logging
+import os
+import resource
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -163,13 +165,19 @@ def pretrain_variants(names: list[str] | None = None, out_dir: str | Path | None
         report_file = target.with_suffix(".json")
         previous = json.loads(report_file.read_text()) if report_file.is_file() else None
         done = previous is not None and _settings(previous["config"]) == _settings(asdict(cfg))
+        cpu_before = resource.getrusage(resource.RUSAGE_SELF)
         report = previous if done else pretrain(cfg, out=target)
+        cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+        timing = rows.get(name, {}) if done else {  # minutes are wall time: cpu minutes and load say how loaded
+            "cpu_minutes": (cpu_after.ru_utime + cpu_after.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime) / 60,
+            "load_average": round(os.getloadavg()[0], 2)}
         rows[name] = {
             "name": name, "overrides": VARIANTS[name], "zero_shot_val_mr": report["zero_shot_val"]["mr"],
             "zero_shot_test_mr": report["zero_shot"]["mr"], "minutes": report["total_seconds"] / 60,
             # a resumed run's minutes are those of its last call only: flag it, and rerun for a timing
             "resumed": sum(r["seconds"] for r in report["history"]["records"]) > report["train_seconds"] + 1,
             "file_bytes": report["file_bytes"], "file_sha256": sha256_file(target),
+            **{k: timing[k] for k in ("cpu_minutes", "load_average") if k in timing},
         }
         atomic_write_json(VARIANTS_FILE, {"ties": report["zero_shot_ties"], "variants": list(rows.values())})
     return list(rows.values())
@@ -187,12 +195,14 @@ def read_variants(path: str | Path | None = None) -> list[dict[str, Any]]:
 
 def format_variants(rows: list[dict[str, Any]]) -> str:
     """The variants table as text: what each pretraining choice buys in zero-shot mR, and what it costs."""
-    head = f"{'variant':16s} {'changes':28s} {'val mR':>7s} {'test mR':>7s} {'minutes':>7s} {'MB':>5s}"
+    head = f"{'variant':16s} {'changes':28s} {'val mR':>7s} {'test mR':>7s} {'minutes':>7s} {'MB':>5s} {'load':>5s}"
     lines = [head, "-" * len(head)]
     for r in rows:
         changes = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(the defaults: MiniCLIP 2)"
         lines.append(f"{r['name']:16s} {changes:28s} {r['zero_shot_val_mr']:7.2f} {r['zero_shot_test_mr']:7.2f} "
-                     f"{r['minutes']:7.1f} {r['file_bytes'] / 1e6:5.1f}" + ("  (resumed)" if r["resumed"] else ""))
+                     f"{r['minutes']:7.1f} {r['file_bytes'] / 1e6:5.1f} "
+                     f"{r['load_average'] if r.get('load_average') is not None else '-':>5}"
+                     + ("  (resumed)" if r["resumed"] else ""))
     return "\n".join(lines)
 
 
