@@ -274,9 +274,10 @@ extra = {label: {"best epoch": mean_of(label, "best_epoch"), "train s": mean_of(
 print(format_summary([zero_shot] + table, group="label", extra=extra))
 
 # %% [markdown]
-# The train seconds and peak memory are the zoo's: each run trained alone in its own process on
-# 2 CPU cores, and its peak resident memory includes the interpreter and libraries, so compare
-# differences. How did validation mR grow, epoch by epoch? (The mean over seeds, their range shaded.)
+# The train seconds and peak memory are the zoo's: each run trained in its own process on one
+# CPU thread, while other builds shared the machine (each entry records its CPU seconds and the
+# load), so read the seconds as rough; notebook 05 times an epoch of each method in one run. Peak
+# resident memory includes the interpreter and libraries, so compare differences. How did validation mR grow, epoch by epoch? (The mean over seeds, their range shaded.)
 
 # %%
 plot_val_curves(runs, title=f"{MODEL} on {DATASET}: validation mR while training (the zoo's runs)")

@@ -491,7 +491,7 @@ def plot_cost(points: Sequence[Mapping], *, title: str = "") -> Figure:
     """
     fig = Figure(figsize=(8, 3.4))
     axes = fig.subplots(1, 2)
-    for ax, key, xlabel, scale in ((axes[0], "seconds", "training seconds (to the best epoch's end)", 1.0),
+    for ax, key, xlabel, scale in ((axes[0], "seconds", "training seconds (every epoch run)", 1.0),
                                    (axes[1], "memory_bytes", "peak training memory (MiB)", 2.0 ** -20)):
         for p in points:
             if p.get(key) is None:
