@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -165,12 +164,12 @@ def pretrain_variants(names: list[str] | None = None, out_dir: str | Path | None
         report_file = target.with_suffix(".json")
         previous = json.loads(report_file.read_text()) if report_file.is_file() else None
         done = previous is not None and _settings(previous["config"]) == _settings(asdict(cfg))
-        cpu_before = resource.getrusage(resource.RUSAGE_SELF)
-        report = previous if done else pretrain(cfg, out=target)
-        cpu_after = resource.getrusage(resource.RUSAGE_SELF)
-        timing = rows.get(name, {}) if done else {  # minutes are wall time: cpu minutes and load say how loaded
-            "cpu_minutes": (cpu_after.ru_utime + cpu_after.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime) / 60,
-            "load_average": round(os.getloadavg()[0], 2)}
+        if done:
+            report, timing = previous, rows.get(name, {})
+        else:  # minutes are wall time: the CPU minutes and the load say how much of it the run had
+            used = time.process_time()
+            report = pretrain(cfg, out=target)
+            timing = {"cpu_minutes": (time.process_time() - used) / 60, "load_average": round(os.getloadavg()[0], 2)}
         rows[name] = {
             "name": name, "overrides": VARIANTS[name], "zero_shot_val_mr": report["zero_shot_val"]["mr"],
             "zero_shot_test_mr": report["zero_shot"]["mr"], "minutes": report["total_seconds"] / 60,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shlex
 import shutil
 import subprocess
@@ -524,8 +523,7 @@ def _child_main(argv: list[str] | None = None) -> int:
     config = ZooConfig(**{**job["config"], "notebooks": tuple(job["config"]["notebooks"])})
     row = train_entry(config, job["seed"], Path(job["folder"]), ZooSettings(**job["settings"]))
     # wall seconds grow when the machine is shared; this process's CPU time (one thread) and the load say by how much
-    used = resource.getrusage(resource.RUSAGE_SELF)
-    row.update(cpu_seconds=round(used.ru_utime + used.ru_stime, 1), load_average=round(os.getloadavg()[0], 2))
+    row.update(cpu_seconds=round(time.process_time(), 1), load_average=round(os.getloadavg()[0], 2))
     atomic_write_json(job_path.with_suffix(".row.json"), row)
     return 0
 
