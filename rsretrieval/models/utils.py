@@ -80,7 +80,8 @@ def encode_pair(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tens
 
 
 def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-    """open_clip's ``CLIP.encode_text`` run over the batch's columns up to its longest caption only.
+    """open_clip's ``CLIP.encode_text`` run over the batch's columns up to its longest caption only
+    (padding is token id 0, as open_clip's tokenizer writes it; other padding is simply not trimmed).
 
     With the causal mask and end-of-text pooling, padding after a caption's end never reaches its
     feature, so the result equals ``model.encode_text(tokens)``; a query of 10 tokens then costs a
