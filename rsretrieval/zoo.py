@@ -3,8 +3,9 @@
 One entry is one configuration and one seed, trained by :func:`rsretrieval.experiments.run_method`
 (best epoch on val, test scored once after) in a fresh child process, so its peak memory is its
 own and the thread count is pinned (the same settings give the same file bit for bit on the same
-kind of CPU). The committed zoo holds, per entry, a file of the trained weights only (a method
-file; a full fine-tune as a compact float16 model) and a row of ``zoo.json``.
+kind of CPU). The committed zoo holds, per entry, a file of the trained weights only, in float16
+(a method file; a full fine-tune as a compact model), and a row of ``zoo.json``; test is scored
+once, from that file as stored.
 """
 
 from __future__ import annotations
@@ -269,6 +270,7 @@ def train_entry(config: ZooConfig, seed: int, folder: Path, settings: ZooSetting
     from rsretrieval.bench import peak_rss_bytes
     from rsretrieval.data import load_dataset
     from rsretrieval.experiments import run_method
+    from rsretrieval.methods import save_method_half
 
     torch.set_num_threads(settings.threads)
     key = f"{config.slug}-s{seed}"
@@ -278,19 +280,19 @@ def train_entry(config: ZooConfig, seed: int, folder: Path, settings: ZooSetting
     root = settings.data_root()
     splits = [load_dataset(settings.dataset, root, s, **kwargs) for s in ("train", "val", "test")]
     overrides = {**config.train, "seed": seed, "device": settings.device, "progress": False}
-    full = config.method == "full"  # scored on test as stored (compact float16), not before
     result = run_method(settings.model, settings.pretrained, config.method, splits[0], splits[1],
-                        None if full else splits[2], overrides, recipe=settings.recipe,
+                        None, overrides, recipe=settings.recipe,  # test: scored below, from the stored file
                         loss=config.loss, method_kwargs=config.method_kwargs,
                         loss_kwargs={**_cmer_knobs(settings, config), **config.loss_kwargs},
                         run_dir=folder / "runs" / key, cache_features=config.cache_features)
     target = folder / "files" / f"{key}.pt"
     target.parent.mkdir(parents=True, exist_ok=True)
-    if full:
-        test = _save_full(result, settings, splits, target)
+    if config.method == "full":
+        _save_full(result, settings, splits, target)
     else:
-        test = result["test"]
-        shutil.copyfile(result["method_file"], target)
+        save_method_half(result["method_file"], target)
+    test = score_stored({"method": config.method, "seed": seed, "file": str(target.relative_to(folder))},
+                        folder, settings, splits[2])
     records = result["history"]["records"]
     command = ["python", "-m", "rsretrieval", "zoo", "build", "--only", config.label, "--seed", str(seed)]
     return {
@@ -318,14 +320,24 @@ def _settings_args(settings: ZooSettings) -> list[str]:
     return args
 
 
-def _save_full(result: dict[str, Any], settings: ZooSettings, splits: list, target: Path) -> dict[str, float]:
-    """A full fine-tune's best weights as a compact file, and the test metrics of the file as stored
-    (the only time this entry meets the test split)."""
+def score_stored(row: dict[str, Any], folder: str | Path, settings: ZooSettings, test) -> dict[str, float]:
+    """The test metrics of an entry's file as stored (the only time an entry meets the test split)."""
     import torch
 
     from rsretrieval.evaluation import evaluate
+
+    bundle = entry_model(row, folder, settings)
+    with torch.no_grad():
+        return evaluate(bundle.model.to(settings.device), test, transform=bundle.transform,
+                        tokenizer=bundle.tokenizer, device=settings.device, progress=False).metrics
+
+
+def _save_full(result: dict[str, Any], settings: ZooSettings, splits: list, target: Path) -> None:
+    """A full fine-tune's best weights as a compact file (float16, used token rows only)."""
+    import torch
+
     from rsretrieval.models import create_model
-    from rsretrieval.models.compact import load_compact, save_compact
+    from rsretrieval.models.compact import save_compact
     from rsretrieval.training import load_best
 
     bundle = create_model(settings.model, settings.pretrained)
@@ -335,10 +347,6 @@ def _save_full(result: dict[str, Any], settings: ZooSettings, splits: list, targ
     identity = {**result["identity"], "config": {k: v for k, v in result["identity"]["config"].items()
                                                  if k != "output_dir"}}  # no path: the same bytes in any folder
     save_compact(bundle.model, target, used, arch=settings.model, meta={"zoo": identity})
-    stored = create_model(settings.model, None)
-    load_compact(stored.model, target, arch=settings.model)
-    return evaluate(stored.model, splits[2], transform=stored.transform, tokenizer=stored.tokenizer,
-                    device=settings.device, progress=False).metrics
 
 
 def _pretrained_rows(settings: ZooSettings):

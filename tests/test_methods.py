@@ -32,6 +32,7 @@ from rsretrieval.methods import (
     method_parameters,
     register_method,
     save_method,
+    save_method_half,
     wrap_tokenizer,
 )
 from rsretrieval.methods.base import make_config
@@ -174,6 +175,20 @@ def test_save_load_round_trip(name, base, tiny_bundle, images, tmp_path):
         assert torch.equal(got[key], expected[key])
     again = load_method(fresh, path)  # into a model that already carries the same method: fine
     assert again is fresh
+
+
+def test_a_half_method_file_loads_back_as_float16_rounded_weights(base, tmp_path):
+    model = apply_method(copy.deepcopy(base), "mrs_adapter")
+    perturb(model)
+    full = save_method(model, tmp_path / "m.pt", base_name="tiny")
+    half = save_method_half(full, tmp_path / "half.pt")
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    assert save_method_half(full, tmp_path / "again.pt").read_bytes() == half.read_bytes()  # same source, same bytes
+    fresh = load_method(copy.deepcopy(base), half, base_name="tiny")
+    params, trained = method_parameters(fresh), method_parameters(model)
+    assert {p.dtype for p in params.values()} == {torch.float32}  # cast back to the model's dtype on load
+    for name, p in params.items():
+        assert torch.equal(p, trained[name].half().float()), name
 
 
 @pytest.mark.parametrize("name", METHODS)

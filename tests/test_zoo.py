@@ -3,11 +3,13 @@
 import json
 
 import pytest
+import torch
 
 import rsretrieval.zoo as zoo
 from rsretrieval.cli import main
 from rsretrieval.files import sha256_file
 from rsretrieval.data import load_dataset
+from rsretrieval.methods import read_method_file
 from rsretrieval.zoo import CONFIGS, ZooConfig, ZooSettings, build_zoo, ensure_zoo, evaluate_zoo, find_zoo, select
 
 FIELDS = {"label", "method", "config", "loss", "seed", "recipe", "best_epoch", "val_mr", "test_mr", "train_seconds",
@@ -60,6 +62,8 @@ def test_zoo_entries_have_provenance_resume_and_rebuild_bit_for_bit(tiny_root, t
         assert FIELDS <= set(e) and e["identity"]["selection"] == "val"
         assert e["peak_memory_bytes"] > 0 and 1 <= e["best_epoch"] <= 2 and len(e["history"]) == 2
         assert sha256_file(tmp_path / "a" / e["file"]) == e["file_sha256"]
+    stored = read_method_file(tmp_path / "a" / doc["entries"][0]["file"])["state"].values()
+    assert {t.dtype for t in stored} == {torch.float16}  # committed files are half the bytes
     assert json.loads((tmp_path / "a" / "zoo.json").read_text()) == doc
 
     # Finished entries are kept: nothing is trained again.

@@ -42,7 +42,12 @@ from rsretrieval.methods.coop import CoOpConfig, CoOpTokenizer  # noqa: E402  is
 from rsretrieval.methods.clip_adapter import CLIPAdapterConfig  # noqa: E402  isort: skip
 from rsretrieval.methods.adaptformer import AdaptFormerConfig  # noqa: E402  isort: skip
 from rsretrieval.methods.mrs_adapter import MRSAdapterConfig  # noqa: E402  isort: skip
-from rsretrieval.methods.checkpoint import load_method, read_method_file, save_method  # noqa: E402
+from rsretrieval.methods.checkpoint import (  # noqa: E402
+    load_method,
+    read_method_file,
+    save_method,
+    save_method_half,
+)
 # CMER's side branch (focus_adapter, cmer) lives with the rest of CMER and registers itself last
 from rsretrieval.cmer.focus_adapter import CMERAdapterConfig, FocusAdapterConfig  # noqa: E402  isort: skip
 
@@ -77,5 +82,6 @@ __all__ = [
     "read_method_file",
     "register_method",
     "save_method",
+    "save_method_half",
     "wrap_tokenizer",
 ]

@@ -71,6 +71,18 @@ def save_method(model: nn.Module, path: str | Path, base_name: str | None = None
     return Path(path)
 
 
+def save_method_half(source: str | Path, target: str | Path) -> Path:
+    """Copy the method file ``source`` to ``target`` (atomically) with its float32 tensors in float16.
+
+    Half the bytes, for files that are committed (the zoo); :func:`load_method` casts them back to
+    the model's dtype. The same source gives the same bytes.
+    """
+    payload = read_method_file(source)
+    state = {n: t.half() if t.dtype == torch.float32 else t for n, t in payload["state"].items()}
+    atomic_save({**payload, "state": state, "checksum": tensors_checksum(state)}, target)
+    return Path(target)
+
+
 def read_method_file(path: str | Path) -> dict[str, Any]:
     """Read and verify a method file (format, fields, checksum) without touching any model."""
     path = Path(path)
