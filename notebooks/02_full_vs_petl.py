@@ -406,9 +406,9 @@ record(cfg.output_dir, dataset=DATASET, model=MODEL, recipe=RECIPE, seeds=seeds,
 # ## Worked answers (instructor edition)
 # **1. The recipe's whole schedule.** A run of the recipe, with a seed the zoo holds, *is* that
 # zoo entry: the data order, the initialisation and the schedule all follow from the seed, so it
-# should land on the entry itself, not just within the spread. MRS-Adapter's recipe takes about 15
-# minutes on a CPU; the linear probe's recipe takes seconds (it trains from pooled features), so
-# we show it on the probe. (In a smoke run, one step: the comparison then only shows the mechanics.)
+# should land on the entry itself, not just within the spread. MRS-Adapter's recipe takes half an
+# hour on one CPU thread (the zoo's train seconds); the linear probe's takes seconds (it trains
+# from pooled features), so we show it on the probe. (In a smoke run, one step: the comparison then only shows the mechanics.)
 
 # %% tags=["instructor"]
 from rsretrieval.experiments import run_method
