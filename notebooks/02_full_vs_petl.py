@@ -252,7 +252,8 @@ for name in ("infonce", "vsepp", "hmmc"):
 # (`python -m rsretrieval recipes show mini-synthrs`). Each run keeps its best epoch on validation
 # and is scored on test once. The zoo holds 3 seeds of each; we load every stored run and score it
 # again here, on test, so the numbers below are computed in this notebook. MRS-Adapter runs twice:
-# with InfoNCE, and with HMMC as in PE-RSITR.
+# with InfoNCE, and with HMMC as in PE-RSITR (with the MRS-Adapter's recipe, unless the recipe holds
+# an `mrs_adapter+hmmc` entry swept for HMMC itself; section 7 says which).
 
 # %%
 labels = methods + (["mrs_adapter+hmmc"] if "mrs_adapter" in methods else [])
@@ -342,15 +343,22 @@ if "mrs_adapter" in by_label and "mrs_adapter+hmmc" in by_label:
 # itself is at its limit on this backbone.
 
 # %%
-from rsretrieval.recipes import load_recipe
+from rsretrieval.methods import get_method
+from rsretrieval.recipes import load_recipe, recipe_key
 
 for label in below:
-    method = label.split("+")[0]
+    method, _, loss = label.partition("+")
     try:
-        points = load_recipe(RECIPE, method).sweep.get("points", []) if RECIPE else []
+        recipe = load_recipe(RECIPE, method, loss or None) if RECIPE else None
     except (KeyError, ValueError, FileNotFoundError):
-        points = []
-    print(f"{label}: its sweep on validation:" if points else f"{label}: no sweep behind its settings")
+        recipe = None
+    points = (recipe.sweep or {}).get("points", []) if recipe else []
+    if points and loss and recipe_key(method, recipe.loss) != recipe_key(method, loss):
+        print(f"{label}: no sweep of its own: it trains with {method}'s recipe, whose settings were chosen with "
+              f"{recipe.loss or get_method(method).default_loss}, not {loss} (`python -m rsretrieval recipes sweep "
+              f"--method {method} --loss {loss}` chooses its own). That sweep on validation:")
+    else:
+        print(f"{label}: its sweep on validation:" if points else f"{label}: no sweep behind its settings")
     for p in points:
         print(f"   {p['settings']}: val mR {p['val_mr']:.2f} (best epoch {p['best_epoch']})")
 if below:

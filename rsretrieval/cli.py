@@ -341,6 +341,7 @@ def cmd_recipes_show(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes_sweep(args: argparse.Namespace) -> int:
+    from rsretrieval.recipes import recipe_key
     from rsretrieval.recipes.sweep import SEARCH_SPACES, sweep
 
     methods = list(SEARCH_SPACES) if args.method == ["all"] else args.method
@@ -348,11 +349,12 @@ def cmd_recipes_sweep(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"no search space for {', '.join(unknown)}; known: {', '.join(SEARCH_SPACES)} (or all)")
     for method in methods:
+        key = recipe_key(method, args.loss)
         entry = sweep(method, dataset=args.dataset, root=args.root, model=args.model, pretrained=args.pretrained,
-                      out_dir=Path(args.out) / method if args.out else None, recipe_file=args.recipe_file,
-                      device=args.device, progress=args.progress)
+                      loss=args.loss, out_dir=Path(args.out) / key if args.out else None,
+                      recipe_file=args.recipe_file, device=args.device, progress=args.progress)
         chosen = ", ".join(f"{k}={v}" for k, v in entry["sweep"]["chosen"].items())
-        print(f"{method}: {chosen}: val mR {entry['sweep']['val_mr']:.2f} at epoch {entry['sweep']['best_epoch']} "
+        print(f"{key}: {chosen}: val mR {entry['sweep']['val_mr']:.2f} at epoch {entry['sweep']['best_epoch']} "
               f"({len(entry['sweep']['points'])} points)")
     return 0
 
@@ -616,6 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_recipes_show)
     p = rsub.add_parser("sweep", help="choose a method's settings on the validation split; resumable")
     p.add_argument("--method", nargs="+", required=True, metavar="METHOD", help="methods to sweep, or all")
+    p.add_argument("--loss", default=None, help="train with this loss (default: each method's own); stored as "
+                                                 "the recipe entry METHOD+LOSS")
     p.add_argument("--dataset", default="synthrs")
     p.add_argument("--root", default=None, help="dataset folder (synthrs: generated on first use)")
     p.add_argument("--model", default="mini")

@@ -195,7 +195,7 @@ def _with_recipe(recipe: str | None, method: str, config: TrainConfig | dict[str
                         "{'epochs': 1}), not a whole TrainConfig, which would hide every recipe setting")
     from rsretrieval.recipes import load_recipe
 
-    r = load_recipe(recipe, method)
+    r = load_recipe(recipe, method, loss)
     return (r.config(**(config or {})), loss or r.loss, {**r.method_kwargs, **(method_kwargs or {})},
             {**r.loss_kwargs, **(loss_kwargs or {})})
 

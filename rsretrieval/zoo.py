@@ -200,7 +200,7 @@ def _recipe_of(settings: ZooSettings, config: ZooConfig) -> dict[str, Any] | Non
         return None
     from rsretrieval.recipes import load_recipe
 
-    chosen = load_recipe(settings.recipe, config.method).to_dict()
+    chosen = load_recipe(settings.recipe, config.method, config.loss).to_dict()
     if config.cmer_knobs:
         chosen["cmer_knobs"] = _cmer_knobs(settings, config)
     return json.loads(json.dumps(chosen))

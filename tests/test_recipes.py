@@ -138,6 +138,19 @@ def test_sweep_reads_no_test_split_and_stores_a_recipe(tmp_path, monkeypatch):
     assert sweep("adapter", dataset="karpathy", root=root, model="tiny", pretrained=None, space=space, base=base,
                  out_dir=tmp_path / "runs", device="cpu", progress=False) == entry
     assert calls == []
+    monkeypatch.undo()
+    monkeypatch.setattr(recipes, "RECIPE_DIR", tmp_path / "recipes")
+
+    # Another loss is swept on its own and stored beside the method's entry, not over it.
+    hmmc = sweep("adapter", dataset="karpathy", root=root, model="tiny", pretrained=None, loss="hmmc",
+                 space={"train.lr": [1e-3, 3e-3]}, base={**base, "epochs": 1}, out_dir=tmp_path / "runs-hmmc",
+                 device="cpu", progress=False)
+    stored = json.loads((tmp_path / "recipes" / "tiny-karpathy.json").read_text())["methods"]
+    assert set(stored) == {"adapter", "adapter+hmmc"} and stored["adapter"] == entry
+    assert load_recipe("tiny-karpathy", "adapter", "hmmc").train["lr"] == hmmc["train"]["lr"]
+    assert load_recipe("tiny-karpathy", "adapter", "hmmc").loss == "hmmc"
+    assert load_recipe("tiny-karpathy", "adapter", "infonce").train == load_recipe("tiny-karpathy", "adapter").train
+    assert load_recipe("tiny-karpathy", "adapter", "vsepp").train["lr"] == entry["train"]["lr"]  # none of its own
 
 
 @pytest.mark.slow

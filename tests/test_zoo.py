@@ -119,7 +119,7 @@ def test_ablations_take_their_components_knobs_from_cmers_recipe(monkeypatch):
     from rsretrieval import recipes
 
     chosen = {"scene_prob": 0.25, "queue_weight": 0.5, "queue_size": 1024, "queue_warmup": 100}
-    monkeypatch.setattr(recipes, "load_recipe", lambda name, method: SimpleNamespace(
+    monkeypatch.setattr(recipes, "load_recipe", lambda name, method, loss=None: SimpleNamespace(
         loss_kwargs=chosen if method == "cmer" else {}, to_dict=lambda: {"method": method}))
     by = {c.label: c for c in CONFIGS}
     settings = ZooSettings()

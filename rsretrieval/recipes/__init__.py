@@ -7,7 +7,8 @@ A recipe is a JSON file in this folder, named by its stem, made for one model an
 - ``pe-rsitr``: PE-RSITR's published training settings (ViT-B-32 on RSITMD / RSICD / UCM).
 
 Its ``methods`` maps a method name (or ``"*"``: what every method takes unless its own entry says
-otherwise) to ``train``
+otherwise; or ``"<method>+<loss>"``: the method trained with another loss, e.g. ``mrs_adapter+hmmc``,
+whose learning rate need not be InfoNCE's) to ``train``
 (:class:`~rsretrieval.training.TrainConfig` fields), ``method_kwargs``, ``loss``, ``loss_kwargs``
 and ``val_fraction``. Explicit arguments always override the recipe (:meth:`Recipe.config`).
 """
@@ -71,14 +72,26 @@ def read_recipe_file(name: str) -> dict[str, Any]:
     return doc
 
 
-def load_recipe(name: str, method: str) -> Recipe:
-    """``method``'s entry of recipe ``name``, over the recipe's ``"*"`` entry.
+def recipe_key(method: str, loss: str | None = None) -> str:
+    """The entry a method trained with ``loss`` is stored under: ``method``, or ``method+loss`` for a
+    loss other than the method's default."""
+    if loss is None:
+        return method
+    from rsretrieval.methods import get_method
+
+    return method if loss == get_method(method).default_loss else f"{method}+{loss}"
+
+
+def load_recipe(name: str, method: str, loss: str | None = None) -> Recipe:
+    """``method``'s entry of recipe ``name`` (its ``method+loss`` entry, where the recipe has one for
+    ``loss``), over the recipe's ``"*"`` entry.
 
     Raises:
         ValueError: no such recipe, the recipe has no entry for ``method``, or the entry is malformed.
     """
     doc = read_recipe_file(name)
-    star, own = doc["methods"].get("*"), doc["methods"].get(method)
+    key = recipe_key(method, loss)
+    star, own = doc["methods"].get("*"), doc["methods"].get(key if key in doc["methods"] else method)
     entry = None if star is None and own is None else \
         {**(star or {}), **(own or {}), "train": {**(star or {}).get("train", {}), **(own or {}).get("train", {})}}
     if entry is None:
@@ -96,7 +109,7 @@ def load_recipe(name: str, method: str) -> Recipe:
                   sweep=entry.get("sweep"))
 
 
-__all__ = ["RECIPE_DIR", "Recipe", "list_recipes", "load_recipe", "read_recipe_file", "recipe_path"]
+__all__ = ["RECIPE_DIR", "Recipe", "list_recipes", "load_recipe", "read_recipe_file", "recipe_key", "recipe_path"]
 
 
 def data_kwargs(recipe: str | None) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from rsretrieval.files import atomic_write_json, file_lock
-from rsretrieval.recipes import recipe_path
+from rsretrieval.recipes import recipe_key, recipe_path
 
 # What every sweep point shares (the model/dataset's training budget): at most `epochs`, early
 # stopping after `patience` epochs without a better val mR. New weights (every method but full
@@ -74,7 +74,8 @@ def sweep(
         method: a registered method; its knobs are ``SEARCH_SPACES[method]`` unless ``space`` is given.
         dataset, root: the data (train and val are loaded; a missing test split does not matter).
         model, pretrained: the base model.
-        loss: the training loss (None: the method's default).
+        loss: the training loss (None: the method's default); another loss's choice is stored as
+            the entry ``method+loss`` (:func:`~rsretrieval.recipes.recipe_key`).
         base: the shared TrainConfig fields (default :func:`base_train`).
         out_dir: the points' run folders (default ``<data home>/sweeps/<model>-<dataset>/<method>``).
         recipe_file: where the recipe goes (default: the library's ``<model>-<dataset>.json``).
@@ -98,8 +99,8 @@ def sweep(
         if knob.split(".", 1)[0] not in ("train", "method", "loss") or "." not in knob:
             raise ValueError(f"knob {knob!r} must be train.<field>, method.<field> or loss.<keyword>")
     base = dict(base_train(method) if base is None else base)
-    name = f"{model}-{dataset}"
-    folder = Path(out_dir) if out_dir else data_home() / "sweeps" / name / method
+    name, key = f"{model}-{dataset}", recipe_key(method, loss)
+    folder = Path(out_dir) if out_dir else data_home() / "sweeps" / name / key
     train = load_dataset(dataset, root, "train")
     val = load_dataset(dataset, root, "val")
 
@@ -107,7 +108,7 @@ def sweep(
     points: list[dict[str, Any]] = []
     chosen: dict[str, Any] = {}
     total = sum(len(values) for values in space.values())
-    bar = tqdm(total=total, desc=f"sweep {method}", disable=not progress)
+    bar = tqdm(total=total, desc=f"sweep {key}", disable=not progress)
     for knob, values in space.items():
         stage: list[dict[str, Any]] = []
         values = list(values)
@@ -145,7 +146,7 @@ def sweep(
              "sweep": {"model": model, "pretrained": pretrained, "dataset": dataset, "selected_on": "val",
                        "space": space, "points": points, "chosen": chosen, "val_mr": best["val_mr"],
                        "best_epoch": best["best_epoch"]}}
-    _store(Path(recipe_file) if recipe_file else recipe_path(name), name, model, pretrained, dataset, method, entry)
+    _store(Path(recipe_file) if recipe_file else recipe_path(name), name, model, pretrained, dataset, key, entry)
     return entry
 
 
