@@ -14,8 +14,10 @@ DEVICE ?=
 MODEL ?=
 PRETRAINED ?=
 COURSE_OUT ?= build/course
+ANSWERS ?=
 COURSE_ARGS = $(if $(DATASET),-p DATASET=$(DATASET)) $(if $(DATA_DIR),-p DATA_DIR=$(DATA_DIR)) \
-	$(if $(DEVICE),-p DEVICE=$(DEVICE)) $(if $(MODEL),-p MODEL=$(MODEL)) $(if $(PRETRAINED),-p PRETRAINED=$(PRETRAINED))
+	$(if $(DEVICE),-p DEVICE=$(DEVICE)) $(if $(MODEL),-p MODEL=$(MODEL)) $(if $(PRETRAINED),-p PRETRAINED=$(PRETRAINED)) \
+	$(if $(ANSWERS),--answers)
 
 .PHONY: env lock test test-gpu course student instructor notebooks clean help
 

@@ -24,7 +24,8 @@
 # 4. explain how SynthRS is generated and why the course ships it;
 # 5. check that one dataset's test images are not in another's training set, and leave them out.
 #
-# **Expected runtime.** CPU: about 1 minute (generating SynthRS once, then the leakage check).
+# **Expected runtime.** CPU: about 2 minutes (generating SynthRS once, then the leakage check;
+# the worked answers add half a minute).
 # GPU: the same (nothing here runs a model).
 
 # %%

@@ -23,9 +23,10 @@
 # 3. see what caching frozen features buys when the backbone never changes;
 # 4. run the same measurement on a GPU.
 #
-# **Expected runtime.** CPU: about 6 minutes (ViT-B/32, batch 32, six methods and two with
-# gradient checkpointing, each in its own process, plus the cache timing on MiniCLIP; the cost
-# figure reads the zoo). GPU: about a minute.
+# **Expected runtime.** CPU: about 14 minutes on 2 cores (ViT-B/32, batch 32, six methods and two
+# with gradient checkpointing, each in its own process, plus the cache timing on MiniCLIP; the cost
+# figure reads the zoo; the worked answers add 3 more). `BENCH_STEPS=1` or `BENCH_MODEL="mini"`
+# makes it shorter. GPU: about a minute.
 
 # %%
 # Run first: in a kernel without rsretrieval (Colab, a lab machine), say how to get it.

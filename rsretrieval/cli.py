@@ -422,7 +422,8 @@ def cmd_course(args: argparse.Namespace) -> int:
         print(f"{args.edition} edition: {len(written)} notebooks in {out}")
         return 0
     try:
-        summary = run_course(args.out, params, notebooks=notebooks, cell_timeout=args.cell_timeout)
+        summary = run_course(args.out, params, notebooks=notebooks, cell_timeout=args.cell_timeout,
+                             answers=args.answers)
     except NotebookFailed as exc:
         print(f"course stopped: {exc}", file=sys.stderr)
         return 1
@@ -686,6 +687,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="SMOKE=True: tiny sizes, for tests")
     p.add_argument("--only", nargs="+", help="notebook name prefixes, e.g. 00 01")
     p.add_argument("--cell-timeout", type=int, default=None, help="seconds per cell")
+    p.add_argument("--answers", action="store_true",
+                   help="also run the worked answers to the exercises (cells tagged instructor; minutes more)")
     p.add_argument("--edition", choices=["student", "instructor"], default=None,
                    help="write this edition of the notebooks (into build/<edition>) instead of running them: "
                         "student leaves every solution out")

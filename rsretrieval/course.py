@@ -49,11 +49,13 @@ def run_notebook(
     kernel: str = "python3",
     cell_timeout: int | None = None,
     html: bool = True,
+    answers: bool = True,
 ) -> dict[str, Any]:
     """Execute one notebook; returns ``{"notebook", "seconds", "records", "output"}``.
 
     Only parameters the notebook declares are passed (others are dropped, with a log line).
-    ``OUTPUT_DIR`` is set to ``out_dir/<stem>``.
+    ``OUTPUT_DIR`` is set to ``out_dir/<stem>``. ``answers=False`` leaves the worked answers
+    (``instructor`` cells) out.
 
     Raises:
         NotebookFailed: naming the notebook, the failing cell's index and the error.
@@ -72,10 +74,18 @@ def run_notebook(
     if "OUTPUT_DIR" in declared:
         params["OUTPUT_DIR"] = str(nb_out.resolve())
     executed = Path(out_dir) / path.name
+    source = path
+    if not answers:
+        import nbformat
+
+        from rsretrieval.editions import without_answers
+
+        source = Path(out_dir) / f".{path.stem}.source.ipynb"
+        nbformat.write(without_answers(nbformat.read(path, as_version=4)), source)
     start = time.perf_counter()
     try:
         papermill.execute_notebook(
-            str(path), str(executed), parameters=params, kernel_name=kernel, cwd=str(path.parent),
+            str(source), str(executed), parameters=params, kernel_name=kernel, cwd=str(path.parent),
             progress_bar=False, execution_timeout=cell_timeout, log_output=False,
             # the kernel's own start-up log (e.g. "running over TCP without encryption" for a kernel on
             # localhost) is not the learner's business; errors in cells still surface as NotebookFailed
@@ -86,6 +96,9 @@ def run_notebook(
             f"{path.name}: cell {exc.cell_index} (execution count {exc.exec_count}) raised "
             f"{exc.ename}: {exc.evalue}. The executed notebook with the traceback is {executed}."
         ) from exc
+    finally:
+        if source != path:
+            source.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
     if html:
         _export_html(executed)
@@ -112,10 +125,12 @@ def run_course(
     *,
     notebooks: list[Path] | None = None,
     cell_timeout: int | None = None,
+    answers: bool = True,
 ) -> dict[str, Any]:
     """Run every course notebook in order; stop at the first failure.
 
     ``summary.json`` is written after every notebook, so a failed run still shows what ran.
+    ``answers=False`` leaves the worked answers out (``make course``: the course as a reader runs it).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -127,7 +142,7 @@ def run_course(
     for nb in list_notebooks() if notebooks is None else notebooks:
         print(f"running {nb.name} ...", flush=True)
         try:
-            entry = run_notebook(nb, out, parameters, cell_timeout=cell_timeout)
+            entry = run_notebook(nb, out, parameters, cell_timeout=cell_timeout, answers=answers)
         except NotebookFailed as exc:
             summary.update(status="failed", error=str(exc), total_seconds=round(time.perf_counter() - start, 1))
             _write(out / "summary.json", summary)

@@ -69,6 +69,16 @@ def has_solutions(source: str) -> bool:
     return any(line.strip() == BEGIN for line in source.split("\n"))
 
 
+def without_answers(notebook: Any) -> Any:
+    """A copy of ``notebook`` without its worked answers (cells tagged ``instructor``): the course as
+    a reader runs it, solutions of the build-it cells included."""
+    import copy
+
+    nb = copy.deepcopy(notebook)
+    nb.cells = [c for c in nb.cells if INSTRUCTOR_TAG not in c.get("metadata", {}).get("tags", [])]
+    return nb
+
+
 def make_edition(notebook: Any, edition: str) -> Any:
     """A copy of ``notebook`` (an nbformat node) as ``edition`` is handed out."""
     import copy

@@ -459,7 +459,7 @@ def evaluate_zoo(doc: dict[str, Any], folder: str | Path, test, *, labels: list[
     """
     import torch
 
-    from rsretrieval.evaluation import evaluate
+    from rsretrieval.evaluation import encode_images, encode_texts, evaluate_features
 
     settings = ZooSettings(**doc["settings"])
     rows = [e for e in doc["entries"] if (labels is None or e["label"] in labels)
@@ -468,19 +468,31 @@ def evaluate_zoo(doc: dict[str, Any], folder: str | Path, test, *, labels: list[
     if missing:
         raise ValueError(f"the zoo in {folder} has no entries for {', '.join(missing)}: build them with "
                          f"`python -m rsretrieval zoo build --only {' '.join(missing)}`")
-    runs = []
+    runs, images, scored = [], None, {}
     for row in tqdm(rows, desc="zoo: scoring on test", disable=not progress or test is None):
-        metrics = None
-        if test is not None:
+        metrics = scored.get(row["file_sha256"])  # two configurations that trained the same file
+        if test is not None and metrics is None:
             bundle = entry_model(row, folder, settings)
+            if images is None:  # decoded once: every entry of a zoo has its base model's transform
+                images = _decoded(test, bundle.transform)
             with torch.no_grad():
-                metrics = evaluate(bundle.model.to(device), test, transform=bundle.transform,
-                                   tokenizer=bundle.tokenizer, device=device, progress=False).metrics
+                model = bundle.model.to(device)
+                metrics = evaluate_features(
+                    encode_images(model, images, device=device, progress=False),
+                    encode_texts(model, test.captions, tokenizer=bundle.tokenizer, device=device, progress=False),
+                    test, per_scene=False).metrics
+            scored[row["file_sha256"]] = metrics
         runs.append({**{k: row[k] for k in ("key", "label", "method", "loss", "seed", "val_mr", "best_epoch",
                                             "epochs_run", "trainable", "total", "train_seconds",
                                             "seconds_per_epoch", "peak_memory_bytes", "history")},
                      "test": metrics, "stored_test_mr": row["test_mr"], "file": str(Path(folder) / row["file"])})
     return runs
+
+
+def _decoded(data, transform, limit: int = 2000):
+    """``data``'s images, decoded and transformed once, as an image view (``data.images`` beyond ``limit``)."""
+    view = data.images(transform)
+    return view if len(view) > limit else [view[i] for i in range(len(view))]
 
 
 def best_entry(doc: dict[str, Any]) -> dict[str, Any]:

@@ -89,3 +89,17 @@ def test_every_exercise_has_a_worked_answer_in_the_instructor_edition():
                     for n in re.findall(r"^\*\*(\d+)\. ", c.source, re.M)]
         assert asked and answered == asked, f"{path.name}: exercises {asked}, worked answers {answered}"
         assert any(c.cell_type == "code" for c in answer_cells), f"{path.name}: no answer computes anything"
+
+
+def test_the_course_run_can_leave_the_worked_answers_out(tmp_path):
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                            "language": "python"}})
+    nb.cells = [nbformat.v4.new_code_cell("import json, os\nran = ['lesson']"),
+                nbformat.v4.new_code_cell("ran.append('answer')", metadata={"tags": ["instructor"]}),
+                nbformat.v4.new_code_cell("open('ran.json', 'w').write(json.dumps(ran))")]
+    path = tmp_path / "toy.ipynb"
+    nbformat.write(nb, path)
+    for answers, expected in ((False, ["lesson"]), (True, ["lesson", "answer"])):
+        run_notebook(path, tmp_path / f"out-{answers}", html=False, answers=answers)
+        assert json.loads((tmp_path / "ran.json").read_text()) == expected
+    assert sorted(p.name for p in (tmp_path / "out-False").iterdir()) == ["toy", "toy.ipynb"]  # no copy left
