@@ -320,16 +320,26 @@ def _settings_args(settings: ZooSettings) -> list[str]:
     return args
 
 
-def score_stored(row: dict[str, Any], folder: str | Path, settings: ZooSettings, test) -> dict[str, float]:
-    """The test metrics of an entry's file as stored (the only time an entry meets the test split)."""
+def score_stored(row: dict[str, Any], folder: str | Path, settings: ZooSettings, test,
+                 decoded: dict[str, Any] | None = None) -> dict[str, float]:
+    """The test metrics of an entry's file as stored (at build time, the only time an entry meets
+    the test split). ``decoded``: a dict kept across calls, in which the test images are decoded
+    once (every entry of a zoo has its base model's transform)."""
     import torch
 
-    from rsretrieval.evaluation import evaluate
+    from rsretrieval.evaluation import encode_images, encode_texts, evaluate_features
 
     bundle = entry_model(row, folder, settings)
+    decoded = {} if decoded is None else decoded
+    if "images" not in decoded:
+        decoded["images"] = _decoded(test, bundle.transform)
+    device = settings.device
     with torch.no_grad():
-        return evaluate(bundle.model.to(settings.device), test, transform=bundle.transform,
-                        tokenizer=bundle.tokenizer, device=settings.device, progress=False).metrics
+        model = bundle.model.to(device)
+        return evaluate_features(
+            encode_images(model, decoded["images"], device=device, progress=False),
+            encode_texts(model, test.captions, tokenizer=bundle.tokenizer, device=device, progress=False),
+            test, per_scene=False).metrics
 
 
 def _save_full(result: dict[str, Any], settings: ZooSettings, splits: list, target: Path) -> None:
@@ -457,31 +467,18 @@ def evaluate_zoo(doc: dict[str, Any], folder: str | Path, test, *, labels: list[
         ``seconds_per_epoch``, ``history``, ...) plus ``stored_test_mr``, the build's own score, to check
         the live one against, and ``file``, the entry's weights.
     """
-    import torch
-
-    from rsretrieval.evaluation import encode_images, encode_texts, evaluate_features
-
-    settings = ZooSettings(**doc["settings"])
+    settings = replace(ZooSettings(**doc["settings"]), device=device)
     rows = [e for e in doc["entries"] if (labels is None or e["label"] in labels)
             and (seeds is None or e["seed"] in seeds)]
     missing = sorted(set(labels or ()) - {e["label"] for e in rows})
     if missing:
         raise ValueError(f"the zoo in {folder} has no entries for {', '.join(missing)}: build them with "
                          f"`python -m rsretrieval zoo build --only {' '.join(missing)}`")
-    runs, images, scored = [], None, {}
+    runs, decoded, scored = [], {}, {}
     for row in tqdm(rows, desc="zoo: scoring on test", disable=not progress or test is None):
         metrics = scored.get(row["file_sha256"])  # two configurations that trained the same file
         if test is not None and metrics is None:
-            bundle = entry_model(row, folder, settings)
-            if images is None:  # decoded once: every entry of a zoo has its base model's transform
-                images = _decoded(test, bundle.transform)
-            with torch.no_grad():
-                model = bundle.model.to(device)
-                metrics = evaluate_features(
-                    encode_images(model, images, device=device, progress=False),
-                    encode_texts(model, test.captions, tokenizer=bundle.tokenizer, device=device, progress=False),
-                    test, per_scene=False).metrics
-            scored[row["file_sha256"]] = metrics
+            metrics = scored[row["file_sha256"]] = score_stored(row, folder, settings, test, decoded)
         runs.append({**{k: row[k] for k in ("key", "label", "method", "loss", "seed", "val_mr", "best_epoch",
                                             "epochs_run", "trainable", "total", "train_seconds",
                                             "seconds_per_epoch", "peak_memory_bytes", "history")},
