@@ -69,13 +69,18 @@ def has_solutions(source: str) -> bool:
     return any(line.strip() == BEGIN for line in source.split("\n"))
 
 
+def is_answer(cell: Any) -> bool:
+    """Whether ``cell`` is a worked answer (tagged ``instructor``)."""
+    return INSTRUCTOR_TAG in cell.get("metadata", {}).get("tags", [])
+
+
 def without_answers(notebook: Any) -> Any:
     """A copy of ``notebook`` without its worked answers (cells tagged ``instructor``): the course as
     a reader runs it, solutions of the build-it cells included."""
     import copy
 
     nb = copy.deepcopy(notebook)
-    nb.cells = [c for c in nb.cells if INSTRUCTOR_TAG not in c.get("metadata", {}).get("tags", [])]
+    nb.cells = [c for c in nb.cells if not is_answer(c)]
     return nb
 
 
@@ -90,7 +95,7 @@ def make_edition(notebook: Any, edition: str) -> Any:
         return nb
     cells = []
     for k, cell in enumerate(nb.cells):
-        if INSTRUCTOR_TAG in cell.get("metadata", {}).get("tags", []):
+        if is_answer(cell):
             continue
         if has_solutions(cell.source):
             cell.source = student_source(cell.source, cell.cell_type, where=f"cell {k}")
