@@ -324,9 +324,11 @@ def score_stored(row: dict[str, Any], folder: str | Path, settings: ZooSettings,
                  decoded: dict[str, Any] | None = None) -> dict[str, float]:
     """The test metrics of an entry's file as stored (at build time, the only time an entry meets
     the test split). ``decoded``: a dict kept across calls, in which the test images are decoded
-    once (every entry of a zoo has its base model's transform)."""
+    once (every entry of a zoo has its base model's transform) and a side branch's frozen forwards are
+    kept (:func:`~rsretrieval.cmer.remember_frozen_features`)."""
     import torch
 
+    from rsretrieval.cmer import remember_frozen_features
     from rsretrieval.evaluation import encode_images, encode_texts, evaluate_features
 
     bundle = entry_model(row, folder, settings)
@@ -334,8 +336,9 @@ def score_stored(row: dict[str, Any], folder: str | Path, settings: ZooSettings,
     if "images" not in decoded:
         decoded["images"] = _decoded(test, bundle.transform)
     device = settings.device
-    with torch.no_grad():
-        model = bundle.model.to(device)
+    model = bundle.model.to(device)
+    # side-branch runs share their frozen backbone: its forwards on the test split are computed once
+    with torch.no_grad(), remember_frozen_features(model, decoded.setdefault("frozen", {})):
         return evaluate_features(
             encode_images(model, decoded["images"], device=device, progress=False),
             encode_texts(model, test.captions, tokenizer=bundle.tokenizer, device=device, progress=False),

@@ -15,6 +15,7 @@ from rsretrieval.cmer.focus_adapter import (
     FocusAdapterConfig,
     FocusPool,
     focus_mass_on_objects,
+    remember_frozen_features,
     resolve_layers,
 )
 from rsretrieval.data.synthrs import object_masks
@@ -155,6 +156,41 @@ def test_frozen_micro_batches_change_nothing(base, images, tokens):
         assert torch.allclose(a, b, atol=1e-5)
         assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(ta, tb))
         assert [x.shape for x in ta] == [y.shape for y in tb]
+
+
+def test_remembered_frozen_features_are_bit_for_bit_and_shared_by_runs_of_one_backbone(base, images, tokens,
+                                                                                       monkeypatch):
+    runs = [apply_method(copy.deepcopy(base), "focus_adapter") for _ in range(2)]
+    for k, run in enumerate(runs):
+        open_gates(run, 0.5 + k)  # two different branches on one frozen backbone
+    plain = [embeddings(run, images, tokens) for run in runs]
+    forwards = []  # calls of either run's first frozen image block
+    call = torch.nn.Module.__call__
+
+    def counting(module, *args, **kwargs):
+        if any(module is run.visual.transformer.resblocks[0] for run in runs):
+            forwards.append(module)
+        return call(module, *args, **kwargs)
+
+    store = {}
+    monkeypatch.setattr(torch.nn.Module, "__call__", counting)
+    remembered = []
+    for run in runs:
+        with remember_frozen_features(run, store):
+            remembered.append(embeddings(run, images, tokens))
+    monkeypatch.undo()
+    for (a, b), (c, d) in zip(plain, remembered):
+        assert torch.equal(a, c) and torch.equal(b, d)
+    assert len(forwards) == 1  # the second run's frozen image forward was read back
+    assert not hasattr(runs[0], "_rsr_frozen_memo")  # the store is let go of after the block
+    other = copy.deepcopy(runs[1])
+    with torch.no_grad():
+        other.visual.transformer.resblocks[0].mlp.c_fc.weight.add_(1.0)  # another backbone: another key
+    with remember_frozen_features(other, store):
+        embeddings(other, images, tokens)
+    assert len(store) == 2
+    with remember_frozen_features(base, store) as same:  # no side branch: nothing to remember
+        assert same is base and len(store) == 2
 
 
 def test_focus_weights_shape_sum_and_start_uniform(base, images):

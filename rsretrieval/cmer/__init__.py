@@ -18,6 +18,7 @@ from rsretrieval.cmer.focus_adapter import (
     FocusPool,
     focus_mass_on_objects,
     get_focus_model,
+    remember_frozen_features,
 )
 from rsretrieval.cmer.recipe import CMERConfig, build_cmer, cmer_task, scene_protocols
 from rsretrieval.cmer.recycling import EmbeddingQueue, RecyclingLoss, effective_negatives, steps_held
@@ -51,6 +52,7 @@ __all__ = [
     "evaluate_with_scenes",
     "focus_mass_on_objects",
     "get_focus_model",
+    "remember_frozen_features",
     "scene_caption",
     "scene_protocols",
     "scene_rerank",

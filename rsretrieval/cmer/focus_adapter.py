@@ -14,6 +14,7 @@ Two registry names inject the same module: ``focus_adapter`` (trains with InfoNC
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -396,13 +397,23 @@ class FocusAdapterCLIP(CLIP):
         after that position (and copies them, so the full-context tensors are freed).
         """
         size = self.focus_adapter.frozen_batch(x)
+        memo = getattr(self, _MEMO_ATTR, None)
         embeds: list[torch.Tensor] = []
         parts: list[list[torch.Tensor]] = [[] for _ in layers]
         for chunk in x.split(size) if len(x) else [x]:
-            with torch.no_grad(), tap_blocks(blocks, layers) as taps:
-                embeds.append(encode(self, chunk))
-            for part, tap in zip(parts, taps):
-                part.append(tap if length is None else tap[:, :length].contiguous())
+            key = (encode.__name__, tuple(layers), length, _tensor_digest(chunk)) if memo is not None else None
+            if key is not None and key in memo:
+                embed, kept = memo[key]
+            else:
+                with torch.no_grad(), tap_blocks(blocks, layers) as taps:
+                    embed = encode(self, chunk)
+                kept = [tap if length is None else tap[:, :length].contiguous() for tap in taps]
+                if key is not None and memo.get(_MEMO_BYTES, 0) < _MEMO_LIMIT:
+                    memo[key] = (embed, kept)
+                    memo[_MEMO_BYTES] = memo.get(_MEMO_BYTES, 0) + sum(t.nbytes for t in (embed, *kept))
+            embeds.append(embed)
+            for part, tap in zip(parts, kept):
+                part.append(tap)
         cat = (lambda ts: ts[0] if len(ts) == 1 else torch.cat(ts))  # noqa: E731
         return cat(embeds), [cat(p) for p in parts]
 
@@ -498,6 +509,39 @@ def inject_focus_adapter(model: nn.Module, config: FocusAdapterConfig) -> None:
 
 register_method("focus_adapter", FocusAdapterConfig, inject_focus_adapter, starts_at_base=True)
 register_method("cmer", CMERAdapterConfig, inject_focus_adapter, starts_at_base=True, default_loss="cmer")
+
+
+_MEMO_ATTR = "_rsr_frozen_memo"
+_MEMO_BYTES = "bytes"
+_MEMO_LIMIT = 2**30  # beyond it, frozen forwards are computed as usual (a large split on a large backbone)
+
+
+def _tensor_digest(x: torch.Tensor) -> tuple[Any, ...]:
+    data = x.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return str(x.dtype), tuple(x.shape), hashlib.sha256(data).hexdigest()
+
+
+@contextlib.contextmanager
+def remember_frozen_features(model: nn.Module, store: dict[str, Any]) -> Iterator[nn.Module]:
+    """Within the block, a side-branch model's frozen forwards are kept in ``store`` and reused.
+
+    Any model with the same frozen weights (``store`` is keyed by
+    :func:`~rsretrieval.cmer.cache.frozen_weights_digest`) that meets the same input micro-batch
+    gets the tensors computed the first time: the same numbers, bit for bit, without the backbone.
+    Scoring many side-branch runs of one backbone on one split (a zoo) costs one backbone pass.
+    A model without a side branch is left as it is. Use it for inference only: the stored tensors
+    are returned as they are.
+    """
+    from rsretrieval.cmer.cache import frozen_weights_digest
+
+    if not isinstance(model, FocusAdapterCLIP):
+        yield model
+        return
+    setattr(model, _MEMO_ATTR, store.setdefault(frozen_weights_digest(model), {}))
+    try:
+        yield model
+    finally:
+        delattr(model, _MEMO_ATTR)
 
 
 def get_focus_model(model: nn.Module) -> FocusAdapterCLIP:
