@@ -92,7 +92,9 @@ def measure(model_name: str, method: str, *, batch_size: int = 32, steps: int = 
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(warmup):
+    # what autograd keeps is counted on an untimed step: the first warm-up step, or one more at the end
+    saved = saved_tensor_bytes(step) if warmup else None
+    for _ in range(warmup - 1):
         step()
     if dev.type == "cuda":
         torch.cuda.synchronize()
@@ -103,7 +105,8 @@ def measure(model_name: str, method: str, *, batch_size: int = 32, steps: int = 
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    saved = saved_tensor_bytes(step)  # one more step, its saved tensors counted
+    if saved is None:
+        saved = saved_tensor_bytes(step)
     out = {
         "method": method, "model": model_name, "device": dev.type, "batch_size": batch_size, "steps": steps,
         "grad_checkpointing": grad_checkpointing, "amp": amp and dev.type == "cuda", "saved_for_backward_bytes": saved,

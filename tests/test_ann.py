@@ -69,3 +69,26 @@ def test_bench_search_small():
     for key in ("faiss_recall_at_k", "faiss_p50_ms", "exact_p50_ms", "ivfpq_bytes_per_vector", "faiss_build_s"):
         assert key in r and np.isfinite(r[key])
     assert 0 <= r["faiss_recall_at_k"] <= 1
+
+
+def test_a_second_index_reuses_the_first_ones_cells():
+    v = synthetic_vectors(8_000, 32, clusters=80, seed=0)
+    ivf = build(v, "ivf", k=10)
+    cells = ivf.centroids()
+    assert cells.shape == (ivf.params.nlist, 32) and ivf.assignment.shape == (8_000,)
+    assert ivf.memory_bytes() == 8_000 * (32 * 4 + 8) + ivf.params.nlist * 32 * 4  # codes, ids, centres
+    q = v[:50] + 0.01
+    _, truth = exact_topk(v, q, 10)
+    pq = build(v, "ivfpq", m=8, k=10, tune_queries=q, tune_truth=truth, cells_of=ivf)
+    assert pq.params.nlist == ivf.params.nlist
+    np.testing.assert_array_equal(pq.centroids(), cells)  # k-means skipped: the same cells
+    np.testing.assert_array_equal(pq.assignment, ivf.assignment)
+    assert recall_at_k(pq.search(q, 10)[1], truth) > 0.5
+    again = build(v, "ivf", k=10, cells_of=ivf)  # the same cells and assignment: the same index
+    for nprobe in (1, 4):
+        ivf.index.nprobe = again.index.nprobe = nprobe
+        np.testing.assert_array_equal(again.search(q, 10)[1], ivf.search(q, 10)[1])
+    with pytest.raises(ValueError, match="same 100 x 32 vectors"):
+        build(v[:100], "ivf", cells_of=ivf)
+    with pytest.raises(ValueError, match="no IVF cells"):
+        build(v[:100]).centroids()

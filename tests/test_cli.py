@@ -103,6 +103,16 @@ def test_bench_writes_ratios(tmp_path, capsys):
     assert "+checkpointing" in capsys.readouterr().out
 
 
+def test_bench_counts_what_backward_keeps_on_the_warm_up_step_or_an_extra_one():
+    from rsretrieval.bench import measure
+
+    on_warmup = measure("tiny", "mrs_adapter", batch_size=4, steps=1, warmup=1)
+    extra = measure("tiny", "mrs_adapter", batch_size=4, steps=1, warmup=0)
+    assert on_warmup["saved_for_backward_bytes"] == extra["saved_for_backward_bytes"] > 0
+    side = measure("tiny", "focus_adapter", batch_size=4, steps=1, warmup=1)
+    assert 0 < side["saved_for_backward_bytes"] < on_warmup["saved_for_backward_bytes"]
+
+
 def test_unknown_dataset_root_is_required(capsys):
     from rsretrieval.errors import DatasetNotFoundError
 

@@ -454,8 +454,8 @@ def time_epochs(
 
     Returns:
         ``uncached_seconds`` and ``cached_seconds`` (lists, one per epoch), ``cache_build_seconds``,
-        ``cache_hit``, ``speedup`` (uncached / cached seconds of the last epoch, i.e. an epoch after
-        the first), and each run's ``uncached_loss`` / ``cached_loss`` per epoch.
+        ``cache_hit``, ``speedup`` (uncached / cached seconds of the last epoch: with ``epochs`` >= 2,
+        an epoch after the first), and each run's ``uncached_loss`` / ``cached_loss`` per epoch.
     """
     from rsretrieval.training import TrainConfig, fit
 

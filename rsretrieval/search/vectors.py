@@ -29,6 +29,7 @@ import numpy as np
 from rsretrieval.errors import lazy_import
 
 EXACT_LIMIT = 50_000
+_TUNE_QUERIES = 200  # bench_search's held-out queries for tuning nprobe
 
 
 def _faiss():
@@ -49,10 +50,12 @@ class SearchParams:
 class VectorSearch:
     """Top-k inner-product search over ``vectors`` [n, d] (float32, rows unit-norm)."""
 
-    def __init__(self, vectors: np.ndarray, params: SearchParams, index: Any = None) -> None:
+    def __init__(self, vectors: np.ndarray, params: SearchParams, index: Any = None,
+                 assignment: np.ndarray | None = None) -> None:
         self.vectors = vectors
         self.params = params
         self.index = index
+        self.assignment = assignment  # each built vector's IVF cell (None for exact search)
 
     @property
     def ntotal(self) -> int:
@@ -74,14 +77,23 @@ class VectorSearch:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if self.index is not None:
             self.index.add(vectors)
+            self.assignment = None  # the new vectors' cells are FAISS's business
         self.vectors = vectors if self.vectors is None else np.concatenate([self.vectors, vectors])
 
+    def centroids(self) -> np.ndarray:
+        """The IVF cells' centres [nlist, d] (to build another index over the same vectors without k-means)."""
+        if self.index is None:
+            raise ValueError(f"a {self.params.backend} search has no IVF cells")
+        return self.index.quantizer.reconstruct_n(0, self.params.nlist)
+
     def memory_bytes(self) -> int:
-        """Bytes the search structure holds (the float vectors for exact/ivf; codes for ivfpq)."""
+        """Bytes the search structure holds: the float vectors (exact); each vector's code (float vector
+        for ivf, ``m`` bytes for ivfpq) and id, and the cells' centres (and the PQ codebooks)."""
         if self.index is None:
             return int(self.vectors.nbytes)
-        faiss = _faiss()
-        return int(faiss.serialize_index(self.index).nbytes)
+        d = self.index.d
+        codebooks = 256 * d * 4 if self.params.backend == "ivfpq" else 0  # m codebooks of 256 x d/m floats
+        return int(self.index.ntotal * (self.index.code_size + 8) + self.params.nlist * d * 4 + codebooks)
 
 
 def exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int, chunk: int = 262_144):
@@ -130,6 +142,8 @@ def build(
     k: int = 10,
     m: int = 64,
     tune_queries: np.ndarray | None = None,
+    tune_truth: np.ndarray | None = None,
+    cells_of: VectorSearch | None = None,
     seed: int = 0,
 ) -> VectorSearch:
     """Build a search structure over unit vectors.
@@ -144,6 +158,10 @@ def build(
         m: bytes per vector for ``ivfpq`` (d must be divisible by m).
         tune_queries: queries for tuning (default: 200 archive vectors with a little noise, a proxy
             for real queries, which land near the data).
+        tune_truth: the exact top-k ids of ``tune_queries`` [q, k], when already known.
+        cells_of: another IVF build over the same vectors whose cells are reused: their centres and
+            each vector's cell, so neither k-means nor the assignment runs again (IVF-PQ still
+            trains its codebooks).
         seed: k-means and sampling seed.
     """
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -157,8 +175,17 @@ def build(
     if backend not in ("ivf", "ivfpq"):
         raise ValueError(f"backend must be auto, exact, ivf or ivfpq, not {backend!r}")
     faiss = _faiss()
-    nlist = nlist or max(1, min(int(2 * math.sqrt(n)), n // 39))
     quantizer = faiss.IndexFlatIP(d)
+    assignment = None
+    if cells_of is not None:
+        if cells_of.assignment is None or len(cells_of.assignment) != n or cells_of.vectors.shape[1] != d:
+            raise ValueError(f"cells_of must be an IVF build over the same {n:,} x {d} vectors "
+                             f"(a {cells_of.params.backend} search over {cells_of.ntotal:,})")
+        if nlist and nlist != cells_of.params.nlist:
+            raise ValueError(f"nlist={nlist} but cells_of has {cells_of.params.nlist} cells")
+        nlist, assignment = cells_of.params.nlist, cells_of.assignment
+        quantizer.add(cells_of.centroids())  # a trained quantizer with nlist entries: FAISS skips k-means
+    nlist = nlist or max(1, min(int(2 * math.sqrt(n)), n // 39))
     if backend == "ivf":
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
     else:
@@ -169,24 +196,29 @@ def build(
     train = vectors[rng.choice(n, size=min(n, 40 * nlist), replace=False)]
     index.cp.seed = seed
     index.train(train)
-    index.add(vectors)
+    if assignment is None:
+        assignment = np.ascontiguousarray(quantizer.search(vectors, 1)[1][:, 0], dtype=np.int64)
+    index.add_core(n, faiss.swig_ptr(vectors), None, faiss.swig_ptr(assignment))  # what add() does, cells given
     params = SearchParams(backend, nlist=nlist, m=m if backend == "ivfpq" else 0,
                           rerank=20 * k if backend == "ivfpq" else 0)
-    search = VectorSearch(vectors, params, index)
+    search = VectorSearch(vectors, params, index, assignment)
     if tune_queries is None:
         picks = vectors[rng.choice(n, size=min(n, 200), replace=False)]
         tune_queries = _normalise(picks + rng.normal(0, 0.05, picks.shape).astype(np.float32))
-    tune_nprobe(search, tune_queries, k=k, target=target_recall)
+    tune_nprobe(search, tune_queries, k=k, target=target_recall, truth=tune_truth)
     return search
 
 
-def tune_nprobe(search: VectorSearch, queries: np.ndarray, *, k: int = 10, target: float = 0.95) -> float:
+def tune_nprobe(search: VectorSearch, queries: np.ndarray, *, k: int = 10, target: float = 0.95,
+                truth: np.ndarray | None = None) -> float:
     """Smallest power-of-two ``nprobe`` whose recall@k on ``queries`` reaches ``target``; returns the recall.
 
     Stops early when doubling ``nprobe`` gains less than half a point of recall: a compressed index
-    (IVF-PQ) plateaus below the target, and scanning more cells would only cost time.
+    (IVF-PQ) plateaus below the target, and scanning more cells would only cost time. ``truth``: the
+    queries' exact top-k ids, when already known (else computed here).
     """
-    _, truth = exact_topk(search.vectors, queries, k)
+    if truth is None:
+        _, truth = exact_topk(search.vectors, queries, k)
     nprobe, recall, previous = 1, 0.0, -1.0
     while True:
         search.index.nprobe = nprobe
@@ -216,7 +248,7 @@ def synthetic_vectors(n: int, dim: int, *, clusters: int = 1000, spread: float =
     step = 100_000
     for s in range(0, n, step):
         size = min(step, n - s)
-        x = rng.standard_normal((size, dim)).astype(np.float32)
+        x = rng.standard_normal((size, dim), dtype=np.float32)
         if not uniform:
             x = centres[rng.integers(0, clusters, size)] + spread / math.sqrt(dim) * x
         out[s:s + size] = _normalise(x)
@@ -239,7 +271,9 @@ def bench_search(n: int = 1_000_000, dim: int = 512, queries: int = 1000, k: int
 
     Single-query latency is timed one query at a time (the interactive case). Exact latency is timed
     on ``exact_queries`` queries (it is slow and steady); the recall of each FAISS index is measured
-    against exact top-k on all ``queries``.
+    against exact top-k on all ``queries``, and ``nprobe`` is tuned on 200 others. IVF-PQ is built
+    on IVF's cells (``ivfpq_build_s`` leaves out the k-means and assignment that ``faiss_build_s``
+    counts).
     """
     def say(msg: str) -> None:
         if progress:
@@ -253,24 +287,28 @@ def bench_search(n: int = 1_000_000, dim: int = 512, queries: int = 1000, k: int
     check_pq_split(dim, pq_m)  # before anything is built
     t0 = time.perf_counter()
     vectors = synthetic_vectors(n, dim, uniform=uniform, seed=seed)
-    qs = synthetic_vectors(queries, dim, uniform=uniform, seed=seed)  # same cluster centres: same seed
+    # measured queries, then 200 held-out ones that tune nprobe: near the data, as real queries are
+    qs = synthetic_vectors(queries + _TUNE_QUERIES, dim, uniform=uniform, seed=seed)  # same cluster centres
     rng = np.random.default_rng(seed + 1)
     qs = _normalise(qs + rng.normal(0, 0.5 / math.sqrt(dim), qs.shape).astype(np.float32))
     say(f"data: {n:,} x {dim} {'uniform' if uniform else 'clustered'} in {time.perf_counter() - t0:.1f} s")
 
     t = time.perf_counter()
-    _, truth = exact_topk(vectors, qs, k)
-    say(f"exact top-{k} of {queries} queries in {time.perf_counter() - t:.1f} s")
+    _, truth_all = exact_topk(vectors, qs, k)  # one pass over the archive for both query sets
+    qs, tune, truth, tune_truth = qs[:queries], qs[queries:], truth_all[:queries], truth_all[queries:]
+    say(f"exact top-{k} of {queries} + {_TUNE_QUERIES} queries in {time.perf_counter() - t:.1f} s")
     exact_lat = _latencies_ms(lambda q, kk: exact_topk(vectors, q, kk), qs[:exact_queries], k)
 
     result: dict[str, Any] = {"n": n, "dim": dim, "queries": queries, "k": k, "uniform": uniform,
                               "exact_p50_ms": float(np.median(exact_lat)),
                               "exact_p95_ms": float(np.percentile(exact_lat, 95)),
                               "exact_memory_bytes": int(vectors.nbytes), "exact_bytes_per_vector": 4 * dim}
-    tune = qs[: min(200, queries)]
+    ivf = None
     for backend in ("ivf", "ivfpq"):
         t = time.perf_counter()
-        search = build(vectors, backend, k=k, target_recall=target_recall, m=pq_m, tune_queries=tune, seed=seed)
+        # IVF-PQ reuses IVF's cells (k-means and assignment of the same vectors): its build time is its own work
+        search = build(vectors, backend, k=k, target_recall=target_recall, m=pq_m, tune_queries=tune,
+                       tune_truth=tune_truth, cells_of=ivf, seed=seed)
         build_s = time.perf_counter() - t
         found = search.search(qs, k)[1]
         lat = _latencies_ms(search.search, qs, k)
@@ -284,6 +322,9 @@ def bench_search(n: int = 1_000_000, dim: int = 512, queries: int = 1000, k: int
         })
         say(f"{backend}: build {build_s:.1f} s, recall@{k} {result[f'{prefix}_recall_at_k']:.3f}, "
             f"p50 {result[f'{prefix}_p50_ms']:.2f} ms, {mem / n:.0f} bytes/vector")
+        if backend == "ivf":
+            search.index.reset()  # the inverted lists (a copy of the vectors) go; the cells stay for IVF-PQ
+            ivf = search
         del search
     result["speedup_p50"] = result["exact_p50_ms"] / result["faiss_p50_ms"]
     return result
