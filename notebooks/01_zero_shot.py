@@ -24,7 +24,7 @@
 # 3. read a zero-shot baseline: overall, per scene, and query by query;
 # 4. see how much the wording of a prompt changes the result.
 #
-# **Expected runtime.** CPU: about 1 minute with MiniCLIP on SynthRS (ViT-B/32 on RSITMD's test
+# **Expected runtime.** CPU: under a minute with MiniCLIP on SynthRS (ViT-B/32 on RSITMD's test
 # split: about 10 minutes). GPU: under a minute either way.
 
 # %%

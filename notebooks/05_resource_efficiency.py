@@ -23,10 +23,10 @@
 # 3. see what caching frozen features buys when the backbone never changes;
 # 4. run the same measurement on a GPU.
 #
-# **Expected runtime.** CPU: about 14 minutes on 2 cores (ViT-B/32, batch 32, six methods and two
-# with gradient checkpointing, each in its own process, plus the cache timing on MiniCLIP; the cost
-# figure reads the zoo; the worked answers add 3 more). `BENCH_STEPS=1` or `BENCH_MODEL="mini"`
-# makes it shorter. GPU: about a minute.
+# **Expected runtime.** CPU: about 6 minutes on 2 cores (ViT-B/32, batch 32, one timed step of four
+# methods and of two with gradient checkpointing, each in its own process, plus the cache timing on
+# MiniCLIP; the cost figure reads the zoo; the worked answers add up to 3 more).
+# `BENCH_MODEL="mini"` makes it shorter. GPU: about a minute.
 
 # %%
 # Run first: in a kernel without rsretrieval (Colab, a lab machine), say how to get it.
@@ -63,7 +63,7 @@ import json
 import torch
 from matplotlib.figure import Figure
 
-from rsretrieval.bench import bench, format_table
+from rsretrieval.bench import bench, format_table, measure
 from rsretrieval.cmer.cache import time_epochs
 from rsretrieval.methods import apply_method
 from rsretrieval.models import create_model
@@ -174,9 +174,9 @@ print(f"an epoch from the cache: {timing['speedup']:.1f}x faster than from pixel
 # recipe, 3 seeds) recorded how many epochs each trained, its best validation mR and its peak
 # memory. Their wall-clock seconds were measured while other builds shared the machine, so they
 # are printed but not plotted: the figure's seconds are the zoo's epochs times an epoch's time
-# measured here, in one run (`bench` on MiniCLIP for the methods that read pixels, section 3's
-# timing for the cached branch). The Focus-Adapter appears twice: trained from pixels, and from
-# the cache.
+# measured here, in one run (`bench.measure` on MiniCLIP, in this process, for the methods that
+# read pixels; section 3's timing for the cached branch). The Focus-Adapter appears twice:
+# trained from pixels, and from the cache.
 
 # %%
 import statistics
@@ -187,9 +187,10 @@ seeds = [SEED + k for k in range(1 if SMOKE else N_SEEDS)]  # a smoke run checks
 cost_runs, where = zoo_runs(cfg, DATASET, DATA_DIR, RECIPE, list(COST), seeds, None)
 print(f"{len(cost_runs)} runs: {where}")
 pairs = splits["train"].num_captions
-# MiniCLIP's steps take a fraction of a second: five of them are timed, for a steadier rate
-epoch_bench = {r["method"]: r for r in bench(MODEL, ["full", "mrs_adapter", "focus_adapter"], batch_size=64,
-                                              steps=1 if SMOKE else 5, device=device, progress=False)}
+# only the rate is needed here (memory comes from the zoo's runs), so MiniCLIP is timed in this process;
+# its steps take a fraction of a second: five of them are timed, for a steadier rate
+epoch_bench = {m: measure(MODEL, m, batch_size=64, steps=1 if SMOKE else 5, device=device)
+               for m in ("full", "mrs_adapter", "focus_adapter")}
 epoch_seconds = {"full": pairs / epoch_bench["full"]["samples_per_s"],
                  "mrs_adapter": pairs / epoch_bench["mrs_adapter"]["samples_per_s"],
                  "focus_adapter_uncached": pairs / epoch_bench["focus_adapter"]["samples_per_s"],
