@@ -47,6 +47,12 @@ class ZooConfig:
     # loss knobs (CMERConfig fields) taken from the recipe's cmer entry: an ablation runs its component
     # with the settings CMER's sweep chose on validation
     cmer_knobs: tuple[str, ...] = ()
+    # how many of the build's seeds it takes (None: all); which entries exist, not what one is
+    n_seeds: int | None = None
+
+    def seeds_of(self, seeds: list[int]) -> list[int]:
+        """The seeds of ``seeds`` this configuration is built for: the first ``n_seeds`` of them."""
+        return list(seeds)[: self.n_seeds] if self.n_seeds else list(seeds)
 
     @property
     def slug(self) -> str:
@@ -62,14 +68,17 @@ CONFIGS: tuple[ZooConfig, ...] = (
     ZooConfig("focus_adapter", "focus_adapter", "infonce", notebooks=("03", "04")),  # 04's "+focus"
     ZooConfig("side_branch", "focus_adapter", "infonce", _MEAN, notebooks=("03", "04")),  # mean pooling
     ZooConfig("focus_adapter_gate1", "focus_adapter", "infonce", {"gate_scale": 1.0}, notebooks=("03",)),
-    ZooConfig("focus_adapter_uncached", "focus_adapter", "infonce", notebooks=("05",), cache_features=False),
+    # what the cache saves in time and memory (notebook 05), not a score to average: one seed
+    ZooConfig("focus_adapter_uncached", "focus_adapter", "infonce", notebooks=("05",), cache_features=False,
+              n_seeds=1),
     ZooConfig("+scene", "focus_adapter", "cmer", _MEAN, {"queue_weight": 0.0}, notebooks=("04",),
               cmer_knobs=("scene_prob",)),
     ZooConfig("+recycling", "focus_adapter", "recycling", _MEAN, notebooks=("04",),
               cmer_knobs=("queue_weight", "queue_size", "queue_warmup")),
     ZooConfig("cmer", "cmer", "cmer", notebooks=("04",)),
     # 04's batch x queue sweep: the side branch without and with the queues at two batch sizes, and
-    # two other queue sizes at the small batch; the same number of pairs for every batch size.
+    # two other queue sizes at the small batch; the same number of pairs for every batch size. At the
+    # recipe's batch its corners are side_branch and +recycling: the build trains each such run once.
     *(ZooConfig(f"sweep-b{b}-q{q}", "focus_adapter", "recycling" if q else "infonce", _MEAN,
                 {"queue_size": q} if q else {}, {"batch_size": b}, notebooks=("04",),
                 cmer_knobs=("queue_weight", "queue_warmup") if q else ())
@@ -131,9 +140,12 @@ def build_zoo(only: list[str] | None = None, seeds: list[int] | None = None, out
               workers: int = 1, isolate: bool = True, progress: bool = True) -> dict[str, Any]:
     """Train every selected configuration for every seed (a finished entry is kept, an interrupted one resumes).
 
+    Two configurations that train the same run (the same method, loss, settings and seed) train it once:
+    the second's row is the first's, under its own label, with ``same_run_as`` naming the entry trained.
+
     Args:
         only: labels or methods (:func:`select`); None: all.
-        seeds: default :data:`SEEDS`.
+        seeds: default :data:`SEEDS`; a configuration with ``n_seeds`` takes the first ones.
         out: the zoo folder (default :func:`zoo_dir`): ``zoo.json``, ``files/``, and the run folders in
             ``runs/`` (checkpoints to resume from; not committed).
         settings: model, data, recipe, device, threads.
@@ -158,16 +170,27 @@ def build_zoo(only: list[str] | None = None, seeds: list[int] | None = None, out
     if doc.get("settings") != json.loads(json.dumps(asdict(settings))):
         raise ValueError(f"{index} is a zoo of other settings ({doc.get('settings')}); build into another --out "
                          "folder, or delete it to rebuild")
-    todo = []
-    for config, seed in ((c, s) for c in picked for s in seeds):
-        row = next((e for e in doc["entries"] if e["key"] == f"{config.slug}-s{seed}"), None)
-        if row is None or row["config"] != _plain(config) or row.get("recipe_settings") != _recipe_of(
-                settings, config) or not _file_ok(folder, row):  # new, changed, re-swept or damaged
-            todo.append((config, seed))
-    if todo:
+    jobs = [(c, s) for c in picked for s in c.seeds_of(seeds)]
+    by_label = {c.label: c for c in configs}
+    fresh = {e["key"]: e for e in doc["entries"] if e["label"] in by_label and _fresh(e, by_label[e["label"]],
+                                                                                      folder, settings)}
+    trained = {}  # what decides a run's weights -> a fresh row that holds them
+    for row in fresh.values():
+        trained.setdefault(_run_of(settings, by_label[row["label"]], row["seed"]), row)
+    todo = [(c, s) for c, s in jobs if f"{c.slug}-s{s}" not in fresh]  # new, changed, re-swept or damaged
+    # two configurations that train the same run (a grid's corner that is another entry) train it once
+    firsts, followers, twins = [], {}, []
+    for config, seed in todo:
+        run = _run_of(settings, config, seed)
+        if run in trained:
+            twins.append(_twin_row(trained[run], config, seed, settings))
+        elif any(_run_of(settings, c, s) == run for c, s in firsts):
+            followers.setdefault(run, []).append((config, seed))
+        else:
+            firsts.append((config, seed))
+    if firsts:
         settings.data_root()  # a regime's data is generated here, once, not by two children at the same time
-    bar = tqdm(total=len(picked) * len(seeds), initial=len(picked) * len(seeds) - len(todo), desc="zoo",
-               disable=not progress)
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="zoo", disable=not progress)
 
     def land(row: dict[str, Any]) -> None:  # only this thread writes zoo.json
         with file_lock(index):  # another build into this folder (other --only) may have landed entries
@@ -179,17 +202,23 @@ def build_zoo(only: list[str] | None = None, seeds: list[int] | None = None, out
         bar.set_postfix_str(row["key"])
         bar.update(1)
 
+    for row in twins:
+        land(row)
     with ThreadPoolExecutor(max_workers=max(1, workers) if isolate else 1) as pool:  # each waits on a child
         train = _run_child if isolate else _in_process
-        pending = {pool.submit(train, config, seed, folder, settings) for config, seed in todo}
+        pending = {pool.submit(train, config, seed, folder, settings): (config, seed) for config, seed in firsts}
         while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)  # each entry lands as it finishes
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)  # each entry lands as it finishes
             for future in done:
+                config, seed = pending.pop(future)
                 if future.exception() is not None:
                     for other in pending:
                         other.cancel()  # the running ones finish (and stay resumable); nothing new starts
                     raise future.exception()
-                land(future.result())
+                row = future.result()
+                land(row)
+                for twin, twin_seed in followers.get(_run_of(settings, config, seed), []):
+                    land(_twin_row(row, twin, twin_seed, settings))
     bar.close()
     return doc
 
@@ -204,6 +233,27 @@ def _recipe_of(settings: ZooSettings, config: ZooConfig) -> dict[str, Any] | Non
     if config.cmer_knobs:
         chosen["cmer_knobs"] = _cmer_knobs(settings, config)
     return json.loads(json.dumps(chosen))
+
+
+def _run_of(settings: ZooSettings, config: ZooConfig, seed: int) -> str:
+    """What decides an entry's weights besides the zoo's settings: the same string, the same file."""
+    from rsretrieval.training import TrainConfig
+
+    recipe = _recipe_of(settings, config) or {}
+    recipe.pop("cmer_knobs", None)  # taken into the loss keywords below
+    train = {**asdict(TrainConfig()), **recipe.get("train", {}), **config.train}  # as run_method resolves them
+    return json.dumps({"method": config.method, "loss": config.loss, "method_kwargs": config.method_kwargs,
+                       "loss_kwargs": {**_cmer_knobs(settings, config), **config.loss_kwargs}, "train": train,
+                       "cache_features": config.cache_features, "recipe": recipe, "seed": seed}, sort_keys=True,
+                      default=list)
+
+
+def _twin_row(row: dict[str, Any], config: ZooConfig, seed: int, settings: ZooSettings) -> dict[str, Any]:
+    """The row of ``config`` when ``row`` trained the same run: its file and results, under this label."""
+    command = ["python", "-m", "rsretrieval", "zoo", "build", "--only", config.label, "--seed", str(seed)]
+    return {**row, "key": f"{config.slug}-s{seed}", "label": config.label, "config": _plain(config),
+            "recipe_settings": _recipe_of(settings, config), "same_run_as": row.get("same_run_as", row["key"]),
+            "command": shlex.join(command + _settings_args(settings))}
 
 
 # the recycling loss names the queue's knobs as RecyclingLoss does
@@ -223,6 +273,7 @@ def _cmer_knobs(settings: ZooSettings, config: ZooConfig) -> dict[str, Any]:
 
 def _plain(config: ZooConfig) -> dict[str, Any]:
     plain = json.loads(json.dumps(asdict(config)))
+    del plain["n_seeds"]  # which entries a build makes, not what an entry is
     if not plain["cmer_knobs"]:
         del plain["cmer_knobs"]  # entries made before the field existed keep their config
     return plain
@@ -230,6 +281,12 @@ def _plain(config: ZooConfig) -> dict[str, Any]:
 
 def _order(configs: tuple[ZooConfig, ...], label: str) -> int:
     return next((k for k, c in enumerate(configs) if c.label == label), len(configs))
+
+
+def _fresh(row: dict[str, Any], config: ZooConfig, folder: Path, settings: ZooSettings) -> bool:
+    """Whether ``row`` is what building ``config`` now would give: the same config and recipe, its file intact."""
+    return row["config"] == _plain(config) and row.get("recipe_settings") == _recipe_of(settings, config) \
+        and _file_ok(folder, row)
 
 
 def _file_ok(folder: Path, row: dict[str, Any]) -> bool:
@@ -404,7 +461,7 @@ def ensure_zoo(settings: ZooSettings, labels: list[str], seeds: list[int], out: 
     Returns:
         (the zoo document, its folder).
     """
-    wanted = {(label, seed) for label in labels for seed in seeds}
+    wanted = {(c.label, seed) for c in select(labels, configs) for seed in c.seeds_of(seeds)}
     committed = find_zoo(settings)
     home = zoo_dir(settings.model, settings.dataset, settings.regime)
     if committed is not None and not train:

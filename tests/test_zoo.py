@@ -113,6 +113,18 @@ def test_zoo_entries_have_provenance_resume_and_rebuild_bit_for_bit(tiny_root, t
         {e["key"]: e["file_sha256"] for e in doc["entries"]}
 
 
+def test_the_committed_zoo_is_what_a_build_makes_now():
+    from rsretrieval.zoo import SEEDS, load_zoo, zoo_dir
+
+    doc = load_zoo()
+    settings, by_label = ZooSettings(**doc["settings"]), {c.label: c for c in CONFIGS}
+    assert [e["key"] for e in doc["entries"]] == [f"{c.slug}-s{s}" for c in CONFIGS for s in c.seeds_of(list(SEEDS))]
+    stale = [e["key"] for e in doc["entries"] if not zoo._fresh(e, by_label[e["label"]], zoo_dir(), settings)]
+    assert not stale, f"stale or damaged entries: {stale}; rebuild them with `python -m rsretrieval zoo build`"
+    for c in CONFIGS:  # notebooks 02-04 average over 3 seeds
+        assert c.n_seeds is None or set(c.notebooks) <= {"05"}, c.label
+
+
 def test_ablations_take_their_components_knobs_from_cmers_recipe(monkeypatch):
     from types import SimpleNamespace
 
@@ -133,7 +145,7 @@ def test_ablations_take_their_components_knobs_from_cmers_recipe(monkeypatch):
 
 
 def test_each_entry_lands_in_zoo_json_as_it_finishes(tmp_path, monkeypatch):
-    configs = (ZooConfig("a", "linear_probe"), ZooConfig("b", "linear_probe"))
+    configs = (ZooConfig("a", "linear_probe"), ZooConfig("b", "linear_probe", train={"lr": 0.01}))
     seen = []
 
     def fake_child(config, seed, folder, settings):
@@ -153,6 +165,53 @@ def test_each_entry_lands_in_zoo_json_as_it_finishes(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo, "_run_child", fake_child)
     build_zoo(None, [0], tmp_path / "z", ZooSettings(recipe=None), configs=configs, workers=1, progress=False)
     assert seen == [[], ["a-s0"]]  # the first entry was in zoo.json while the second was still training
+
+
+def _fake_child(trained):
+    def child(config, seed, folder, settings):
+        trained.append(f"{config.slug}-s{seed}")
+        (folder / "files").mkdir(parents=True, exist_ok=True)
+        path = folder / "files" / f"{config.slug}-s{seed}.pt"
+        path.write_bytes(f"{config.slug}-s{seed}".encode())
+        return {"key": f"{config.slug}-s{seed}", "label": config.label, "seed": seed, "config": zoo._plain(config),
+                "recipe_settings": None, "file": str(path.relative_to(folder)), "file_sha256": zoo.sha256_file(path),
+                "command": "train it"}
+    return child
+
+
+def test_configurations_that_train_the_same_run_train_it_once(tmp_path, monkeypatch):
+    configs = (ZooConfig("side", "focus_adapter", "infonce", {"pooling": "mean"}),
+               ZooConfig("grid-b64", "focus_adapter", "infonce", {"pooling": "mean"}, train={}),
+               ZooConfig("grid-b16", "focus_adapter", "infonce", {"pooling": "mean"}, train={"batch_size": 16}),
+               ZooConfig("uncached", "focus_adapter", "infonce", cache_features=False, n_seeds=1))
+    trained = []
+    monkeypatch.setattr(zoo, "_run_child", _fake_child(trained))
+    settings = ZooSettings(recipe=None)
+    doc = build_zoo(None, [0, 1], tmp_path, settings, configs=configs, workers=2, progress=False)
+    assert sorted(trained) == ["grid-b16-s0", "grid-b16-s1", "side-s0", "side-s1", "uncached-s0"]
+    rows = {e["key"]: e for e in doc["entries"]}
+    assert list(rows) == ["side-s0", "side-s1", "grid-b64-s0", "grid-b64-s1", "grid-b16-s0", "grid-b16-s1",
+                          "uncached-s0"]
+    twin = rows["grid-b64-s1"]
+    assert twin["same_run_as"] == "side-s1" and twin["file"] == rows["side-s1"]["file"]
+    assert twin["label"] == "grid-b64" and twin["config"] == zoo._plain(configs[1]) and "n_seeds" not in twin["config"]
+    assert "--only grid-b64 --seed 1" in twin["command"] and "same_run_as" not in rows["grid-b16-s1"]
+
+    # Built again, or only the twin: nothing trains, the twin's row is kept.
+    assert build_zoo(None, [0, 1], tmp_path, settings, configs=configs, progress=False) == doc
+    assert build_zoo(["grid-b64"], [0, 1], tmp_path, settings, configs=configs, progress=False) == doc
+    assert len(trained) == 5
+
+    # A zoo that lacks the twin's row derives it from the run it has, without training.
+    doc["entries"] = [e for e in doc["entries"] if e["key"] != "grid-b64-s0"]
+    zoo.atomic_write_json(tmp_path / "zoo.json", doc)
+    again = build_zoo(["grid-b64"], [0], tmp_path, settings, configs=configs, progress=False)
+    assert len(trained) == 5 and {e["key"]: e for e in again["entries"]}["grid-b64-s0"]["same_run_as"] == "side-s0"
+
+    # A notebook that asks for every seed of a one-seed configuration gets (and needs) its one seed.
+    monkeypatch.setattr(zoo, "zoo_dir", lambda *a: tmp_path)
+    monkeypatch.setattr(zoo, "find_zoo", lambda s, folder=None: again)
+    assert ensure_zoo(settings, ["uncached", "side"], [0, 1], tmp_path / "out", configs=configs) == (again, tmp_path)
 
 
 def test_a_child_ends_when_its_build_is_killed(tmp_path):
