@@ -209,7 +209,8 @@ print(f"{'':32s} {'val mR':>15s} {'seeds':>5s} {'epochs':>6s} {'s/epoch':>8s} {'
       f"{'MiB':>6s}")
 for p, label in zip(points, COST):
     print(f"{p['label']:32s} {p['val_mr']:6.2f} ± {p['val_mr_std']:4.2f}   {p['n']:5d} {p['epochs']:6.1f} "
-          f"{epoch_seconds[label]:8.1f} {p['seconds']:8.0f} {p['zoo_wall_seconds']:10.0f} {p['memory_bytes'] / 2**20:6.0f}")
+          f"{epoch_seconds[label]:8.1f} {p['seconds']:8.0f} {p['zoo_wall_seconds']:10.0f} "
+          f"{p['memory_bytes'] / 2**20:6.0f}")
 plot_cost(points, title=f"{MODEL} on {DATASET}: val mR against what training cost (the zoo's runs)")
 
 # %%

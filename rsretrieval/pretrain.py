@@ -30,7 +30,7 @@ _logger = logging.getLogger(__name__)
 
 @dataclass
 class PretrainConfig:
-    """Settings of MiniCLIP's pretraining; the defaults (MiniCLIP 2) fit about 15 minutes on 2 CPU cores."""
+    """Settings of MiniCLIP's pretraining; the defaults (MiniCLIP 2) take 20-25 minutes on 2 CPU cores."""
 
     model: str = "mini"
     tag: str = "synthrs"
