@@ -384,7 +384,8 @@ def cmd_zoo_show(args: argparse.Namespace) -> int:
     print(f"{'entry':28s} {'epoch':>5s} {'val mR':>7s} {'test mR':>7s} {'train s':>8s} {'peak MB':>8s} {'file MB':>7s}")
     for e in doc["entries"]:
         print(f"{e['key']:28s} {e['best_epoch']:5d} {e['val_mr']:7.2f} {e['test_mr']:7.2f} {e['train_seconds']:8.0f} "
-              f"{e['peak_memory_bytes'] / 2**20:8.0f} {e['file_bytes'] / 1e6:7.2f}")
+              f"{e['peak_memory_bytes'] / 2**20:8.0f} {e['file_bytes'] / 1e6:7.2f}"
+              + (f"  (the run of {e['same_run_as']})" if e.get("same_run_as") else ""))
     return 0
 
 
