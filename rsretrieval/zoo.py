@@ -179,15 +179,16 @@ def build_zoo(only: list[str] | None = None, seeds: list[int] | None = None, out
         trained.setdefault(_run_of(settings, by_label[row["label"]], row["seed"]), row)
     todo = [(c, s) for c, s in jobs if f"{c.slug}-s{s}" not in fresh]  # new, changed, re-swept or damaged
     # two configurations that train the same run (a grid's corner that is another entry) train it once
-    firsts, followers, twins = [], {}, []
+    runs = {(c.label, s): _run_of(settings, c, s) for c, s in todo}
+    firsts, followers, twins = {}, {}, []
     for config, seed in todo:
-        run = _run_of(settings, config, seed)
+        run = runs[config.label, seed]
         if run in trained:
             twins.append(_twin_row(trained[run], config, seed, settings))
-        elif any(_run_of(settings, c, s) == run for c, s in firsts):
+        elif run in firsts:
             followers.setdefault(run, []).append((config, seed))
         else:
-            firsts.append((config, seed))
+            firsts[run] = (config, seed)
     if firsts:
         settings.data_root()  # a regime's data is generated here, once, not by two children at the same time
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="zoo", disable=not progress)
@@ -206,18 +207,18 @@ def build_zoo(only: list[str] | None = None, seeds: list[int] | None = None, out
         land(row)
     with ThreadPoolExecutor(max_workers=max(1, workers) if isolate else 1) as pool:  # each waits on a child
         train = _run_child if isolate else _in_process
-        pending = {pool.submit(train, config, seed, folder, settings): (config, seed) for config, seed in firsts}
+        pending = {pool.submit(train, config, seed, folder, settings): run for run, (config, seed) in firsts.items()}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)  # each entry lands as it finishes
             for future in done:
-                config, seed = pending.pop(future)
+                run = pending.pop(future)
                 if future.exception() is not None:
                     for other in pending:
                         other.cancel()  # the running ones finish (and stay resumable); nothing new starts
                     raise future.exception()
                 row = future.result()
                 land(row)
-                for twin, twin_seed in followers.get(_run_of(settings, config, seed), []):
+                for twin, twin_seed in followers.get(run, []):
                     land(_twin_row(row, twin, twin_seed, settings))
     bar.close()
     return doc
