@@ -251,10 +251,9 @@ def _run_of(settings: ZooSettings, config: ZooConfig, seed: int) -> str:
 
 def _twin_row(row: dict[str, Any], config: ZooConfig, seed: int, settings: ZooSettings) -> dict[str, Any]:
     """The row of ``config`` when ``row`` trained the same run: its file and results, under this label."""
-    command = ["python", "-m", "rsretrieval", "zoo", "build", "--only", config.label, "--seed", str(seed)]
     return {**row, "key": f"{config.slug}-s{seed}", "label": config.label, "config": _plain(config),
             "recipe_settings": _recipe_of(settings, config), "same_run_as": row.get("same_run_as", row["key"]),
-            "command": shlex.join(command + _settings_args(settings))}
+            "command": _rebuild_command(config, seed, settings)}
 
 
 # the recycling loss names the queue's knobs as RecyclingLoss does
@@ -352,7 +351,6 @@ def train_entry(config: ZooConfig, seed: int, folder: Path, settings: ZooSetting
     test = score_stored({"method": config.method, "seed": seed, "file": str(target.relative_to(folder))},
                         folder, settings, splits[2])
     records = result["history"]["records"]
-    command = ["python", "-m", "rsretrieval", "zoo", "build", "--only", config.label, "--seed", str(seed)]
     return {
         "key": key, "label": config.label, "method": config.method, "config": _plain(config),
         "loss": result["loss"], "seed": seed, "recipe": settings.recipe,
@@ -364,8 +362,14 @@ def train_entry(config: ZooConfig, seed: int, folder: Path, settings: ZooSetting
         "peak_memory_bytes": peak_rss_bytes(), "file": str(target.relative_to(folder)),
         "file_bytes": target.stat().st_size, "file_sha256": sha256_file(target), "identity": result["identity"],
         "history": [{k: r.get(k) for k in ("epoch", "train_loss", "val_mr", "lr")} for r in records],
-        "library_version": rsretrieval.__version__, "command": shlex.join(command + _settings_args(settings)),
+        "library_version": rsretrieval.__version__, "command": _rebuild_command(config, seed, settings),
     }
+
+
+def _rebuild_command(config: ZooConfig, seed: int, settings: ZooSettings) -> str:
+    """The command line that builds this one entry again."""
+    command = ["python", "-m", "rsretrieval", "zoo", "build", "--only", config.label, "--seed", str(seed)]
+    return shlex.join(command + _settings_args(settings))
 
 
 def _settings_args(settings: ZooSettings) -> list[str]:
