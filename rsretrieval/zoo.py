@@ -242,7 +242,7 @@ def _run_of(settings: ZooSettings, config: ZooConfig, seed: int) -> str:
 
     recipe = _recipe_of(settings, config) or {}
     recipe.pop("cmer_knobs", None)  # taken into the loss keywords below
-    train = {**asdict(TrainConfig()), **recipe.get("train", {}), **config.train}  # as run_method resolves them
+    train = {**asdict(TrainConfig()), **recipe.pop("train", {}), **config.train}  # as run_method resolves them
     return json.dumps({"method": config.method, "loss": config.loss, "method_kwargs": config.method_kwargs,
                        "loss_kwargs": {**_cmer_knobs(settings, config), **config.loss_kwargs}, "train": train,
                        "cache_features": config.cache_features, "recipe": recipe, "seed": seed}, sort_keys=True,
