@@ -128,7 +128,7 @@ if {"web", "source"} <= set(by_name):
     print(f"aerial web photos in the pretraining data: {gain:+.2f} test mR over object photos alone")
 for other, what in (("web-half-data", "half the images"), ("web-1-epoch", "one epoch instead of two"),
                     ("web-3-epochs", "three epochs instead of two"),
-                    ("web-2-layers", "2 layers a tower instead of 4"), ("web-width-128", "width 128 instead of 192")):
+                    ("web-2-layers", "2 layers a tower instead of 4"), ("web-width-192", "width 192 instead of 128")):
     if {"web", other} <= set(by_name):
         delta = by_name[other]["zero_shot_test_mr"] - by_name["web"]["zero_shot_test_mr"]
         minutes = by_name[other]["minutes"] - by_name["web"]["minutes"]

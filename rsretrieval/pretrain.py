@@ -1,7 +1,7 @@
 """MiniCLIP: a small CLIP pretrained here, offline, so the course can teach transfer.
 
 No pretrained CLIP can be downloaded on the course's machines, yet every chapter is about
-transferring a pretrained model. So we pretrain the ``mini`` architecture (13.2M parameters) on
+transferring a pretrained model. So we pretrain the ``mini`` architecture (8.0M parameters: 4 layers of width 128 a tower) on
 SynthRS's *web* domain -- photos of objects on coloured backdrops or named grounds, plus aerial
 web photos of each scene, all with web-like alt-text ("aerial view of a busy airport") -- and
 transfer it to the top-down *rs* domain, as OpenAI's CLIP was pretrained on web photos (some of
@@ -30,7 +30,7 @@ _logger = logging.getLogger(__name__)
 
 @dataclass
 class PretrainConfig:
-    """Settings of MiniCLIP's pretraining; the defaults (MiniCLIP 2) take 20-25 minutes on 2 CPU cores."""
+    """Settings of MiniCLIP's pretraining; the defaults (MiniCLIP 2) take 11-13 minutes on 2 CPU cores."""
 
     model: str = "mini"
     tag: str = "synthrs"
@@ -132,7 +132,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "web-1-epoch": {"epochs": 1},  # the same steps as half the data, on twice the distinct images
     "web-3-epochs": {"epochs": 3},  # what training longer buys
     "web-2-layers": {"model": "mini-2-layers"},  # what depth buys: 2 transformer layers a tower, not 4
-    "web-width-128": {"model": "mini-width-128"},  # what width buys: 128 channels, not 192
+    "web-width-192": {"model": "mini-width-192"},  # what width buys: 192 channels, not 128
 }
 VARIANTS_FILE = Path(__file__).parent / "models" / "weights" / "pretrain-variants.json"
 

@@ -15,12 +15,12 @@ from rsretrieval.models.factory import _resolve_name
 
 def test_our_configs_are_listed_first():
     names = list_models()
-    assert names[:4] == ["mini", "mini-2-layers", "mini-width-128", "tiny"]
+    assert names[:4] == ["mini", "mini-2-layers", "mini-width-192", "tiny"]
     assert "ViT-B-32" in names
 
 
 def test_unknown_model_lists_the_known_ones():
-    with pytest.raises(ModelNotFoundError, match="Available: mini, mini-2-layers, mini-width-128, tiny"):
+    with pytest.raises(ModelNotFoundError, match="Available: mini, mini-2-layers, mini-width-192, tiny"):
         create_model("ViT-Nope")
 
 

@@ -41,7 +41,7 @@ class MRSAdapterConfig(MethodConfig):
 
     On ViT-B-32 (768 / 512): 768*64+64 + 512*64+64 + 64*704+704 + 64*448+448 + 64*64+64 =
     **161,088** trainable parameters, PE-RSITR's 0.16M. Other widths keep ``shared_dim`` = 64 and
-    give the modality-specific ups the rest: on ``mini`` (192 / 192) they are 64 -> 128 each, on
+    give the modality-specific ups the rest: on ``mini`` (128 / 128) they are 64 -> 64 each, on
     ``tiny`` (64 / 64) they vanish and the whole up projection is shared.
     """
 

@@ -253,7 +253,7 @@ def create_model(
             if not local.is_file():
                 raise ModelNotFoundError(
                     f"weights {name}/{tag} are not at {local}. Create them with "
-                    f"`python -m rsretrieval pretrain --model {name}` (20-25 minutes on 2 CPU cores)."
+                    f"`python -m rsretrieval pretrain --model {name}` (11-13 minutes on 2 CPU cores)."
                 )
             compact, weights = local, None  # our compact format: built random, then filled below
         elif Path(tag).is_file() and is_compact(tag):  # e.g. a full fine-tune of the zoo
