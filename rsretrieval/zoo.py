@@ -165,11 +165,15 @@ def build_zoo(only: list[str] | None = None, seeds: list[int] | None = None, out
     picked = select(only, configs)
     seeds = list(SEEDS if seeds is None else seeds)
     index = folder / "zoo.json"
-    doc = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else \
-        {"zoo_version": ZOO_VERSION, "settings": asdict(settings), "entries": []}
+    base = base_weights(settings)
+    doc = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else _new_doc(settings, base)
     if doc.get("settings") != json.loads(json.dumps(asdict(settings))):
         raise ValueError(f"{index} is a zoo of other settings ({doc.get('settings')}); build into another --out "
                          "folder, or delete it to rebuild")
+    if doc.get("base_weights") != base:
+        raise ValueError(f"{index} is a zoo of other base weights ({doc.get('base_weights') or 'not recorded'}; "
+                         f"{settings.model} {settings.pretrained} is now {base}): build into another --out folder, "
+                         "or delete it to rebuild")
     jobs = [(c, s) for c in picked for s in c.seeds_of(seeds)]
     by_label = {c.label: c for c in configs}
     fresh = {e["key"]: e for e in doc["entries"] if e["label"] in by_label and _fresh(e, by_label[e["label"]],
@@ -222,6 +226,23 @@ def build_zoo(only: list[str] | None = None, seeds: list[int] | None = None, out
                     land(_twin_row(row, twin, twin_seed, settings))
     bar.close()
     return doc
+
+
+def base_weights(settings: ZooSettings) -> str | None:
+    """What the zoo's base weights are: a file's sha256 (ours, or a path), else the published tag; None: random.
+
+    A zoo is of one set of base weights: re-pretraining MiniCLIP makes every entry of the old zoo stale.
+    """
+    from rsretrieval.models.factory import local_pretrained_path
+
+    if not settings.pretrained:
+        return None
+    path = local_pretrained_path(settings.model, settings.pretrained) or Path(settings.pretrained)
+    return f"sha256:{sha256_file(path)}" if path.is_file() else f"tag:{settings.pretrained}"
+
+
+def _new_doc(settings: ZooSettings, base: str | None) -> dict[str, Any]:
+    return {"zoo_version": ZOO_VERSION, "settings": asdict(settings), "base_weights": base, "entries": []}
 
 
 def _recipe_of(settings: ZooSettings, config: ZooConfig) -> dict[str, Any] | None:
@@ -442,14 +463,15 @@ _WHAT_DECIDES = ("model", "pretrained", "dataset", "root", "recipe", "regime")  
 
 
 def find_zoo(settings: ZooSettings, folder: str | Path | None = None) -> dict[str, Any] | None:
-    """The zoo in ``folder`` (default :func:`zoo_dir`) if it was built for the same model, data and
-    recipe as ``settings`` (on any device), else None."""
+    """The zoo in ``folder`` (default :func:`zoo_dir`) if it was built for the same model, base weights,
+    data and recipe as ``settings`` (on any device), else None."""
     index = Path(folder or zoo_dir(settings.model, settings.dataset, settings.regime)) / "zoo.json"
     if not index.is_file():
         return None
     doc = json.loads(index.read_text(encoding="utf-8"))
     wanted = json.loads(json.dumps(asdict(settings)))
-    return doc if all(doc.get("settings", {}).get(k) == wanted[k] for k in _WHAT_DECIDES) else None  # None == absent
+    same = all(doc.get("settings", {}).get(k) == wanted[k] for k in _WHAT_DECIDES)  # None == absent
+    return doc if same and doc.get("base_weights") == base_weights(settings) else None
 
 
 def ensure_zoo(settings: ZooSettings, labels: list[str], seeds: list[int], out: str | Path, *,
@@ -482,8 +504,9 @@ def _copy_entries(doc: dict[str, Any], source: Path, out: Path, settings: ZooSet
     """Copy the ``wanted`` entries of the zoo in ``source`` (same model, data and recipe) into the zoo in ``out``."""
     index = out / "zoo.json"
     mine = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else \
-        {"zoo_version": ZOO_VERSION, "settings": asdict(settings), "entries": []}
-    if mine.get("settings") != json.loads(json.dumps(asdict(settings))):
+        _new_doc(settings, doc.get("base_weights"))
+    if mine.get("settings") != json.loads(json.dumps(asdict(settings))) or \
+            mine.get("base_weights") != doc.get("base_weights"):
         return  # build_zoo refuses it by name
     keys = {e["key"] for e in mine["entries"]}
     rows = [e for e in doc["entries"] if (e["label"], e["seed"]) in wanted and e["key"] not in keys

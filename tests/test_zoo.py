@@ -118,6 +118,7 @@ def test_the_committed_zoo_is_what_a_build_makes_now():
 
     doc = load_zoo()
     settings, by_label = ZooSettings(**doc["settings"]), {c.label: c for c in CONFIGS}
+    assert doc["base_weights"] == zoo.base_weights(settings), "MiniCLIP was pretrained again: rebuild the zoo"
     assert [e["key"] for e in doc["entries"]] == [f"{c.slug}-s{s}" for c in CONFIGS for s in c.seeds_of(list(SEEDS))]
     stale = [e["key"] for e in doc["entries"] if not zoo._fresh(e, by_label[e["label"]], zoo_dir(), settings)]
     assert not stale, f"stale or damaged entries: {stale}; rebuild them with `python -m rsretrieval zoo build`"
@@ -177,6 +178,30 @@ def _fake_child(trained):
                 "recipe_settings": None, "file": str(path.relative_to(folder)), "file_sha256": zoo.sha256_file(path),
                 "command": "train it"}
     return child
+
+
+def test_a_zoo_is_of_one_set_of_base_weights(tmp_path, monkeypatch):
+    """Re-pretrained base weights make every entry stale: a build into the old zoo is refused by name,
+    and a notebook does not read it."""
+    from rsretrieval.models.factory import local_pretrained_path
+
+    shipped = "sha256:" + sha256_file(local_pretrained_path("mini", "synthrs"))
+    assert zoo.base_weights(ZooSettings()) == shipped
+    assert zoo.base_weights(ZooSettings(model="ViT-B-32", pretrained="openai")) == "tag:openai"
+    assert zoo.base_weights(ZooSettings(model="tiny", pretrained=None)) is None
+    (tmp_path / "mine.pt").write_bytes(b"weights")
+    assert zoo.base_weights(ZooSettings(pretrained=str(tmp_path / "mine.pt"))) == \
+        "sha256:" + sha256_file(tmp_path / "mine.pt")
+
+    configs, settings = (ZooConfig("a", "linear_probe"),), ZooSettings(recipe=None)
+    monkeypatch.setattr(zoo, "_run_child", _fake_child([]))
+    doc = build_zoo(None, [0], tmp_path / "z", settings, configs=configs, progress=False)
+    assert doc["base_weights"] == shipped and find_zoo(settings, tmp_path / "z") == doc
+    monkeypatch.setattr(zoo, "base_weights", lambda s: "sha256:re-pretrained")
+    assert find_zoo(settings, tmp_path / "z") is None
+    with pytest.raises(ValueError, match=f"zoo of other base weights \\({shipped}; mini synthrs is now "
+                                         "sha256:re-pretrained\\)"):
+        build_zoo(None, [0], tmp_path / "z", settings, configs=configs, progress=False)
 
 
 def test_configurations_that_train_the_same_run_train_it_once(tmp_path, monkeypatch):
