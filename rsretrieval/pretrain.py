@@ -107,7 +107,7 @@ def _pretrain(cfg: PretrainConfig, target: Path, source: Any, t0: float, t_data:
 
     used = torch.unique(bundle.tokenizer(source.captions))
     report: dict[str, Any] = {
-        "config": asdict(cfg), "images": source.num_images, "pairs": source.num_captions,
+        "config": asdict(cfg), "architecture": architecture(cfg.model), "images": source.num_images, "pairs": source.num_captions,
         "used_tokens": int(used.numel()), "data_seconds": round(t_data, 1), "train_seconds": round(t_train, 1),
         "history": history.to_dict(),
     }
@@ -163,7 +163,8 @@ def pretrain_variants(names: list[str] | None = None, out_dir: str | Path | None
         target = folder / f"{name}.pt"
         report_file = target.with_suffix(".json")
         previous = json.loads(report_file.read_text()) if report_file.is_file() else None
-        done = previous is not None and _settings(previous["config"]) == _settings(asdict(cfg))
+        done = previous is not None and _settings(previous["config"]) == _settings(asdict(cfg)) \
+            and previous.get("architecture") == architecture(cfg.model)  # a model name's config may change
         if done:
             report, timing = previous, rows.get(name, {})
         else:  # minutes are wall time: the CPU minutes and the load say how much of it the run had
@@ -208,6 +209,16 @@ def format_variants(rows: list[dict[str, Any]]) -> str:
 def _settings(config: dict[str, Any]) -> dict[str, Any]:
     """What decides a pretraining's result: its config without the display switch."""
     return {k: v for k, v in config.items() if k != "progress"}
+
+
+def architecture(model: str) -> dict[str, Any]:
+    """The model config ``model`` names now (its JSON file's contents)."""
+    import open_clip
+
+    from rsretrieval.models import list_models
+
+    list_models()  # registers our configs with open_clip
+    return open_clip.get_model_config(model)
 
 
 def weight_settings(config: dict[str, Any]) -> dict[str, Any]:

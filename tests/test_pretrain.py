@@ -55,5 +55,12 @@ def test_variants_are_run_once_and_tabled_with_val_and_test(tmp_path, monkeypatc
     monkeypatch.setattr(pretraining, "pretrain", lambda *a, **k: calls.append(a))
     assert pretraining.pretrain_variants(["a"], out_dir=tmp_path / "variants", progress=False)[0] == rows[0]
     assert calls == []  # a finished variant is read back, not retrained
+    # the same settings on a model name whose config has changed since (MiniCLIP's width) run again
+    previous = json.loads((tmp_path / "variants" / "a.json").read_text())
+    assert previous["architecture"] == pretraining.architecture("tiny")
+    monkeypatch.setattr(pretraining, "architecture", lambda model: {"embed_dim": 999})
+    monkeypatch.setattr(pretraining, "pretrain", lambda *a, **k: calls.append(a) or previous)
+    pretraining.pretrain_variants(["a"], out_dir=tmp_path / "variants", progress=False)
+    assert len(calls) == 1
     with pytest.raises(ValueError, match="unknown pretraining variant"):
         pretraining.pretrain_variants(["nope"])
