@@ -1,8 +1,8 @@
 """MiniCLIP: a small CLIP pretrained here, offline, so the course can teach transfer.
 
 No pretrained CLIP can be downloaded on the course's machines, yet every chapter is about
-transferring a pretrained model. So we pretrain the ``mini`` architecture (8.0M parameters: 4 layers of width 128 a tower) on
-SynthRS's *web* domain -- photos of objects on coloured backdrops or named grounds, plus aerial
+transferring a pretrained model. So we pretrain the ``mini`` architecture (8.0M parameters; 4 layers
+of width 128 a tower) on SynthRS's *web* domain -- photos of objects on coloured backdrops or named grounds, plus aerial
 web photos of each scene, all with web-like alt-text ("aerial view of a busy airport") -- and
 transfer it to the top-down *rs* domain, as OpenAI's CLIP was pretrained on web photos (some of
 them aerial) and transferred to aerial images. Whether transfer
@@ -107,7 +107,8 @@ def _pretrain(cfg: PretrainConfig, target: Path, source: Any, t0: float, t_data:
 
     used = torch.unique(bundle.tokenizer(source.captions))
     report: dict[str, Any] = {
-        "config": asdict(cfg), "architecture": architecture(cfg.model), "images": source.num_images, "pairs": source.num_captions,
+        "config": asdict(cfg), "architecture": architecture(cfg.model), "images": source.num_images,
+        "pairs": source.num_captions,
         "used_tokens": int(used.numel()), "data_seconds": round(t_data, 1), "train_seconds": round(t_train, 1),
         "history": history.to_dict(),
     }
