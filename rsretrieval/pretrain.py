@@ -2,12 +2,12 @@
 
 No pretrained CLIP can be downloaded on the course's machines, yet every chapter is about
 transferring a pretrained model. So we pretrain the ``mini`` architecture (8.0M parameters; 4 layers
-of width 128 a tower) on SynthRS's *web* domain -- photos of objects on coloured backdrops or named grounds, plus aerial
-web photos of each scene, all with web-like alt-text ("aerial view of a busy airport") -- and
-transfer it to the top-down *rs* domain, as OpenAI's CLIP was pretrained on web photos (some of
-them aerial) and transferred to aerial images. Whether transfer
-happens at all is decided by the source domain's design (shared vocabulary, shared visual
-statistics): see ``docs/design.md``.
+of width 128 a tower) on SynthRS's *web* domain -- photos of objects on coloured backdrops or named
+grounds, plus aerial web photos of each scene, all with web-like alt-text ("aerial view of a busy
+airport") -- and transfer it to the top-down *rs* domain, as OpenAI's CLIP was pretrained on web
+photos (some of them aerial) and transferred to aerial images. Whether transfer happens at all is
+decided by the source domain's design (shared vocabulary, shared visual statistics): see
+``docs/design.md``.
 """
 
 from __future__ import annotations
