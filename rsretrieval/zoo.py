@@ -167,13 +167,9 @@ def build_zoo(only: list[str] | None = None, seeds: list[int] | None = None, out
     index = folder / "zoo.json"
     base = base_weights(settings)
     doc = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else _new_doc(settings, base)
-    if doc.get("settings") != json.loads(json.dumps(asdict(settings))):
-        raise ValueError(f"{index} is a zoo of other settings ({doc.get('settings')}); build into another --out "
-                         "folder, or delete it to rebuild")
-    if doc.get("base_weights") != base:
-        raise ValueError(f"{index} is a zoo of other base weights ({doc.get('base_weights') or 'not recorded'}; "
-                         f"{settings.model} {settings.pretrained} is now {base}): build into another --out folder, "
-                         "or delete it to rebuild")
+    other = _other_zoo(doc, settings, base)
+    if other:
+        raise ValueError(f"{index} is {other}: build into another --out folder, or delete it to rebuild")
     jobs = [(c, s) for c in picked for s in c.seeds_of(seeds)]
     by_label = {c.label: c for c in configs}
     fresh = {e["key"]: e for e in doc["entries"] if e["label"] in by_label and _fresh(e, by_label[e["label"]],
@@ -243,6 +239,16 @@ def base_weights(settings: ZooSettings) -> str | None:
 
 def _new_doc(settings: ZooSettings, base: str | None) -> dict[str, Any]:
     return {"zoo_version": ZOO_VERSION, "settings": asdict(settings), "base_weights": base, "entries": []}
+
+
+def _other_zoo(doc: dict[str, Any], settings: ZooSettings, base: str | None) -> str | None:
+    """What makes ``doc`` a zoo of other settings or base weights than these; None when it is not."""
+    if doc.get("settings") != json.loads(json.dumps(asdict(settings))):
+        return f"a zoo of other settings ({doc.get('settings')})"
+    if doc.get("base_weights") != base:
+        return (f"a zoo of other base weights ({doc.get('base_weights') or 'not recorded'}; "
+                f"{settings.model} {settings.pretrained} is now {base})")
+    return None
 
 
 def _recipe_of(settings: ZooSettings, config: ZooConfig) -> dict[str, Any] | None:
@@ -505,8 +511,7 @@ def _copy_entries(doc: dict[str, Any], source: Path, out: Path, settings: ZooSet
     index = out / "zoo.json"
     mine = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else \
         _new_doc(settings, doc.get("base_weights"))
-    if mine.get("settings") != json.loads(json.dumps(asdict(settings))) or \
-            mine.get("base_weights") != doc.get("base_weights"):
+    if _other_zoo(mine, settings, doc.get("base_weights")):
         return  # build_zoo refuses it by name
     keys = {e["key"] for e in mine["entries"]}
     rows = [e for e in doc["entries"] if (e["label"], e["seed"]) in wanted and e["key"] not in keys
