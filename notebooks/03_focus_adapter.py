@@ -113,7 +113,7 @@ for m, mb in saved.items():
     print(f"{m:14s} {mb:8.1f} MB saved for backward")
 
 # %% [markdown]
-# MRS-Adapter trains 0.3% of the weights, yet autograd keeps about as much as for full
+# MRS-Adapter trains well under 1% of the weights, yet autograd keeps about as much as for full
 # fine-tuning. The side branch keeps a small fraction. Notebook 05 turns this into peak memory and
 # throughput on ViT-B/32.
 #

@@ -70,6 +70,7 @@ from rsretrieval.methods import load_method
 from rsretrieval.models import create_model
 from rsretrieval.notebook import load_splits, recipe_data_kwargs, record, setup, watch_training, zoo_runs
 from rsretrieval.plots import plot_val_curves
+from rsretrieval.recipes import load_recipe
 from rsretrieval.zoo import CONFIGS
 
 cfg = setup(device=DEVICE, dataset=DATASET, data_dir=DATA_DIR, output_dir=OUTPUT_DIR, model=MODEL,
@@ -82,16 +83,21 @@ cfg
 # %% [markdown]
 # ## 1. Scene labels at training time
 # Every RS benchmark image has a scene category (airport, port, farmland, …); captions often do
-# not say it. Our augmentation rewrites a caption, with probability 0.5, to *name its image's
-# scene*: the text encoder then learns that "planes beside the terminal" and "an airport" belong
-# together, which is prior knowledge the captions alone spread thinly. Half the captions stay as
-# they are, because test queries carry no prefix.
+# not say it. Our augmentation rewrites a caption, with probability p (0.5 by default; the recipe
+# chooses p on validation: printed below), to *name its image's scene*: the text encoder then
+# learns that "planes beside the terminal" and "an airport" belong together, which is prior
+# knowledge the captions alone spread thinly. The other captions stay as they are, because test
+# queries carry no prefix.
 
 # %%
 rng = random.Random(SEED)
 for j in range(0, 15, 5):
     i = train.text_to_image[j]
     print(f"[{train.scenes[i]}] {train.captions[j]}\n   -> {scene_caption(train.captions[j], train.scenes[i], rng)}")
+if RECIPE:
+    cmer_recipe = load_recipe(RECIPE, "cmer")
+    print(f"the recipe {RECIPE!r} rewrites with p = {cmer_recipe.loss_kwargs.get('scene_prob', 0.5)}"
+          + (" (chosen on validation by its sweep)" if cmer_recipe.sweep else " (not swept: the default)"))
 
 # %% [markdown]
 # ## 2. Scene labels at test time: shrinking the search space
@@ -335,7 +341,6 @@ from rsretrieval.cmer.cache import CachedSideBranchTask, build_cache
 from rsretrieval.evaluation import encode_images, encode_texts
 from rsretrieval.methods import apply_method
 from rsretrieval.models import seed_everything
-from rsretrieval.recipes import load_recipe
 from rsretrieval.training import TrainConfig, build_task, fit
 
 ANSWER_EPOCHS = 1 if SMOKE else 2
@@ -386,7 +391,7 @@ d_plain = scene_prob_rows[1.0][0] - scene_prob_rows[0.5][0]
 print(f"prefixing every training caption changes plain-caption retrieval by {d_plain:+.2f} mR "
       f"and prefixed-caption retrieval by {scene_prob_rows[1.0][1] - scene_prob_rows[0.5][1]:+.2f} mR")
 if RECIPE:
-    points = load_recipe(RECIPE, "cmer").sweep.get("points", [])
+    points = (load_recipe(RECIPE, "cmer").sweep or {}).get("points", [])
     tried = [(p["settings"]["loss.scene_prob"], p["val_mr"]) for p in points if "loss.scene_prob" in p["settings"]]
     print("the recipe sweep's scene probabilities (CMER, val mR at convergence):",
           ", ".join(f"{p}: {v:.2f}" for p, v in sorted(tried)) or "none")
