@@ -278,7 +278,8 @@ print(format_summary([zero_shot] + table, group="label", extra=extra))
 # The train seconds and peak memory are the zoo's: each run trained in its own process on one
 # CPU thread, while other builds shared the machine (each entry records its CPU seconds and the
 # load), so read the seconds as rough; notebook 05 times an epoch of each method in one run. Peak
-# resident memory includes the interpreter and libraries, so compare differences. How did validation mR grow, epoch by epoch? (The mean over seeds, their range shaded.)
+# resident memory includes the interpreter and libraries, so compare differences. How did
+# validation mR grow, epoch by epoch? (The mean over seeds, their range shaded.)
 
 # %%
 plot_val_curves(runs, title=f"{MODEL} on {DATASET}: validation mR while training (the zoo's runs)")
@@ -414,9 +415,10 @@ record(cfg.output_dir, dataset=DATASET, model=MODEL, recipe=RECIPE, seeds=seeds,
 # ## Worked answers (instructor edition)
 # **1. The recipe's whole schedule.** A run of the recipe, with a seed the zoo holds, *is* that
 # zoo entry: the data order, the initialisation and the schedule all follow from the seed, so it
-# should land on the entry itself, not just within the spread. MRS-Adapter's recipe takes half an
-# hour on one CPU thread (the zoo's train seconds); the linear probe's takes seconds (it trains
-# from pooled features), so we show it on the probe. (In a smoke run, one step: the comparison then only shows the mechanics.)
+# should land on the entry itself, not just within the spread. MRS-Adapter's recipe takes minutes
+# on one CPU thread (the zoo's train seconds); the linear probe's takes seconds (it trains from
+# pooled features), so we show it on the probe. (In a smoke run, one step: the comparison then
+# only shows the mechanics.)
 
 # %% tags=["instructor"]
 from rsretrieval.experiments import run_method
