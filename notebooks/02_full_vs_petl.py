@@ -23,9 +23,10 @@
 # 3. build PE-RSITR's MRS-Adapter and HMMC loss yourself and check them against the library;
 # 4. read a comparison honestly: mR (mean ± std over seeds), trainable parameters, time, memory.
 #
-# **Expected runtime.** CPU: about 4 minutes with the defaults (the worked answers add one more): the zoo's 30 runs (10
-# configurations × 3 seeds, trained to convergence by `python -m rsretrieval zoo build`) are
-# scored live on test, and one method trains here for 2 epochs. GPU: about a minute. With another
+# **Expected runtime.** CPU: about 2 minutes with the defaults (the worked answers add one more):
+# the zoo's 30 runs (10 configurations × 3 seeds, trained to convergence by
+# `python -m rsretrieval zoo build`) are scored live on test, and one method trains here for 2
+# epochs. GPU: about a minute. With another
 # model, dataset or recipe (ViT-B/32 on RSITMD with `RECIPE="pe-rsitr"`), no committed zoo matches
 # and every run trains first, resumably: a few hours on a GPU.
 

@@ -28,9 +28,9 @@
 # code could not be read by the authors of this course: every layer shape, formula and
 # hyper-parameter below is **our own design**, argued here and measured, not CMER's.
 #
-# **Expected runtime.** CPU: about 1½ minutes (the worked answers add up to 5 more): the zoo's runs (trained to convergence by
-# `python -m rsretrieval zoo build`) are scored live, and the Focus-Adapter trains here from the
-# frozen-feature cache for a few epochs. GPU: under a minute. With another model, dataset or
+# **Expected runtime.** CPU: under a minute (the worked answers add up to 5 more): the zoo's runs
+# (trained to convergence by `python -m rsretrieval zoo build`) are scored live, and the
+# Focus-Adapter trains here from the frozen-feature cache for a few epochs. GPU: under a minute. With another model, dataset or
 # recipe, the runs train first (side branches from the cache: minutes).
 
 # %%

@@ -29,9 +29,9 @@
 # design** from those sentences, argued and measured. Where we report CMER's claims, they are the
 # paper's numbers, not ours.
 #
-# **Expected runtime.** CPU: about 2½ minutes (the worked answers add up to 2 more): the zoo's runs (trained to convergence by
-# `python -m rsretrieval zoo build`, every knob chosen on validation) are scored live, and CMER
-# trains here for a few epochs. GPU: about a minute. With another model, dataset or recipe, the
+# **Expected runtime.** CPU: under 2 minutes (the worked answers add up to 2 more): the zoo's runs
+# (trained to convergence by `python -m rsretrieval zoo build`, every knob chosen on validation)
+# are scored live, and CMER trains here for a few epochs. GPU: about a minute. With another model, dataset or recipe, the
 # runs train first (side branches from the frozen-feature cache: minutes to an hour).
 
 # %%

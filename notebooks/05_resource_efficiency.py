@@ -23,7 +23,7 @@
 # 3. see what caching frozen features buys when the backbone never changes;
 # 4. run the same measurement on a GPU.
 #
-# **Expected runtime.** CPU: about 6 minutes on 2 cores (ViT-B/32, batch 32, one timed step of four
+# **Expected runtime.** CPU: about 3½ minutes on 2 cores (ViT-B/32, batch 32, one timed step of four
 # methods and of two with gradient checkpointing, each in its own process, plus the cache timing on
 # MiniCLIP; the cost figure reads the zoo; the worked answers add up to 3 more).
 # `BENCH_MODEL="mini"` makes it shorter. GPU: about a minute.

@@ -25,7 +25,7 @@
 # 4. index a georeferenced GeoTIFF scene tile by tile and say where each hit lies on Earth;
 # 5. serve the index as a web page and a JSON API, and measure its latency under load.
 #
-# **Expected runtime.** CPU: about 3 minutes, the worked answers up to 3 more (indexing SynthRS twice,
+# **Expected runtime.** CPU: about 2 minutes, the worked answers up to 3 more (indexing SynthRS twice,
 # with the zoo's best model and zero-shot, and a GeoTIFF mosaic take seconds; the million-vector
 # benchmark takes the rest).
 # GPU: the same for the benchmark (FAISS runs on the CPU here).
