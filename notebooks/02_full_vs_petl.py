@@ -26,9 +26,9 @@
 # **Expected runtime.** CPU: about 2 minutes with the defaults (the worked answers add one more):
 # the zoo's 30 runs (10 configurations × 3 seeds, trained to convergence by
 # `python -m rsretrieval zoo build`) are scored live on test, and one method trains here for 2
-# epochs. GPU: about a minute. With another
-# model, dataset or recipe (ViT-B/32 on RSITMD with `RECIPE="pe-rsitr"`), no committed zoo matches
-# and every run trains first, resumably: a few hours on a GPU.
+# epochs. GPU: about a minute. With another model, dataset or recipe (ViT-B/32 on RSITMD with
+# `RECIPE="pe-rsitr"`), no committed zoo matches and every run trains first, resumably: a few hours
+# on a GPU.
 
 # %%
 # Run first: in a kernel without rsretrieval (Colab, a lab machine), say how to get it.

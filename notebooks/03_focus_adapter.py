@@ -30,8 +30,9 @@
 #
 # **Expected runtime.** CPU: under a minute (the worked answers add up to 5 more): the zoo's runs
 # (trained to convergence by `python -m rsretrieval zoo build`) are scored live, and the
-# Focus-Adapter trains here from the frozen-feature cache for a few epochs. GPU: under a minute. With another model, dataset or
-# recipe, the runs train first (side branches from the cache: minutes).
+# Focus-Adapter trains here from the frozen-feature cache for a few epochs. GPU: under a minute.
+# With another model, dataset or recipe, the runs train first (side branches from the cache:
+# minutes).
 
 # %%
 # Run first: in a kernel without rsretrieval (Colab, a lab machine), say how to get it.

@@ -31,8 +31,9 @@
 #
 # **Expected runtime.** CPU: under 2 minutes (the worked answers add up to 2 more): the zoo's runs
 # (trained to convergence by `python -m rsretrieval zoo build`, every knob chosen on validation)
-# are scored live, and CMER trains here for a few epochs. GPU: about a minute. With another model, dataset or recipe, the
-# runs train first (side branches from the frozen-feature cache: minutes to an hour).
+# are scored live, and CMER trains here for a few epochs. GPU: about a minute. With another model,
+# dataset or recipe, the runs train first (side branches from the frozen-feature cache: minutes to
+# an hour).
 
 # %%
 # Run first: in a kernel without rsretrieval (Colab, a lab machine), say how to get it.

@@ -657,7 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="zoo folder (default: the committed MiniCLIP zoo)")
     p.set_defaults(func=cmd_zoo_show)
 
-    p = sub.add_parser("pretrain", help="pretrain MiniCLIP on SynthRS's source domain (11-13 min on 2 CPU cores)")
+    p = sub.add_parser("pretrain", help="pretrain MiniCLIP on SynthRS's web domain (11-13 min on 2 CPU cores)")
     p.add_argument("--model", default="mini")
     p.add_argument("--source-domain", default=None, choices=["source", "web"],
                    help="pretraining images: object photos plus aerial web photos (web, the default), or the "
