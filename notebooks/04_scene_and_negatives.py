@@ -65,7 +65,7 @@ OUTPUT_DIR = ""
 import random
 
 
-from rsretrieval.cmer import effective_negatives, scene_caption, scene_protocols, steps_held
+from rsretrieval.cmer import CMERConfig, effective_negatives, scene_caption, scene_protocols, steps_held
 from rsretrieval.experiments import compare, format_summary, summarize
 from rsretrieval.methods import load_method
 from rsretrieval.models import create_model
@@ -97,7 +97,7 @@ for j in range(0, 15, 5):
     print(f"[{train.scenes[i]}] {train.captions[j]}\n   -> {scene_caption(train.captions[j], train.scenes[i], rng)}")
 if RECIPE:
     cmer_recipe = load_recipe(RECIPE, "cmer")
-    print(f"the recipe {RECIPE!r} rewrites with p = {cmer_recipe.loss_kwargs.get('scene_prob', 0.5)}"
+    print(f"the recipe {RECIPE!r} rewrites with p = {cmer_recipe.loss_kwargs.get('scene_prob', CMERConfig.scene_prob)}"
           + (" (chosen on validation by its sweep)" if cmer_recipe.sweep else " (not swept: the default)"))
 
 # %% [markdown]
@@ -392,7 +392,7 @@ d_plain = scene_prob_rows[1.0][0] - scene_prob_rows[0.5][0]
 print(f"prefixing every training caption changes plain-caption retrieval by {d_plain:+.2f} mR "
       f"and prefixed-caption retrieval by {scene_prob_rows[1.0][1] - scene_prob_rows[0.5][1]:+.2f} mR")
 if RECIPE:
-    points = (load_recipe(RECIPE, "cmer").sweep or {}).get("points", [])
+    points = (cmer_recipe.sweep or {}).get("points", [])
     tried = [(p["settings"]["loss.scene_prob"], p["val_mr"]) for p in points if "loss.scene_prob" in p["settings"]]
     print("the recipe sweep's scene probabilities (CMER, val mR at convergence):",
           ", ".join(f"{p}: {v:.2f}" for p, v in sorted(tried)) or "none")
