@@ -56,7 +56,8 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
     root = generate_synthrs(args.root or data_dir("synthrs"), n_images=args.n_images, image_size=args.image_size,
                             seed=args.seed, domain=args.domain, object_scale=args.object_scale,
-                            unnamed_share=args.unnamed_share, overwrite=args.overwrite)
+                            unnamed_share=args.unnamed_share, caption_clauses=args.caption_clauses,
+                            overwrite=args.overwrite)
     print(f"SynthRS ({args.domain}) ready in {root}")
     return 0
 
@@ -77,6 +78,15 @@ def cmd_data_info(args: argparse.Namespace) -> int:
         return 0
     info = get_dataset_info(args.name)
     print(f"{info.title}\n\nsource: {info.source}\n\nlayout:\n{info.layout()}\n\ncitation:\n{info.citation}")
+    return 0
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from rsretrieval.data import load_dataset
+    from rsretrieval.study import dataset_statistics
+
+    stats = dataset_statistics(load_dataset(args.name, args.root, args.split))
+    _json_out(stats, args.json)
     return 0
 
 
@@ -458,6 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw every object this much smaller or larger (a regime of small targets)")
     p.add_argument("--unnamed-share", type=float, default=0.4,
                    help="share of captions that never name the scene (1.0: none does)")
+    p.add_argument("--caption-clauses", type=int, default=1, choices=[1, 2],
+                   help="statements per caption (2: a second about another object class or the ground)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_data_synth)
     p = dsub.add_parser("check", help="count images/captions per split and list every problem found")
@@ -465,6 +477,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True)
     p.add_argument("--json", default=None, help="also write the report here")
     p.set_defaults(func=cmd_data_check)
+    p = dsub.add_parser("stats", help="captions per image, caption length, share naming the scene, duplicates")
+    p.add_argument("name")
+    p.add_argument("--root", default=None, help="the dataset folder (synthrs: generated on first use)")
+    p.add_argument("--split", default="all", help="train, val, test or all")
+    p.add_argument("--json", default=None, help="also write the statistics here")
+    p.set_defaults(func=cmd_data_stats)
+
     p = dsub.add_parser("info", help="where to get a dataset and how to lay it out")
     p.add_argument("name", nargs="?")
     p.set_defaults(func=cmd_data_info)

@@ -1,5 +1,7 @@
-"""Evaluation: the multi-caption retrieval protocol (:mod:`.metrics`) and encoding a split (:mod:`.evaluate`)."""
+"""Evaluation: the multi-caption retrieval protocol (:mod:`.metrics`), encoding a split (:mod:`.evaluate`) and
+comparing two systems with their uncertainty (:mod:`.compare`)."""
 
+from rsretrieval.evaluation.compare import Comparison, paired_comparison, per_image_hits
 from rsretrieval.evaluation.evaluate import (
     EvalResult,
     compare_table,
@@ -24,6 +26,9 @@ from rsretrieval.evaluation.metrics import (
 )
 
 __all__ = [
+    "Comparison",
+    "paired_comparison",
+    "per_image_hits",
     "DEFAULT_TIES",
     "METRIC_KEYS",
     "RECALL_KEYS",

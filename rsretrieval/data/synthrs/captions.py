@@ -209,10 +209,31 @@ def _groups(objects: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 
 
 UNNAMED_SHARE = 0.4  # two of five rs captions never name the scene, about as in RSITMD
+CAPTION_CLAUSES = 1  # statements per rs caption (2: a second one about another object class or the ground)
+_GLUE = (", and ", ", while ", "; ", " and ")
+_MAX_WORDS = 20  # two statements still fit MiniCLIP's 32-token context
+
+
+def _classes(text: str) -> frozenset[str]:
+    """The object classes a sentence names."""
+    return frozenset(c for c, info in OBJECTS.items() if _mentions(text, [w for pair in info.nouns for w in pair]))
+
+
+def _second_clause(rng: np.random.Generator, scene: str, first: str, groups: list[list[dict[str, Any]]],
+                   marks: dict[int, dict[str, Any]]) -> str | None:
+    """A true statement that never names the scene and tells something ``first`` does not: another object
+    class where the image has one, else its ground (None: nothing new and short enough to say)."""
+    said = _classes(first)
+    for _ in range(40):
+        s = _object_sentence(rng, scene, groups, marks) if groups else None
+        if s and not _classes(s) <= said and len((first + s).split()) <= _MAX_WORDS:
+            return s
+    grounds = [g for g in SCENE_INFO[scene].ground if g not in first]
+    return f"the ground is covered with {_pick(rng, grounds)}" if grounds and "covered with" not in first else None
 
 
 def _rs_captions(rng: np.random.Generator, scene: str, objects: Sequence[dict[str, Any]],
-                 n: int, unnamed_share: float = UNNAMED_SHARE) -> list[str]:
+                 n: int, unnamed_share: float = UNNAMED_SHARE, clauses: int = CAPTION_CLAUSES) -> list[str]:
     groups = _groups(objects)
     marks = {o["id"]: o for o in objects if o["kind"] == "landmark"}
     nouns = SCENE_INFO[scene].nouns
@@ -225,6 +246,9 @@ def _rs_captions(rng: np.random.Generator, scene: str, objects: Sequence[dict[st
                 s = (_scene_sentence if want else _object_sentence)(rng, scene, groups, marks)
             else:  # few objects: describe the ground, walking through distinct variants
                 s = _fallback(scene, bool(want), attempt - 40)
+            if s and clauses > 1 and _mentions(s, nouns) == bool(want):
+                more = _second_clause(rng, scene, s, groups, marks)
+                s = s + _pick(rng, _GLUE) + more if more else s
             if s and _mentions(s, nouns) == bool(want) and _finish(s) not in out:
                 out.append(_finish(s))
                 break
@@ -337,7 +361,7 @@ def _web_aerial_captions(rng: np.random.Generator, scene: str, objects: Sequence
 
 
 def make_captions(rng: np.random.Generator, scene: str, objects: Sequence[dict[str, Any]], domain: str = "rs",
-                  n: int = 5, *, unnamed_share: float = UNNAMED_SHARE) -> list[str]:
+                  n: int = 5, *, unnamed_share: float = UNNAMED_SHARE, clauses: int = CAPTION_CLAUSES) -> list[str]:
     """Write ``n`` distinct captions that describe an image's objects truthfully.
 
     Every noun phrase counts all objects of its class (or of that class and colour): "two white
@@ -351,12 +375,14 @@ def make_captions(rng: np.random.Generator, scene: str, objects: Sequence[dict[s
             ``"web"`` (source captions for object photos, alt-text for aerial photos).
         n: number of captions.
         unnamed_share: (rs) the share of captions that never name the scene.
+        clauses: (rs) statements per caption; 2 adds one about another object class (or the ground), so
+            that a caption tells more of its image, as RSITMD's fine-grained captions do.
 
     Returns:
         ``n`` capitalised sentences ending with a full stop.
     """
     if domain == "rs":
-        return _rs_captions(rng, scene, objects, n, unnamed_share)
+        return _rs_captions(rng, scene, objects, n, unnamed_share, clauses)
     if domain == "web" and scene in SCENE_INFO:
         return _web_aerial_captions(rng, scene, objects, n)
     return _source_captions(rng, objects, n)

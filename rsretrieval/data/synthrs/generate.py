@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from rsretrieval.data.synthrs.canvas import OBJECT_SCALE
-from rsretrieval.data.synthrs.captions import UNNAMED_SHARE, make_captions
+from rsretrieval.data.synthrs.captions import CAPTION_CLAUSES, UNNAMED_SHARE, make_captions
 from rsretrieval.data.synthrs.scenes import render_scene
 from rsretrieval.data.synthrs.vocabulary import (
     DOMAINS,
@@ -38,11 +38,13 @@ from rsretrieval.errors import SynthRSExistsError
 REGIMES: dict[str, dict[str, float]] = {
     "small-targets": {"object_scale": 0.5},  # objects half as long: what a focus layer is for
     "scene-free-captions": {"unnamed_share": 1.0},  # no caption names its scene: what scene captions add
+    "two-clause-captions": {"caption_clauses": 2},  # each caption tells two things: how much captions say
 }
 
 
 def _params(n_images: int, image_size: int, seed: int, domain: str, split_fractions: Sequence[float],
-            object_scale: float = OBJECT_SCALE, unnamed_share: float = UNNAMED_SHARE) -> dict[str, Any]:
+            object_scale: float = OBJECT_SCALE, unnamed_share: float = UNNAMED_SHARE,
+            caption_clauses: int = CAPTION_CLAUSES) -> dict[str, Any]:
     if domain not in DOMAINS:
         raise ValueError(f"domain must be one of {DOMAINS}, not {domain!r}")
     if n_images < 1 or image_size < 32:
@@ -54,6 +56,8 @@ def _params(n_images: int, image_size: int, seed: int, domain: str, split_fracti
     if not 0.1 <= object_scale <= 2 or not 0 <= unnamed_share <= 1:
         raise ValueError(f"need 0.1 <= object_scale <= 2 and 0 <= unnamed_share <= 1, got {object_scale} and "
                          f"{unnamed_share}")
+    if isinstance(caption_clauses, bool) or caption_clauses not in (1, 2):
+        raise ValueError(f"caption_clauses must be 1 or 2, not {caption_clauses!r}")
     params = {"version": VERSIONS[domain], "n_images": int(n_images), "image_size": int(image_size),
               "seed": int(seed), "domain": domain, "split_fractions": fr}
     # a regime other than the default is part of the parameters; the default's stay as they always were
@@ -61,6 +65,8 @@ def _params(n_images: int, image_size: int, seed: int, domain: str, split_fracti
         params["object_scale"] = float(object_scale)
     if unnamed_share != UNNAMED_SHARE:
         params["unnamed_share"] = float(unnamed_share)
+    if caption_clauses != CAPTION_CLAUSES:
+        params["caption_clauses"] = int(caption_clauses)
     return params
 
 
@@ -102,7 +108,8 @@ def _render_one(i: int, params: dict[str, Any]) -> tuple[str, str, Image.Image, 
     img, objects, mask = render_scene(rng, scene, params["image_size"], params["domain"],
                                       object_scale=params.get("object_scale", OBJECT_SCALE))
     captions = make_captions(rng, scene, objects, params["domain"],
-                             unnamed_share=params.get("unnamed_share", UNNAMED_SHARE))
+                             unnamed_share=params.get("unnamed_share", UNNAMED_SHARE),
+                             clauses=params.get("caption_clauses", CAPTION_CLAUSES))
     return f"{scene}_{i // len(names) + 1}.png", scene, img, objects, mask, captions
 
 
@@ -157,7 +164,7 @@ def _write_dataset(folder: Path, params: dict[str, Any], progress: bool) -> None
 def generate_synthrs(root: str | Path, *, n_images: int = 1500, image_size: int = 224, seed: int = 0,
                      domain: str = "rs", split_fractions: Sequence[float] = (0.7, 0.1, 0.2),
                      object_scale: float = OBJECT_SCALE, unnamed_share: float = UNNAMED_SHARE,
-                     overwrite: bool = False, progress: bool = True) -> Path:
+                     caption_clauses: int = CAPTION_CLAUSES, overwrite: bool = False, progress: bool = True) -> Path:
     """Generate SynthRS in RSITMD's layout under ``root`` (or reuse it if already there).
 
     The dataset is written into a temporary sibling folder and renamed into place, so an
@@ -174,6 +181,8 @@ def generate_synthrs(root: str | Path, *, n_images: int = 1500, image_size: int 
             regime of small targets; captions still call each size what it is).
         unnamed_share: the share of an rs image's captions that never name its scene (0.4 as in
             RSITMD; 1.0: no caption does, a regime where only the objects say what the scene is).
+        caption_clauses: statements per rs caption (2: a second about another object class or the
+            ground; the images stay byte-identical, only the captions change).
         overwrite: replace an existing SynthRS dataset made with other parameters.
         progress: show a tqdm progress bar.
 
@@ -186,7 +195,8 @@ def generate_synthrs(root: str | Path, *, n_images: int = 1500, image_size: int 
         ValueError: invalid parameters.
     """
     root = Path(root).expanduser()
-    params = _params(n_images, image_size, seed, domain, split_fractions, object_scale, unnamed_share)
+    params = _params(n_images, image_size, seed, domain, split_fractions, object_scale, unnamed_share,
+                     caption_clauses)
     old = _read_params(root)
     if old == params and _complete(root, params):
         return root  # same params but files lost: fall through and remake it

@@ -1,0 +1,74 @@
+"""The paired comparison of two systems against hand computations."""
+
+import numpy as np
+import pytest
+import torch
+
+from rsretrieval.evaluation import EvalResult, metrics_from_ranks, paired_comparison, per_image_hits, retrieval_ranks
+
+
+def _result(similarity, text_to_image) -> EvalResult:
+    i2t, t2i = retrieval_ranks(torch.tensor(similarity, dtype=torch.float32), text_to_image)
+    return EvalResult(metrics=metrics_from_ranks(i2t, t2i), i2t_ranks=i2t, t2i_ranks=t2i)
+
+
+def _missing_first(n: int, wrong: list[int]) -> list[list[float]]:
+    """One caption per image, each image's own pair scoring 1 and the others 0; for the images in ``wrong``
+    the own pair scores -1, so the image and its caption each rank their ground truth last."""
+    s = np.eye(n)
+    for i in wrong:
+        s[i, i] = -1
+    return s.tolist()
+
+
+def test_per_image_hits_add_up_to_the_metrics():
+    t2i = [0, 0, 1, 2, 2, 2]
+    sim = np.random.default_rng(0).normal(size=(3, 6))
+    r = _result(sim, t2i)
+    table = per_image_hits(r, t2i)
+    assert table[:, 6].tolist() == [2, 1, 3]
+    for j, k in enumerate((1, 5, 10)):
+        assert table[:, j].mean() * 100 == pytest.approx(r.metrics[f"i2t_r{k}"])
+        assert table[:, 3 + j].sum() / 6 * 100 == pytest.approx(r.metrics[f"t2i_r{k}"])
+
+
+def test_four_images_by_hand():
+    # B misses R@1 in both directions on images 0-2 and ties A elsewhere: A - B = 2 * 100 * 3/4 / 6 = 25.
+    t2i = [0, 1, 2, 3]
+    a, b = _result(_missing_first(4, []), t2i), _result(_missing_first(4, [0, 1, 2]), t2i)
+    assert a.metrics["mr"] == 100 and b.metrics["mr"] == pytest.approx(75)
+    c = paired_comparison(a, b, t2i, method="percentile", n_resamples=20000)
+    assert c.delta == pytest.approx(25)
+    # Bootstrap: a resample holding k of the three images differs by 100/3 * k/4. P(k <= 0) = 1/256 < 2.5% <
+    # P(k <= 1) = 13/256, and P(k = 4) = 81/256 > 2.5%: the 95% percentile interval is k = 1 to k = 4.
+    assert (c.ci_low, c.ci_high) == (pytest.approx(100 / 12), pytest.approx(100 / 3))
+    # Permutation, exact over the 16 swaps: swapping d of the three gives 100/12 * (3 - 2d); |T| >= 25 for
+    # d = 0 and d = 3, each twice (image 3 swapped or not): 4 of 16, two-sided p = 2 * 2/16.
+    assert c.p_value == pytest.approx(0.25)
+    assert c.verdict == "ahead" and c.sentence("A", "B").startswith("A leads B by 25.00 mR")
+
+
+def test_seeds_enter_as_their_mean_and_their_spread_is_noise():
+    t2i = list(range(8))
+    good = [_result(_missing_first(8, w), t2i) for w in ([], [0])]
+    bad = [_result(_missing_first(8, w), t2i) for w in ([0, 2], [0, 2, 4])]
+    c = paired_comparison(good, bad, t2i, n_resamples=2000)
+    mean = lambda rs: np.mean([r.metrics["mr"] for r in rs])  # noqa: E731
+    assert c.delta == pytest.approx(mean(good) - mean(bad))
+    assert c.runs_a == c.runs_b == 2 and c.std_a > 0
+    assert c.ci_low <= c.delta <= c.ci_high
+
+
+def test_identical_systems_are_within_noise():
+    t2i = [0, 1, 2]
+    r = _result(_missing_first(3, [1]), t2i)
+    c = paired_comparison(r, r, t2i, n_resamples=200)
+    assert (c.delta, c.ci_low, c.ci_high) == (0, 0, 0) and c.p_value == 1
+    assert c.verdict == "within noise" and "within noise" in c.sentence("x", "y")
+
+
+def test_different_splits_are_refused():
+    a = _result(_missing_first(3, []), [0, 1, 2])
+    b = _result(_missing_first(4, []), [0, 1, 2, 3])
+    with pytest.raises(ValueError, match="does not match"):
+        paired_comparison(a, b, [0, 1, 2])
