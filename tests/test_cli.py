@@ -185,6 +185,7 @@ BAD_COMMANDS = {
     "data synth": (["data", "synth", "--root", "FILE", "--n-images", "10"], "is not a SynthRS dataset", 1),
     "data check": (["data", "check", "rsitmd"], "the following arguments are required: --root", 2),
     "data info": (["data", "info", "rsitmdd"], "unknown dataset 'rsitmdd'", 1),
+    "data stats": (["data", "stats", "rsitmd"], "needs a root", 1),
     "data leakage": (["data", "leakage", "--test", ":ROOT", "--train", "synthrs"], "give a dataset as NAME:ROOT", 1),
     "train": (["train", "--dataset", "synthrs", "--root", "ROOT", "--model", "tiny", "--batch-size", "0",
                "--out", "OUT"], "batch_size must be an integer >= 1, got 0", 1),
