@@ -211,7 +211,7 @@ def _groups(objects: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 UNNAMED_SHARE = 0.4  # two of five rs captions never name the scene, about as in RSITMD
 CAPTION_CLAUSES = 1  # statements per rs caption (2: a second one about another object class or the ground)
 _GLUE = (", and ", ", while ", "; ", " and ")
-_MAX_WORDS = 20  # two statements still fit MiniCLIP's 32-token context
+_MAX_WORDS = 20  # keeps most two-statement captions inside MiniCLIP's 32-token context
 
 
 def _classes(text: str) -> frozenset[str]:
@@ -376,7 +376,7 @@ def make_captions(rng: np.random.Generator, scene: str, objects: Sequence[dict[s
         n: number of captions.
         unnamed_share: (rs) the share of captions that never name the scene.
         clauses: (rs) statements per caption; 2 adds one about another object class (or the ground), so
-            that a caption tells more of its image, as RSITMD's fine-grained captions do.
+            that a caption tells more of its image (the regime study's caption factor, docs/design.md).
 
     Returns:
         ``n`` capitalised sentences ending with a full stop.
