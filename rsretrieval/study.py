@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from rsretrieval.data.dataset import CaptionDataset
+from rsretrieval.data.dataset import CaptionDataset, caption_statistics
 from rsretrieval.files import atomic_write_json
 
 STUDY_VERSION = 1
@@ -198,10 +198,10 @@ def dataset_statistics(data: CaptionDataset) -> dict[str, Any]:
     named = sum(any(re.search(rf"\b{re.escape(p)}\b", text) for p in phrases[data.scenes[i]])
                 for text, i in zip(norm, data.text_to_image, strict=True))
     n = max(1, data.num_captions)
+    words = caption_statistics(data.captions)
     return {"images": data.num_images, "captions": data.num_captions,
             "captions_per_image": data.num_captions / max(1, data.num_images),
             "scenes": len({s for s in data.scenes if s != "unknown"}),
-            "mean_words": float(np.mean([len(t.split()) for t in norm])) if norm else 0.0,
-            "vocabulary": len({w for t in norm for w in t.split()}),
+            "mean_words": words["mean_words"], "vocabulary": words["vocabulary"],
             "named_scene_share": named / n,
             "duplicate_share": sum(len(owners[t]) > 1 for t in norm) / n}

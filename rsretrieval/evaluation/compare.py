@@ -128,17 +128,19 @@ def paired_comparison(a: EvalResult | Sequence[EvalResult], b: EvalResult | Sequ
     everyone = np.arange(n)
     delta = float(diff(everyone, everyone + n))
     rng = np.random.default_rng(seed)
+
+    def interval(how: str) -> tuple[float, float]:
+        ci = stats.bootstrap((everyone,), lambda idx, axis=-1: diff(idx, idx + n), vectorized=True,
+                             n_resamples=n_resamples, confidence_level=confidence, method=how,
+                             rng=rng).confidence_interval
+        return float(ci.low), float(ci.high)
+
     if np.allclose(ta, tb):  # identical per-image results: nothing to resample
         low = high = delta
     else:
-        boot = stats.bootstrap((everyone,), lambda idx, axis=-1: diff(idx, idx + n), vectorized=True,
-                               n_resamples=n_resamples, confidence_level=confidence, method=method, rng=rng)
-        low, high = float(boot.confidence_interval.low), float(boot.confidence_interval.high)
+        low, high = interval(method)
         if not (np.isfinite(low) and np.isfinite(high)):  # BCa degenerate on a tiny or lopsided split
-            boot = stats.bootstrap((everyone,), lambda idx, axis=-1: diff(idx, idx + n), vectorized=True,
-                                   n_resamples=n_resamples, confidence_level=confidence, method="percentile",
-                                   rng=rng)
-            low, high = float(boot.confidence_interval.low), float(boot.confidence_interval.high)
+            low, high = interval("percentile")
     perm = stats.permutation_test((everyone, everyone + n), diff, permutation_type="samples", vectorized=True,
                                   n_resamples=n_resamples, alternative="two-sided", rng=rng)
     return Comparison(
