@@ -54,11 +54,13 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     from rsretrieval.data.synthrs import generate_synthrs
     from rsretrieval.paths import data_dir
 
-    root = generate_synthrs(args.root or data_dir("synthrs"), n_images=args.n_images, image_size=args.image_size,
-                            seed=args.seed, domain=args.domain, object_scale=args.object_scale,
-                            unnamed_share=args.unnamed_share, caption_clauses=args.caption_clauses,
-                            overwrite=args.overwrite)
-    print(f"SynthRS ({args.domain}) ready in {root}")
+    root = generate_synthrs(args.root or data_dir("synthrs"), version=args.version, n_images=args.n_images,
+                            image_size=args.image_size, seed=args.seed, domain=args.domain,
+                            object_scale=args.object_scale, unnamed_share=args.unnamed_share,
+                            caption_clauses=args.caption_clauses, overwrite=args.overwrite)
+    meta = json.loads((root / "synthrs.json").read_text())
+    splits = ", ".join(f"{n} {s}" for s, n in meta["splits"].items())
+    print(f"SynthRS {args.domain} {meta['params']['version']} ready in {root} ({splits})")
     return 0
 
 
@@ -461,15 +463,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=None, help="default: <data home>/synthrs (see rsretrieval.paths)")
     p.add_argument("--domain", default="rs", choices=["rs", "source", "web"],
                    help="rs: the top-down target domain; source, web: the pretraining domains of MiniCLIP 1 and 2")
-    p.add_argument("--n-images", type=int, default=1500)
+    p.add_argument("--version", default=None,
+                   help="generator version whose size, split and captions apply (rs: 1.0 or 3.0; default: current)")
+    p.add_argument("--n-images", type=int, default=None, help="default: the version's (rs 1.0: 1500, 3.0: 4752)")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--object-scale", type=float, default=1.0,
                    help="draw every object this much smaller or larger (a regime of small targets)")
     p.add_argument("--unnamed-share", type=float, default=0.4,
                    help="share of captions that never name the scene (1.0: none does)")
-    p.add_argument("--caption-clauses", type=int, default=1, choices=[1, 2],
-                   help="statements per caption (2: a second about another object class or the ground)")
+    p.add_argument("--caption-clauses", type=int, default=None, choices=[1, 2],
+                   help="statements per caption (2: a second about another object class or the ground; "
+                        "default: the version's)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_data_synth)
     p = dsub.add_parser("check", help="count images/captions per split and list every problem found")

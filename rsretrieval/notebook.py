@@ -200,7 +200,7 @@ def _check_finite(key: str, value: Any) -> None:
 
 
 # SynthRS sizes of the offline default and of smoke runs (tests).
-SYNTHRS_DEFAULT = {"n_images": 1500, "image_size": 224}
+SYNTHRS_DEFAULT = {"image_size": 224}  # the size and split of the current version (data.synthrs.VERSIONS)
 SYNTHRS_SMOKE = {"n_images": 120, "image_size": 96}
 
 

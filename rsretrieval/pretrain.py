@@ -47,7 +47,7 @@ class PretrainConfig:
     device: str = "auto"
     threads: int = 2  # CPU threads: sums split over another count round differently, so the bits change
     eval_root: str = "synthrs"  # the rs domain: zero-shot on its test split is reported
-    eval_images: int = 1500  # size of that rs dataset (the course's default)
+    eval_images: int | None = None  # size of that rs dataset (None: its version's, the course's default)
     progress: bool = True
 
 

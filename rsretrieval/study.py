@@ -30,7 +30,7 @@ from rsretrieval.data.dataset import CaptionDataset, caption_statistics
 from rsretrieval.files import atomic_write_json
 
 STUDY_VERSION = 1
-STUDY_SYNTHRS = {"n_images": 4752, "split_fractions": (0.72, 0.18, 0.10)}  # RSITMD's shape, 18 scenes
+STUDY_SYNTHRS = {"version": "1.0", "n_images": 4752, "split_fractions": (0.72, 0.18, 0.10)}  # RSITMD's shape, 18 scenes
 TODAY_TRAIN_IMAGES = 1050  # the shipped SynthRS's train split
 
 

@@ -26,8 +26,8 @@ def test_subsets_are_nested_stratified_and_exact():
 
 
 def test_two_clause_captions_keep_the_images_and_say_more():
-    one, two = (_params(60, 64, 0, "rs", (0.7, 0.1, 0.2), caption_clauses=c) for c in (1, 2))
-    assert "caption_clauses" not in one  # the default's parameters stay as they always were
+    one, two = (_params(60, 64, 0, "rs", (0.7, 0.1, 0.2), caption_clauses=c, version="1.0") for c in (1, 2))
+    assert "caption_clauses" not in one  # version 1.0's parameters stay as they always were
     for i in range(0, 60, 7):
         a, b = _render_one(i, one), _render_one(i, two)
         assert np.array_equal(np.asarray(a[2]), np.asarray(b[2]))  # the same image, byte for byte

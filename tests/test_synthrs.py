@@ -306,6 +306,40 @@ def test_rerun_is_noop_and_changes_are_refused(tmp_path):
         generate_synthrs(tmp_path / "bad", split_fractions=(0.5, 0.1, 0.1), progress=False)
 
 
+def test_versions_stay_generable_by_name(tmp_path):
+    """Each rs version keeps its size, split and captions; image i is the same picture in every version."""
+    from rsretrieval.data.synthrs import RS_EDITIONS, edition
+
+    assert VERSIONS["rs"] in RS_EDITIONS and edition("rs", "1.0")["n_images"] == 1500
+    assert edition("rs", "3.0") | {} == {"version": "3.0", **RS_EDITIONS["3.0"]}
+    old = generate_synthrs(tmp_path / "v1", version="1.0", n_images=36, image_size=64, progress=False)
+    new = generate_synthrs(tmp_path / "v3", version="3.0", n_images=36, image_size=64, progress=False)
+    p_old, p_new = (json.loads((r / "synthrs.json").read_text())["params"] for r in (old, new))
+    # version 1.0's parameters are written as they always were (what the committed zoo was built on)
+    assert p_old == {"version": "1.0", "n_images": 36, "image_size": 64, "seed": 0, "domain": "rs",
+                     "split_fractions": [0.7, 0.1, 0.2]}
+    assert p_new["version"] == "3.0" and p_new["split_fractions"] == [0.72, 0.18, 0.10]
+    assert "caption_clauses" not in p_new  # the version's own clause count is implied by it
+    assert (old / "images" / "airport_1.png").read_bytes() == (new / "images" / "airport_1.png").read_bytes()
+    words = [np.mean([len(s["raw"].split()) for rec in _load(r)[0] for s in rec["sentences"]]) for r in (old, new)]
+    assert words[1] > words[0] + 3  # 3.0's captions make two statements
+    with pytest.raises(SynthRSExistsError, match="version: '1.0' -> '3.0'"):
+        generate_synthrs(old, version="3.0", n_images=36, image_size=64, progress=False)
+    with pytest.raises(ValueError, match="no version '2.0'; known: 1.0, 3.0"):
+        generate_synthrs(tmp_path / "v2", version="2.0", progress=False)
+    assert not (tmp_path / "v2").exists()
+
+
+def test_the_default_root_refuses_a_dataset_of_other_parameters(tmp_path):
+    """prepare_dataset used to hand back whatever SynthRS lay in the folder: now the generator checks it."""
+    from rsretrieval.data import prepare_dataset
+
+    stale = generate_synthrs(tmp_path / "synthrs", n_images=18, image_size=48, progress=False)
+    with pytest.raises(SynthRSExistsError, match=r"n_images: 18 -> \d+.*data synth --overwrite"):
+        prepare_dataset("synthrs", stale)
+    assert len(list((stale / "images").iterdir())) == 18  # nothing deleted
+
+
 def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
     calls = []
 

@@ -346,12 +346,12 @@ def prepare_dataset(
     """
     info = get_dataset_info(name)
     root = Path(root).expanduser()
-    if not info.missing_files(root) or (info.name == "karpathy" and root.is_file()):
-        return root
-    if info.generated:
+    if info.generated:  # the generator checks what is there: files of other parameters are refused by name
         from rsretrieval.data.synthrs import generate_synthrs  # imported only when needed
 
         return Path(generate_synthrs(root))
+    if not info.missing_files(root) or (info.name == "karpathy" and root.is_file()):
+        return root
     url = url or info.url
     if url is None:
         raise DatasetNotFoundError(info.not_found_message(root))

@@ -44,7 +44,7 @@ Modules: ``vocabulary`` (scenes, objects, words), ``textures`` and ``canvas`` (p
 """
 
 from rsretrieval.data.synthrs.captions import make_captions
-from rsretrieval.data.synthrs.generate import REGIMES, benchmark, generate_regime, generate_synthrs
+from rsretrieval.data.synthrs.generate import RS_EDITIONS, REGIMES, benchmark, edition, generate_regime, generate_synthrs
 from rsretrieval.data.synthrs.masks import object_masks
 from rsretrieval.data.synthrs.scenes import render_scene
 from rsretrieval.data.synthrs.vocabulary import (
@@ -65,6 +65,8 @@ from rsretrieval.errors import SynthRSExistsError
 
 __all__ = [
     "REGIMES",
+    "RS_EDITIONS",
+    "edition",
     "generate_regime",
     "DOMAINS",
     "LANDMARKS",

@@ -42,11 +42,35 @@ REGIMES: dict[str, dict[str, float]] = {
 }
 
 
-def _params(n_images: int, image_size: int, seed: int, domain: str, split_fractions: Sequence[float],
-            object_scale: float = OBJECT_SCALE, unnamed_share: float = UNNAMED_SHARE,
-            caption_clauses: int = CAPTION_CLAUSES) -> dict[str, Any]:
+# What each version of the rs domain's dataset is made of. Image i is the same in every version (a
+# pure function of seed and i): a version sets the size, the split and how much a caption says.
+# 1.0: the course's first stand-in (1,050 / 144 / 306). 3.0: RSITMD's shape (3,420 / 864 / 468; RSITMD
+# 4,291 train+val / 452 test) with two statements a caption, what the regime study found binding.
+RS_EDITIONS: dict[str, dict[str, Any]] = {
+    "1.0": {"n_images": 1500, "split_fractions": (0.7, 0.1, 0.2), "caption_clauses": 1},
+    "3.0": {"n_images": 4752, "split_fractions": (0.72, 0.18, 0.10), "caption_clauses": 2},
+}
+_OTHER_DOMAINS = {"n_images": 1500, "split_fractions": (0.7, 0.1, 0.2), "caption_clauses": CAPTION_CLAUSES}
+
+
+def edition(domain: str = "rs", version: str | None = None) -> dict[str, Any]:
+    """The defaults of ``domain``'s dataset at generator ``version`` (default: the current one, :data:`VERSIONS`)."""
     if domain not in DOMAINS:
         raise ValueError(f"domain must be one of {DOMAINS}, not {domain!r}")
+    version = VERSIONS[domain] if version is None else str(version)
+    known = list(RS_EDITIONS) if domain == "rs" else [VERSIONS[domain]]
+    if version not in known:
+        raise ValueError(f"SynthRS {domain} has no version {version!r}; known: {', '.join(known)}")
+    return {"version": version, **(RS_EDITIONS[version] if domain == "rs" else _OTHER_DOMAINS)}
+
+
+def _params(n_images: int | None, image_size: int, seed: int, domain: str, split_fractions: Sequence[float] | None,
+            object_scale: float = OBJECT_SCALE, unnamed_share: float = UNNAMED_SHARE,
+            caption_clauses: int | None = None, version: str | None = None) -> dict[str, Any]:
+    base = edition(domain, version)
+    n_images = base["n_images"] if n_images is None else n_images
+    split_fractions = base["split_fractions"] if split_fractions is None else split_fractions
+    caption_clauses = base["caption_clauses"] if caption_clauses is None else caption_clauses
     if n_images < 1 or image_size < 32:
         raise ValueError(f"need n_images >= 1 and image_size >= 32, got {n_images} and {image_size}")
     fr = [float(f) for f in split_fractions]
@@ -58,16 +82,22 @@ def _params(n_images: int, image_size: int, seed: int, domain: str, split_fracti
                          f"{unnamed_share}")
     if isinstance(caption_clauses, bool) or caption_clauses not in (1, 2):
         raise ValueError(f"caption_clauses must be 1 or 2, not {caption_clauses!r}")
-    params = {"version": VERSIONS[domain], "n_images": int(n_images), "image_size": int(image_size),
+    params = {"version": base["version"], "n_images": int(n_images), "image_size": int(image_size),
               "seed": int(seed), "domain": domain, "split_fractions": fr}
-    # a regime other than the default is part of the parameters; the default's stay as they always were
+    # a regime other than the version's is part of the parameters; the version's stay as they always were
     if object_scale != OBJECT_SCALE:
         params["object_scale"] = float(object_scale)
     if unnamed_share != UNNAMED_SHARE:
         params["unnamed_share"] = float(unnamed_share)
-    if caption_clauses != CAPTION_CLAUSES:
+    if caption_clauses != base["caption_clauses"]:
         params["caption_clauses"] = int(caption_clauses)
     return params
+
+
+def _clauses(params: dict[str, Any]) -> int:
+    if "caption_clauses" in params:
+        return params["caption_clauses"]
+    return RS_EDITIONS[params["version"]]["caption_clauses"] if params["domain"] == "rs" else CAPTION_CLAUSES
 
 
 def _read_params(root: Path) -> dict[str, Any] | None:
@@ -109,7 +139,7 @@ def _render_one(i: int, params: dict[str, Any]) -> tuple[str, str, Image.Image, 
                                       object_scale=params.get("object_scale", OBJECT_SCALE))
     captions = make_captions(rng, scene, objects, params["domain"],
                              unnamed_share=params.get("unnamed_share", UNNAMED_SHARE),
-                             clauses=params.get("caption_clauses", CAPTION_CLAUSES))
+                             clauses=_clauses(params))
     return f"{scene}_{i // len(names) + 1}.png", scene, img, objects, mask, captions
 
 
@@ -161,10 +191,11 @@ def _write_dataset(folder: Path, params: dict[str, Any], progress: bool) -> None
     (folder / "synthrs.json").write_text(json.dumps(meta, indent=1))  # written last: marks a complete dataset
 
 
-def generate_synthrs(root: str | Path, *, n_images: int = 1500, image_size: int = 224, seed: int = 0,
-                     domain: str = "rs", split_fractions: Sequence[float] = (0.7, 0.1, 0.2),
-                     object_scale: float = OBJECT_SCALE, unnamed_share: float = UNNAMED_SHARE,
-                     caption_clauses: int = CAPTION_CLAUSES, overwrite: bool = False, progress: bool = True) -> Path:
+def generate_synthrs(root: str | Path, *, version: str | None = None, n_images: int | None = None,
+                     image_size: int = 224, seed: int = 0, domain: str = "rs",
+                     split_fractions: Sequence[float] | None = None, object_scale: float = OBJECT_SCALE,
+                     unnamed_share: float = UNNAMED_SHARE, caption_clauses: int | None = None,
+                     overwrite: bool = False, progress: bool = True) -> Path:
     """Generate SynthRS in RSITMD's layout under ``root`` (or reuse it if already there).
 
     The dataset is written into a temporary sibling folder and renamed into place, so an
@@ -172,17 +203,20 @@ def generate_synthrs(root: str | Path, *, n_images: int = 1500, image_size: int 
 
     Args:
         root: target folder.
-        n_images: number of images; scenes take turns, so each scene gets about the same share.
+        version: the generator version whose defaults (size, split, caption clauses) apply: one of
+            :data:`RS_EDITIONS` for the rs domain (default: the current one, :data:`VERSIONS`).
+        n_images: number of images (default: the version's); scenes take turns, so each scene gets
+            about the same share.
         image_size: image side in pixels.
         seed: the images and splits are a pure function of the seed (byte-identical files).
         domain: ``"rs"`` (top-down scenes) or ``"source"`` (object-centred pretraining domain).
-        split_fractions: train/val/test shares, applied within each scene.
+        split_fractions: train/val/test shares, applied within each scene (default: the version's).
         object_scale: every object drawn this much smaller (< 1) or larger, the layout unchanged (a
             regime of small targets; captions still call each size what it is).
         unnamed_share: the share of an rs image's captions that never name its scene (0.4 as in
             RSITMD; 1.0: no caption does, a regime where only the objects say what the scene is).
-        caption_clauses: statements per rs caption (2: a second about another object class or the
-            ground; the images stay byte-identical, only the captions change).
+        caption_clauses: statements per rs caption (default: the version's; 2: a second about another
+            object class or the ground; the images stay byte-identical, only the captions change).
         overwrite: replace an existing SynthRS dataset made with other parameters.
         progress: show a tqdm progress bar.
 
@@ -196,7 +230,7 @@ def generate_synthrs(root: str | Path, *, n_images: int = 1500, image_size: int 
     """
     root = Path(root).expanduser()
     params = _params(n_images, image_size, seed, domain, split_fractions, object_scale, unnamed_share,
-                     caption_clauses)
+                     caption_clauses, version)
     old = _read_params(root)
     if old == params and _complete(root, params):
         return root  # same params but files lost: fall through and remake it
@@ -207,7 +241,8 @@ def generate_synthrs(root: str | Path, *, n_images: int = 1500, image_size: int 
         if old != params and not overwrite:
             diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in params.items() if old.get(k) != v)
             raise SynthRSExistsError(f"{root} holds a SynthRS dataset made with other parameters ({diff}). "
-                                     "Pass overwrite=True to replace it, or choose another root.")
+                                     "Pass overwrite=True (data synth --overwrite) to replace it, choose "
+                                     "another root, or load that one by passing its folder as the root.")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
     try:
