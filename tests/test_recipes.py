@@ -119,17 +119,20 @@ def test_sweep_reads_no_test_split_and_stores_a_recipe(tmp_path, monkeypatch):
     rest = points[len(lr_stage):]
     assert [p["settings"]["method.bottleneck"] for p in rest] == [2, 4]  # the second knob, lr fixed
     assert all(p["settings"]["train.lr"] == lr_best for p in rest)
-    assert entry["sweep"]["chosen"] == max(rest, key=lambda p: p["val_mr"])["settings"]
+    longer = [p for p in rest if "train.epochs" in p["settings"]]  # a longer schedule for a budget-bound choice
+    rest = [p for p in rest if p not in longer]
+    assert entry["sweep"]["chosen"] == max(rest + longer, key=lambda p: p["val_mr"])["settings"]
     # bottleneck 2 is the adapter's default: that point is the lr stage's best, read back, not trained again
     assert rest[0]["val_mr"] == max(p["val_mr"] for p in lr_stage)
-    assert len(list((tmp_path / "runs").glob("*/results.json"))) == len(lr_stage) + 1
+    assert len(list((tmp_path / "runs").glob("*/results.json"))) == len(lr_stage) + 1 + len(longer)
     for results in (tmp_path / "runs").glob("*/results.json"):
         assert json.loads(results.read_text())["test"] is None  # nothing was scored on test
 
     r = load_recipe("tiny-karpathy", "adapter")  # the stored recipe, read back by name
     assert r.train["lr"] == entry["train"]["lr"] and r.method_kwargs == entry["method_kwargs"]
     assert r.sweep["selected_on"] == "val"
-    assert r.train["epochs"] == base["epochs"] and r.train["stop_epoch"] == entry["sweep"]["best_epoch"]
+    assert r.train["epochs"] == entry["sweep"]["chosen"].get("train.epochs", base["epochs"])
+    assert r.train["stop_epoch"] == entry["sweep"]["best_epoch"]
 
     # Resumable: a second sweep reads every point back instead of training it.
     import rsretrieval.training as training
@@ -151,6 +154,33 @@ def test_sweep_reads_no_test_split_and_stores_a_recipe(tmp_path, monkeypatch):
     assert load_recipe("tiny-karpathy", "adapter", "hmmc").loss == "hmmc"
     assert load_recipe("tiny-karpathy", "adapter", "infonce").train == load_recipe("tiny-karpathy", "adapter").train
     assert load_recipe("tiny-karpathy", "adapter", "vsepp").train["lr"] == entry["train"]["lr"]  # none of its own
+
+
+def test_a_choice_still_improving_at_its_last_epoch_gets_a_longer_budget(tmp_path, monkeypatch):
+    """The sweep's early stopping chooses the epochs only when the peak lies inside the budget."""
+    import rsretrieval.data as data
+    import rsretrieval.experiments as experiments
+    from rsretrieval.recipes import sweep as sweep_module
+
+    runs = []
+
+    def fake_run(model, pretrained, method, train, val, test, config, **kwargs):
+        runs.append(config)
+        epochs, lr = config["epochs"], config["lr"]
+        best = min(epochs, 20)  # this method peaks at epoch 20, whatever the budget
+        return {"val_mr": best - 10 * abs(lr - 0.2), "best_epoch": best,
+                "history": {"records": [{"seconds": 1.0}] * min(epochs, best + config["patience"])}}
+
+    monkeypatch.setattr(experiments, "run_method", fake_run)
+    monkeypatch.setattr(data, "load_dataset", lambda *a, **k: None)
+    monkeypatch.setattr(recipes, "RECIPE_DIR", tmp_path)
+    entry = sweep_module.sweep("adapter", dataset="karpathy", model="tiny", pretrained=None,
+                               space={"train.lr": [0.1, 0.2, 0.3]}, base={"epochs": 12, "patience": 2},
+                               out_dir=tmp_path / "runs", progress=False)
+    # 12 epochs: best at 12, the last -> 24: best at 20, inside the budget, so no further
+    assert [c["epochs"] for c in runs] == [12, 12, 12, 24]
+    assert entry["train"]["epochs"] == 24 and entry["train"]["stop_epoch"] == 20
+    assert entry["sweep"]["chosen"] == {"train.lr": 0.2, "train.epochs": 24}
 
 
 @pytest.mark.slow

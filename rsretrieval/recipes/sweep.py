@@ -4,7 +4,8 @@ A coordinate search, as one tunes by hand but written down: the method's knobs a
 after the other (learning rate first), each over a few values with the earlier knobs at their
 best so far and the later ones at their defaults (a learning rate best at the edge of its grid is
 tried further out, up to twice); every point trains with early stopping on
-validation (``patience``), so the number of epochs is chosen too. Only ``train`` and ``val`` are
+validation (``patience``), so the number of epochs is chosen too, and a chosen point still
+improving at the last epoch of its budget is trained again on a longer schedule. Only ``train`` and ``val`` are
 ever loaded: no test score can reach a choice.
 """
 
@@ -105,29 +106,31 @@ def sweep(
     val = load_dataset(dataset, root, "val")
 
     defaults = _defaults(method, loss, list(space))
-    points: list[dict[str, Any]] = []
-    chosen: dict[str, Any] = {}
     total = sum(len(values) for values in space.values())
     bar = tqdm(total=total, desc=f"sweep {key}", disable=not progress)
+
+    def train_point(settings: dict[str, Any]) -> dict[str, Any]:
+        # a knob at its default is left out of the run, so a point that repeats an earlier one
+        # (the default of the next knob) is read back instead of trained again
+        run = {k: v for k, v in settings.items() if k.startswith("train.") or v != defaults.get(k, _NONE)}
+        train_kw, method_kw, loss_kw = _split(run)
+        result = run_method(model, pretrained, method, train, val, None,
+                            {**base, **train_kw, "device": device, "progress": False},
+                            loss=loss, method_kwargs=method_kw, loss_kwargs=loss_kw, run_dir=folder / _slug(run))
+        point = {"settings": settings, "val_mr": result["val_mr"], "best_epoch": result["best_epoch"],
+                 "epochs_run": len(result["history"]["records"]),
+                 "train_seconds": sum(r["seconds"] for r in result["history"]["records"])}
+        bar.update(1)
+        bar.set_postfix({"val_mr": f"{point['val_mr']:.2f}", "best_epoch": point["best_epoch"]})
+        return point
+
+    points: list[dict[str, Any]] = []
+    chosen: dict[str, Any] = {}
     for knob, values in space.items():
         stage: list[dict[str, Any]] = []
         values = list(values)
         while True:
-            for value in values[len(stage):]:
-                settings = {**chosen, knob: value}
-                # a knob at its default is left out of the run, so a point that repeats an earlier one
-                # (the default of the next knob) is read back instead of trained again
-                run = {k: v for k, v in settings.items() if k.startswith("train.") or v != defaults.get(k, _NONE)}
-                train_kw, method_kw, loss_kw = _split(run)
-                result = run_method(model, pretrained, method, train, val, None,
-                                    {**base, **train_kw, "device": device, "progress": False},
-                                    loss=loss, method_kwargs=method_kw, loss_kwargs=loss_kw,
-                                    run_dir=folder / _slug(run))
-                stage.append({"settings": settings, "val_mr": result["val_mr"], "best_epoch": result["best_epoch"],
-                              "epochs_run": len(result["history"]["records"]),
-                              "train_seconds": sum(r["seconds"] for r in result["history"]["records"])})
-                bar.update(1)
-                bar.set_postfix({knob.split(".", 1)[1]: value, "val_mr": f"{stage[-1]['val_mr']:.2f}"})
+            stage += [train_point({**chosen, knob: value}) for value in values[len(stage):]]
             further = _beyond_the_edge(knob, values, max(stage, key=lambda p: p["val_mr"])["settings"][knob],
                                        len(values) - len(space[knob]))
             if further is None:
@@ -136,10 +139,20 @@ def sweep(
             bar.total += 1
         points += stage
         chosen = max(stage, key=lambda p: p["val_mr"])["settings"]  # ties: the first tried
+    best = next(p for p in points if p["settings"] == chosen)
+    # still improving when its budget ran out: the chosen point is trained again on a longer schedule
+    epochs = base["epochs"]
+    while best["best_epoch"] >= epochs and epochs * BUDGET_STEP <= MAX_EPOCHS:
+        epochs *= BUDGET_STEP
+        bar.total += 1
+        longer = train_point({**chosen, "train.epochs": epochs})
+        points.append(longer)
+        if longer["val_mr"] <= best["val_mr"]:
+            break
+        chosen, best = longer["settings"], longer
     bar.close()
 
     train_kw, method_kw, loss_kw = _split(chosen)
-    best = next(p for p in points if p["settings"] == chosen)
     # the schedule the sweep validated, stopped where the chosen point peaked
     entry = {"train": {**base, **train_kw, "stop_epoch": best["best_epoch"]}, "method_kwargs": method_kw,
              "loss": loss, "loss_kwargs": loss_kw,
@@ -182,6 +195,8 @@ def _defaults(method: str, loss: str | None, knobs: list[str]) -> dict[str, Any]
 
 EDGE_STEP = 3.0  # a learning rate best at the edge of its grid is tried this factor further out
 MAX_EXTENSIONS = 2
+BUDGET_STEP = 2  # a chosen point whose best epoch is its last is trained again on this many times the epochs
+MAX_EPOCHS = 48
 
 
 def _beyond_the_edge(knob: str, values: list[Any], best: Any, extended: int) -> Any | None:
