@@ -227,6 +227,8 @@ def summarize(runs: list[dict[str, Any]], key: str = "mr", group: str = "method"
             **({"samples_per_s": statistics.mean(r["samples_per_s"] for r in rs)}
                if all("samples_per_s" in r for r in rs) else {}),
             "values": values,
+            # each run's per-image hits on test (zoo runs carry them): what a paired comparison resamples
+            **({"hits": [r["test_hits"] for r in rs]} if all(r.get("test_hits") is not None for r in rs) else {}),
         })
     return rows
 
@@ -235,10 +237,15 @@ def compare(a: dict[str, Any], b: dict[str, Any], key: str = "mr", group: str = 
     """One sentence comparing two :func:`summarize` rows, from their numbers: who leads by how much, or
     that the difference is within noise.
 
-    The noise is the seeds' spread of a difference, sqrt(std_a² + std_b²); a difference no larger
-    than it is called within noise. A row of one run (e.g. zero-shot, which has no seed) adds no
-    spread; with one run on each side there is none to judge by, and the sentence says so.
+    Rows that hold their runs' per-image ``hits`` (zoo runs scored on one test split) are compared
+    by :func:`~rsretrieval.evaluation.paired_comparison`: a lead needs its paired 95% CI to exclude 0
+    and to exceed the seeds' spread. Otherwise the noise is the seeds' spread of a difference,
+    sqrt(std_a² + std_b²); a difference no larger than it is called within noise. A row of one run
+    (e.g. zero-shot, which has no seed) adds no spread; with one run on each side there is none to
+    judge by, and the sentence says so.
     """
+    if key == "mr" and "hits" in a and "hits" in b:
+        return paired(a, b).sentence(a[group], b[group], unit)
     delta = a[f"{key}_mean"] - b[f"{key}_mean"]
     noise = (a[f"{key}_std"] ** 2 + b[f"{key}_std"] ** 2) ** 0.5
     seeds = f"{a['n']} and {b['n']} runs" if a["n"] != b["n"] else f"{a['n']} seed{'s' if a['n'] != 1 else ''} each"
@@ -253,20 +260,111 @@ def compare(a: dict[str, Any], b: dict[str, Any], key: str = "mr", group: str = 
     return f"{lead[group]} leads {trail[group]} by {abs(delta):.2f} ± {noise:.2f} {unit} ({seeds})"
 
 
+def paired(a: dict[str, Any], b: dict[str, Any]):
+    """The :class:`~rsretrieval.evaluation.Comparison` of two :func:`summarize` rows that hold ``hits``."""
+    from rsretrieval.evaluation import paired_comparison
+
+    if "hits" not in a or "hits" not in b:
+        lacking = ", ".join(str(r.get("label", r.get("method", "?"))) for r in (a, b) if "hits" not in r)
+        raise ValueError(f"a paired comparison needs both rows' per-image hits ({lacking} lack them): "
+                         "summarize runs scored by rsretrieval.zoo.evaluate_zoo")
+    return paired_comparison(a["hits"], b["hits"])
+
+
+def with_ci(rows: list[dict[str, Any]], baseline: dict[str, Any], group: str = "method") -> list[dict[str, Any]]:
+    """``rows`` with their paired comparison against ``baseline`` (the rows' mR minus its): ``vs``,
+    ``delta``, ``ci_low``, ``ci_high``, ``p_value`` and ``verdict`` (``baseline`` itself: None)."""
+    out = []
+    for row in rows:
+        if row is baseline or row[group] == baseline[group]:
+            out.append({**row, "vs": None, "delta": None, "ci_low": None, "ci_high": None, "p_value": None,
+                        "verdict": None})
+            continue
+        c = paired(row, baseline)
+        out.append({**row, "vs": baseline[group], "delta": c.delta, "ci_low": c.ci_low, "ci_high": c.ci_high,
+                    "p_value": c.p_value, "verdict": c.verdict})
+    return out
+
+
+def learning_curve(rows: list[dict[str, Any]], methods: list[str], shares: list[float], n_train: int,
+                   zero_shot: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Each method's test mR against the number of labelled training images, from :func:`summarize` rows
+    of zoo runs (labelled by :func:`rsretrieval.zoo.curve_label`), each point with the bootstrap 95% CI
+    of its seeds' mean over test images; ``zero_shot`` (needing no labels) is drawn at every point."""
+    from rsretrieval.evaluation import mr_interval
+    from rsretrieval.zoo import curve_label
+
+    by_label = {r["label"]: r for r in rows}
+    points = []
+    for method in methods + (["zero-shot"] if zero_shot else []):
+        for share in sorted(shares):
+            row = zero_shot if method == "zero-shot" else by_label.get(curve_label(method, share))
+            if row is None:
+                continue
+            _, low, high = mr_interval(row["hits"]) if "hits" in row else (None, None, None)
+            points.append({"method": method, "share": share, "n_train_images": max(1, round(share * n_train)),
+                           "mr_mean": row["mr_mean"], "mr_std": row["mr_std"], "n": row["n"], "ci_low": low,
+                           "ci_high": high, **({"hits": row["hits"]} if "hits" in row else {})})
+    return points
+
+
+def crossings(curve: list[dict[str, Any]]) -> list[str]:
+    """Where two learning curves cross, in words from the numbers: between which numbers of labelled
+    images one method's mean mR overtakes another's, and whether the paired CIs on each side say so."""
+    by_method: dict[str, dict[int, dict[str, Any]]] = {}
+    for p in curve:
+        by_method.setdefault(p["method"], {})[p["n_train_images"]] = p
+    out = []
+    names = sorted(by_method)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            ns = sorted(set(by_method[a]) & set(by_method[b]))
+            for lo, hi in zip(ns, ns[1:]):
+                before = by_method[a][lo]["mr_mean"] - by_method[b][lo]["mr_mean"]
+                after = by_method[a][hi]["mr_mean"] - by_method[b][hi]["mr_mean"]
+                if before * after >= 0:
+                    continue
+                first, second = (a, b) if after > 0 else (b, a)
+                sides = [paired({**by_method[first][n], "label": first}, {**by_method[second][n], "label": second})
+                         if "hits" in by_method[a][n] and "hits" in by_method[b][n] else None for n in (lo, hi)]
+                if all(c is not None for c in sides):
+                    clear = all(c.verdict != "within noise" for c in sides)
+                    detail = (f"{first} {sides[0].delta:+.2f} mR at {lo:,}, {sides[1].delta:+.2f} at {hi:,}; "
+                              + ("both outside the paired 95% CI and the seeds' spread" if clear
+                                 else "within noise on at least one side"))
+                else:
+                    detail = "means only: the points hold no per-image hits"
+                out.append(f"{first} overtakes {second} between {lo:,} and {hi:,} labelled images ({detail})")
+    return out
+
+
+def plain(row: dict[str, Any]) -> dict[str, Any]:
+    """A row without its per-image hits (for records and JSON)."""
+    return {k: v for k, v in row.items() if k != "hits"}
+
+
 def format_summary(rows: list[dict[str, Any]], key: str = "mr", group: str = "method",
                    extra: dict[str, dict[str, Any]] | None = None) -> str:
     """A plain-text table of :func:`summarize` rows; ``extra`` adds columns per group (e.g. peak memory)."""
     extra = extra or {}
     extra_cols = sorted({c for cols in extra.values() for c in cols})
     width = max([16] + [len(str(r[group])) for r in rows])
-    head = (f"{group:{width}s} {'trainable':>12s} {key + ' (mean ± std)':>18s} {'s/epoch':>8s}"
+    vs = next((r["vs"] for r in rows if r.get("vs")), None)  # rows of with_ci: a CI column against vs
+    ci_head = f" {'Δ vs ' + vs + ' [95% CI]':>30s}" if vs else ""
+    head = (f"{group:{width}s} {'trainable':>12s} {key + ' (mean ± std)':>18s}{ci_head} {'s/epoch':>8s}"
             + "".join(f" {c:>14s}" for c in extra_cols))
     lines = [head, "-" * len(head)]
     for r in rows:
         cols = extra.get(r[group], {})
-        lines.append(f"{r[group]:{width}s} {r['trainable']:12,d} {r[f'{key}_mean']:10.2f} ± {r[f'{key}_std']:5.2f} "
-                     f"{r['seconds_per_epoch']:8.1f}" + "".join(f" {_fmt(cols.get(c)):>14s}" for c in extra_cols))
+        ci = "" if not vs else f" {'-' if r.get('delta') is None else _ci(r):>30s}"
+        lines.append(f"{r[group]:{width}s} {r['trainable']:12,d} {r[f'{key}_mean']:10.2f} ± {r[f'{key}_std']:5.2f}"
+                     f"{ci} {r['seconds_per_epoch']:8.1f}" + "".join(f" {_fmt(cols.get(c)):>14s}" for c in extra_cols))
     return "\n".join(lines)
+
+
+def _ci(row: dict[str, Any]) -> str:
+    mark = {"ahead": "+", "behind": "-"}.get(row["verdict"], "~")
+    return f"{row['delta']:+6.2f} [{row['ci_low']:+6.2f}, {row['ci_high']:+6.2f}] {mark}"
 
 
 def _fmt(value: Any) -> str:

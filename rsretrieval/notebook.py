@@ -275,15 +275,18 @@ def zoo_runs(cfg: Setup, dataset: str, data_dir: str | None, recipe: str | None,
 
 
 def zero_shot_row(cfg: Setup, test: Any) -> dict[str, Any]:
-    """The pretrained model's test mR as a :func:`rsretrieval.experiments.summarize` row (one run, no spread)."""
-    from rsretrieval.evaluation import evaluate
+    """The pretrained model's test mR as a :func:`rsretrieval.experiments.summarize` row (one run, no spread),
+    with its per-image ``hits`` for paired comparisons."""
+    from rsretrieval.evaluation import evaluate, per_image_hits
     from rsretrieval.models import count_parameters, create_model
 
     bundle = create_model(cfg.model, cfg.pretrained)
-    metrics = evaluate(bundle.model.to(cfg.device), test, transform=bundle.transform, tokenizer=bundle.tokenizer,
-                       device=cfg.device, progress=False).metrics
+    result = evaluate(bundle.model.to(cfg.device), test, transform=bundle.transform, tokenizer=bundle.tokenizer,
+                      device=cfg.device, progress=False)
+    metrics = result.metrics
     return {"label": "zero-shot", "n": 1, "trainable": 0, "total": count_parameters(bundle.model)[1],
-            "mr_mean": metrics["mr"], "mr_std": 0.0, "seconds_per_epoch": 0.0, "values": [metrics["mr"]]}
+            "mr_mean": metrics["mr"], "mr_std": 0.0, "seconds_per_epoch": 0.0, "values": [metrics["mr"]],
+            "hits": [per_image_hits(result, test.text_to_image)]}
 
 
 def watch_training(cfg: Setup, label: str, splits: dict, recipe: str | None, *, epochs: int, batch_size: int,

@@ -481,6 +481,39 @@ def plot_val_curves(
     return fig
 
 
+def plot_learning_curves(points: Sequence[Mapping], *, title: str = "") -> Figure:
+    """Test mR against the number of labelled training images, one line per method (mean over seeds),
+    its bootstrap 95% CI over test images shaded; zero-shot as a dashed line with its band.
+
+    Args:
+        points: :func:`rsretrieval.experiments.learning_curve`'s points (``method``, ``n_train_images``,
+            ``mr_mean``, ``ci_low``, ``ci_high``, ``n``).
+    """
+    fig = Figure(figsize=(6.4, 3.8))
+    ax = fig.subplots()
+    by_method: dict[str, list[Mapping]] = {}
+    for p in points:
+        by_method.setdefault(str(p["method"]), []).append(p)
+    for name, pts in by_method.items():
+        pts = sorted(pts, key=lambda p: p["n_train_images"])
+        xs, ys = [p["n_train_images"] for p in pts], [p["mr_mean"] for p in pts]
+        zero = name == "zero-shot"
+        line, = ax.plot(xs, ys, "--" if zero else "o-", ms=4, color="gray" if zero else None,
+                        label=f"{name} (no labels)" if zero else f"{name} ({pts[-1]['n']} seeds)")
+        if all(p.get("ci_low") is not None for p in pts):
+            ax.fill_between(xs, [p["ci_low"] for p in pts], [p["ci_high"] for p in pts], alpha=0.15,
+                            color=line.get_color())
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled training images")
+    ax.set_ylabel("test mR (%)")
+    ax.set_title(title or "how much labelled data each method needs")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return set_alt_text(fig, "Learning curves: " + "; ".join(
+        f"{name} " + ", ".join(f"{p['mr_mean']:.1f} at {p['n_train_images']}" for p in
+                               sorted(pts, key=lambda p: p["n_train_images"])) for name, pts in by_method.items()))
+
+
 def plot_cost(points: Sequence[Mapping], *, title: str = "") -> Figure:
     """What each method's score costs: val mR against training seconds, and against peak memory.
 

@@ -24,9 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from rsretrieval.data.dataset import CaptionDataset, caption_statistics
+from rsretrieval.data.dataset import CaptionDataset, caption_statistics, nested_subset
 from rsretrieval.files import atomic_write_json
 
 STUDY_VERSION = 1
@@ -44,6 +42,7 @@ class Row:
     train_images: int | None = None  # None: the whole train split
     captions: dict[str, Any] = field(default_factory=dict)  # generator parameters beside STUDY_SYNTHRS
     train: dict[str, Any] = field(default_factory=dict)  # overrides of the recipe's training settings
+    pretraining: str | None = None  # a MiniCLIP pretraining variant (rsretrieval.pretrain.VARIANTS); None: shipped
 
     @property
     def key(self) -> str:
@@ -62,31 +61,15 @@ def _rows() -> list[Row]:
         rows.append(Row("epochs", "uncapped", method, TODAY_TRAIN_IMAGES, train={"stop_epoch": 12}))
         rows.append(Row("size", "2000", method, 2000))
     rows.append(Row("captions", "two-clause+all", "full", None, {"caption_clauses": 2}))
+    # on SynthRS 3.0's data (RSITMD's shape, two-statement captions): which pretraining transfers best
+    rows.append(Row("captions", "two-clause+all", "mrs_adapter", None, {"caption_clauses": 2}))
+    for method in ("zero_shot", "full", "mrs_adapter"):
+        rows.append(Row("pretraining", "web-3-epochs", method, None, {"caption_clauses": 2},
+                        pretraining="web-3-epochs"))
     return rows
 
 
 ROWS: tuple[Row, ...] = tuple(_rows())
-
-
-def nested_subset(data: CaptionDataset, n: int, seed: int = 0) -> CaptionDataset:
-    """``n`` images of ``data``, the same share of every scene; a smaller ``n`` gives a subset of a larger.
-
-    Each scene's images are ranked once by a seeded permutation and the subset takes, scene by
-    scene, the first ones, rounding so that the shares add up to ``n`` exactly.
-    """
-    if not 1 <= n <= data.num_images:
-        raise ValueError(f"need 1 <= n <= {data.num_images} images, got {n}")
-    scenes = sorted(set(data.scenes))
-    order = {s: [i for i in range(data.num_images) if data.scenes[i] == s] for s in scenes}
-    for k, s in enumerate(scenes):
-        perm = np.random.default_rng([seed, 104729, k]).permutation(len(order[s]))
-        order[s] = [order[s][j] for j in perm]
-    quota = {s: n * len(order[s]) / data.num_images for s in scenes}
-    take = {s: int(quota[s]) for s in scenes}
-    for s in sorted(scenes, key=lambda s: (-(quota[s] - take[s]), s))[: n - sum(take.values())]:
-        take[s] += 1
-    keep = sorted(i for s in scenes for i in order[s][: take[s]])
-    return data.subset(keep)
 
 
 def _dataset(root: Path, captions: dict[str, Any], split: str) -> CaptionDataset:
@@ -109,7 +92,9 @@ def run_row(row: Row, out: Path, *, recipe: str = "mini-synthrs", model: str = "
         train = nested_subset(train, row.train_images)
     record = {"key": row.key, "factor": row.factor, "level": row.level, "method": row.method,
               "train_images": train.num_images, "val_images": val.num_images, "captions": row.captions,
-              "train": row.train}
+              "train": row.train, **({"pretraining": row.pretraining} if row.pretraining else {})}
+    if row.pretraining:
+        pretrained = str(variant_weights(row.pretraining))
     t0 = time.perf_counter()
     if row.method == "zero_shot":
         from rsretrieval.evaluation import evaluate
@@ -142,7 +127,7 @@ def run_study(out: str | Path, only: Sequence[str] | None = None, **kwargs: Any)
         if only and not any(o in row.key for o in only):
             continue
         done = next((r for r in table if r["key"] == row.key and r["captions"] == row.captions
-                     and r["train"] == row.train), None)
+                     and r["train"] == row.train and r.get("pretraining") == row.pretraining), None)
         if done is not None:
             continue
         record = run_row(row, out, **kwargs)
@@ -150,6 +135,17 @@ def run_study(out: str | Path, only: Sequence[str] | None = None, **kwargs: Any)
         atomic_write_json(table_file, {"study_version": STUDY_VERSION, "synthrs": STUDY_SYNTHRS, "rows": table})
         print(format_row(record), flush=True)
     return table
+
+
+def variant_weights(name: str) -> Path:
+    """The weights file of MiniCLIP pretraining variant ``name``, pretrained first if it is not there."""
+    from rsretrieval.pretrain import pretrain_variants
+    from rsretrieval.paths import data_home
+
+    path = data_home() / "miniclip" / "variants" / f"{name}.pt"
+    if not path.is_file():
+        pretrain_variants([name], progress=False)
+    return path
 
 
 def format_row(r: dict[str, Any]) -> str:
@@ -160,10 +156,13 @@ def format_row(r: dict[str, Any]) -> str:
 
 def study_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each trained row with its zero-shot baseline on the same validation split and the ratio to it."""
-    zero = {json.dumps(r["captions"], sort_keys=True): r["val_mr"] for r in rows if r["method"] == "zero_shot"}
+    def base(r: dict[str, Any]) -> str:  # the zero-shot a row starts from: its captions and pretraining
+        return json.dumps([r["captions"], r.get("pretraining")], sort_keys=True)
+
+    zero = {base(r): r["val_mr"] for r in rows if r["method"] == "zero_shot"}
     out = []
     for r in rows:
-        z = zero.get(json.dumps(r["captions"], sort_keys=True))
+        z = zero.get(base(r))
         out.append(r | {"zero_shot_val_mr": z, "ratio": r["val_mr"] / z if z else None})
     return out
 

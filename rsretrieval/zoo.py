@@ -49,6 +49,10 @@ class ZooConfig:
     cmer_knobs: tuple[str, ...] = ()
     # how many of the build's seeds it takes (None: all); which entries exist, not what one is
     n_seeds: int | None = None
+    # a learning-curve point: this share of the training images (nested and scene-stratified, the same
+    # images for every method and seed), trained on the recipe's whole schedule with early stopping on
+    # val (the recipe's stop_epoch is where the sweep peaked on all the images, too early for fewer)
+    train_share: float | None = None
 
     def seeds_of(self, seeds: list[int]) -> list[int]:
         """The seeds of ``seeds`` this configuration is built for: the first ``n_seeds`` of them."""
@@ -84,6 +88,19 @@ CONFIGS: tuple[ZooConfig, ...] = (
                 cmer_knobs=("queue_weight", "queue_warmup") if q else ())
       for b, q in ((16, 0), (16, 512), (64, 0), (64, 512), (16, 128), (16, 2048))),
 )
+# Notebook 02's learning curves: these methods at these shares of the training images (all of them:
+# the entries above); zero-shot needs none.
+CURVE_SHARES = (0.05, 0.10, 0.25, 0.50)
+CURVE_METHODS = ("linear_probe", "full", "mrs_adapter", "lora", "focus_adapter")
+
+
+def curve_label(label: str, share: float) -> str:
+    """The zoo label of ``label``'s learning-curve point at ``share`` of the training images (1: itself)."""
+    return label if share == 1 else f"{label}@{round(100 * share)}%"
+
+
+CONFIGS += tuple(replace(c, label=curve_label(c.label, share), notebooks=("02",), train_share=share)
+                 for c in CONFIGS if c.label in CURVE_METHODS for share in CURVE_SHARES)
 
 
 def zoo_dir(model: str = "mini", dataset: str = "synthrs", regime: str | None = None) -> Path:
@@ -269,11 +286,23 @@ def _run_of(settings: ZooSettings, config: ZooConfig, seed: int) -> str:
 
     recipe = _recipe_of(settings, config) or {}
     recipe.pop("cmer_knobs", None)  # taken into the loss keywords below
-    train = {**asdict(TrainConfig()), **recipe.pop("train", {}), **config.train}  # as run_method resolves them
+    train = {**asdict(TrainConfig()), **recipe.pop("train", {}), **_curve_train(settings, config),
+             **config.train}  # as run_method resolves them
     return json.dumps({"method": config.method, "loss": config.loss, "method_kwargs": config.method_kwargs,
+                       "train_share": config.train_share,
                        "loss_kwargs": {**_cmer_knobs(settings, config), **config.loss_kwargs}, "train": train,
                        "cache_features": config.cache_features, "recipe": recipe, "seed": seed}, sort_keys=True,
                       default=list)
+
+
+def _curve_train(settings: ZooSettings, config: ZooConfig) -> dict[str, Any]:
+    """A learning-curve point's schedule over the recipe's: no stop before the schedule's last epoch."""
+    if config.train_share is None:
+        return {}
+    from rsretrieval.training import TrainConfig
+
+    train = {"epochs": TrainConfig().epochs, **(_recipe_of(settings, config) or {}).get("train", {}), **config.train}
+    return {"stop_epoch": train["epochs"]}
 
 
 def _twin_row(row: dict[str, Any], config: ZooConfig, seed: int, settings: ZooSettings) -> dict[str, Any]:
@@ -301,8 +330,9 @@ def _cmer_knobs(settings: ZooSettings, config: ZooConfig) -> dict[str, Any]:
 def _plain(config: ZooConfig) -> dict[str, Any]:
     plain = json.loads(json.dumps(asdict(config)))
     del plain["n_seeds"]  # which entries a build makes, not what an entry is
-    if not plain["cmer_knobs"]:
-        del plain["cmer_knobs"]  # entries made before the field existed keep their config
+    for name in ("cmer_knobs", "train_share"):
+        if not plain[name]:
+            del plain[name]  # entries made before the field existed keep their config
     return plain
 
 
@@ -352,7 +382,7 @@ def train_entry(config: ZooConfig, seed: int, folder: Path, settings: ZooSetting
 
     import rsretrieval
     from rsretrieval.bench import peak_rss_bytes
-    from rsretrieval.data import load_dataset
+    from rsretrieval.data import load_dataset, nested_subset
     from rsretrieval.experiments import run_method
     from rsretrieval.methods import save_method_half
 
@@ -363,7 +393,10 @@ def train_entry(config: ZooConfig, seed: int, folder: Path, settings: ZooSetting
     kwargs = data_kwargs(settings.recipe)  # e.g. PE-RSITR's 20% of train as validation
     root = settings.data_root()
     splits = [load_dataset(settings.dataset, root, s, **kwargs) for s in ("train", "val", "test")]
-    overrides = {**config.train, "seed": seed, "device": settings.device, "progress": False}
+    if config.train_share is not None:
+        splits[0] = nested_subset(splits[0], max(1, round(config.train_share * splits[0].num_images)))
+    overrides = {**_curve_train(settings, config), **config.train, "seed": seed, "device": settings.device,
+                 "progress": False}
     result = run_method(settings.model, settings.pretrained, config.method, splits[0], splits[1],
                         None, overrides, recipe=settings.recipe,  # test: scored below, from the stored file
                         loss=config.loss, method_kwargs=config.method_kwargs,
@@ -415,6 +448,12 @@ def score_stored(row: dict[str, Any], folder: str | Path, settings: ZooSettings,
     the test split). ``decoded``: a dict kept across calls, in which the test images are decoded
     once (every entry of a zoo has its base model's transform) and a side branch's frozen forwards are
     kept (:func:`~rsretrieval.cmer.remember_frozen_features`)."""
+    return evaluate_stored(row, folder, settings, test, decoded).metrics
+
+
+def evaluate_stored(row: dict[str, Any], folder: str | Path, settings: ZooSettings, test,
+                    decoded: dict[str, Any] | None = None):
+    """:func:`score_stored`'s whole :class:`~rsretrieval.evaluation.EvalResult`, ranks included."""
     import torch
 
     from rsretrieval.cmer import remember_frozen_features
@@ -431,7 +470,7 @@ def score_stored(row: dict[str, Any], folder: str | Path, settings: ZooSettings,
         return evaluate_features(
             encode_images(model, decoded["images"], device=device, progress=False),
             encode_texts(model, test.captions, tokenizer=bundle.tokenizer, device=device, progress=False),
-            test, per_scene=False).metrics
+            test, per_scene=False)
 
 
 def _save_full(result: dict[str, Any], settings: ZooSettings, splits: list, target: Path) -> None:
@@ -558,8 +597,11 @@ def evaluate_zoo(doc: dict[str, Any], folder: str | Path, test, *, labels: list[
         One run per entry, shaped as :func:`rsretrieval.experiments.run_method`'s results (``label``,
         ``method``, ``seed``, ``test``, ``val_mr``, ``best_epoch``, ``trainable``, ``total``,
         ``seconds_per_epoch``, ``history``, ...) plus ``stored_test_mr``, the build's own score, to check
-        the live one against, and ``file``, the entry's weights.
+        the live one against, ``test_hits``, its per-image hits (what paired comparisons resample;
+        None when not scored), and ``file``, the entry's weights.
     """
+    from rsretrieval.evaluation import per_image_hits
+
     settings = replace(ZooSettings(**doc["settings"]), device=device)
     rows = [e for e in doc["entries"] if (labels is None or e["label"] in labels)
             and (seeds is None or e["seed"] in seeds)]
@@ -569,13 +611,15 @@ def evaluate_zoo(doc: dict[str, Any], folder: str | Path, test, *, labels: list[
                          f"`python -m rsretrieval zoo build --only {' '.join(missing)}`")
     runs, decoded, scored = [], {}, {}
     for row in tqdm(rows, desc="zoo: scoring on test", disable=not progress or test is None):
-        metrics = scored.get(row["file_sha256"])  # two configurations that trained the same file
+        metrics, hits = scored.get(row["file_sha256"], (None, None))  # two configurations, one file
         if test is not None and metrics is None:
-            metrics = scored[row["file_sha256"]] = score_stored(row, folder, settings, test, decoded)
+            result = evaluate_stored(row, folder, settings, test, decoded)
+            metrics, hits = scored[row["file_sha256"]] = result.metrics, per_image_hits(result, test.text_to_image)
         runs.append({**{k: row[k] for k in ("key", "label", "method", "loss", "seed", "val_mr", "best_epoch",
                                             "epochs_run", "trainable", "total", "train_seconds",
                                             "seconds_per_epoch", "peak_memory_bytes", "history")},
-                     "test": metrics, "stored_test_mr": row["test_mr"], "file": str(Path(folder) / row["file"])})
+                     "test": metrics, "test_hits": hits, "train_images": row["identity"].get("train_images"),
+                     "stored_test_mr": row["test_mr"], "file": str(Path(folder) / row["file"])})
     return runs
 
 

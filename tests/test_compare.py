@@ -72,3 +72,38 @@ def test_different_splits_are_refused():
     b = _result(_missing_first(4, []), [0, 1, 2, 3])
     with pytest.raises(ValueError, match="does not match"):
         paired_comparison(a, b, [0, 1, 2])
+
+
+def test_the_leader_reads_its_own_interval():
+    t2i = [0, 1, 2, 3]
+    a, b = _result(_missing_first(4, []), t2i), _result(_missing_first(4, [0, 1, 2]), t2i)
+    c = paired_comparison(b, a, t2i, method="percentile", n_resamples=20000)  # b - a = -25
+    assert c.delta == pytest.approx(-25) and c.ci_high < 0
+    assert c.sentence("B", "A").startswith(f"A leads B by 25.00 mR (95% CI {-c.ci_high:+.2f} to {-c.ci_low:+.2f}")
+
+
+def test_summary_rows_of_zoo_runs_are_compared_image_by_image():
+    """Runs that carry per-image hits (as evaluate_zoo's do) are compared by the paired CI, seeds pooled."""
+    from rsretrieval.evaluation.compare import mr_of
+    from rsretrieval.experiments import compare, format_summary, plain, summarize, with_ci
+
+    t2i = list(range(8))
+    hits = {w: per_image_hits(_result(_missing_first(8, w), t2i), t2i) for w in ((), (0,), (0, 2), (0, 2, 4))}
+    mr = {w: float(mr_of(h, np.arange(8))) for w, h in hits.items()}
+    runs = [{"label": label, "seed": s, "trainable": 1, "total": 2, "seconds_per_epoch": 1.0,
+             "test": {"mr": mr[w]}, "test_hits": hits[w]}
+            for label, ws in (("good", ((), (0,))), ("bad", ((0, 2), (0, 2, 4)))) for s, w in enumerate(ws)]
+    good, bad = summarize(runs, group="label")
+    sentence = compare(good, bad, group="label")
+    c = paired_comparison(good["hits"], bad["hits"])
+    assert sentence == c.sentence("good", "bad") and "CI" in sentence and "2 seeds" in sentence
+    assert c.delta == pytest.approx(good["mr_mean"] - bad["mr_mean"])
+    rows = with_ci([bad, good], bad, group="label")
+    assert rows[0]["delta"] is None and rows[1]["ci_low"] == pytest.approx(c.ci_low)
+    assert rows[1]["verdict"] == c.verdict
+    text = format_summary(rows, group="label")
+    assert "Δ vs bad [95% CI]" in text and f"{c.delta:+6.2f}" in text
+    assert "hits" not in plain(rows[1]) and "hits" in rows[1]
+    no_hits = {**good}
+    del no_hits["hits"]
+    assert "CI" not in compare(no_hits, bad, group="label")  # the seeds' spread alone, as before

@@ -267,3 +267,20 @@ def test_a_child_ends_when_its_build_is_killed(tmp_path):
         time.sleep(0.1)
     os.kill(child_pid, signal.SIGKILL)
     raise AssertionError("the child kept running after its parent was killed")
+
+
+def test_a_learning_curve_point_trains_on_a_nested_share_without_the_recipes_early_stop(tiny_root, tmp_path):
+    from rsretrieval.data import nested_subset
+
+    configs = (ZooConfig("linear_probe@50%", "linear_probe", train={"epochs": 2, "batch_size": 8}, train_share=0.5),)
+    settings = ZooSettings(model="tiny", pretrained=None, root=str(tiny_root), recipe=None, threads=2)
+    doc = build_zoo(None, [0], tmp_path / "c", settings, configs=configs, isolate=False, progress=False)
+    (row,) = doc["entries"]
+    train = load_dataset("synthrs", tiny_root, "train")
+    half = nested_subset(train, round(train.num_images / 2))
+    assert row["identity"]["train_images"] == half.num_images < train.num_images
+    assert row["config"]["train_share"] == 0.5 and row["identity"]["config"]["stop_epoch"] == 2
+    assert zoo.curve_label("full", 0.25) == "full@25%" and zoo.curve_label("full", 1) == "full"
+    curve = [c for c in CONFIGS if c.train_share]
+    assert {c.label.split("@")[0] for c in curve} == set(zoo.CURVE_METHODS)
+    assert all(c.notebooks == ("02",) and c.n_seeds is None for c in curve)

@@ -22,7 +22,7 @@ from typing import Any
 
 from PIL import Image
 
-from rsretrieval.data.dataset import CaptionDataset, normalize_scene
+from rsretrieval.data.dataset import CaptionDataset, nested_subset, normalize_scene
 from rsretrieval.data.fetch import download, extract, prepare_dataset
 from rsretrieval.data.readers import (
     CSVColumns,
@@ -49,6 +49,7 @@ __all__ = [
     "get_dataset_info",
     "list_datasets",
     "load_dataset",
+    "nested_subset",
     "normalize_scene",
     "prepare_dataset",
 ]

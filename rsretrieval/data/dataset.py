@@ -223,3 +223,24 @@ def caption_statistics(captions: Sequence[str]) -> dict[str, Any]:
         "top_words": sorted(vocab.items(), key=lambda kv: -kv[1])[:20],
         "lengths": lengths.tolist(),
     }
+
+
+def nested_subset(data: CaptionDataset, n: int, seed: int = 0) -> CaptionDataset:
+    """``n`` images of ``data``, the same share of every scene; a smaller ``n`` gives a subset of a larger.
+
+    Each scene's images are ranked once by a seeded permutation and the subset takes, scene by
+    scene, the first ones, rounding so that the shares add up to ``n`` exactly.
+    """
+    if not 1 <= n <= data.num_images:
+        raise ValueError(f"need 1 <= n <= {data.num_images} images, got {n}")
+    scenes = sorted(set(data.scenes))
+    order = {s: [i for i in range(data.num_images) if data.scenes[i] == s] for s in scenes}
+    for k, s in enumerate(scenes):
+        perm = np.random.default_rng([seed, 104729, k]).permutation(len(order[s]))
+        order[s] = [order[s][j] for j in perm]
+    quota = {s: n * len(order[s]) / data.num_images for s in scenes}
+    take = {s: int(quota[s]) for s in scenes}
+    for s in sorted(scenes, key=lambda s: (-(quota[s] - take[s]), s))[: n - sum(take.values())]:
+        take[s] += 1
+    keep = sorted(i for s in scenes for i in order[s][: take[s]])
+    return data.subset(keep)

@@ -1,7 +1,7 @@
 """Evaluation: the multi-caption retrieval protocol (:mod:`.metrics`), encoding a split (:mod:`.evaluate`) and
 comparing two systems with their uncertainty (:mod:`.compare`)."""
 
-from rsretrieval.evaluation.compare import Comparison, paired_comparison, per_image_hits
+from rsretrieval.evaluation.compare import Comparison, mr_interval, paired_comparison, per_image_hits
 from rsretrieval.evaluation.evaluate import (
     EvalResult,
     compare_table,
@@ -27,6 +27,7 @@ from rsretrieval.evaluation.metrics import (
 
 __all__ = [
     "Comparison",
+    "mr_interval",
     "paired_comparison",
     "per_image_hits",
     "DEFAULT_TIES",

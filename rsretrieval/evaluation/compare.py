@@ -77,13 +77,15 @@ class Comparison:
         """One sentence from the numbers: who leads by how much, or that it is within noise."""
         runs = (f"{self.runs_a} seed{'s' if self.runs_a != 1 else ''}" if self.runs_a == self.runs_b
                 else f"{self.runs_a} and {self.runs_b} runs")
-        ci = (f"{100 * self.confidence:.0f}% CI {self.ci_low:+.2f} to {self.ci_high:+.2f}, p = {self.p_value:.3g}, "
+        ahead = self.verdict == "within noise" or self.delta > 0
+        low, high = (self.ci_low, self.ci_high) if ahead else (-self.ci_high, -self.ci_low)  # the leader's view
+        ci = (f"{100 * self.confidence:.0f}% CI {low:+.2f} to {high:+.2f}, p = {self.p_value:.3g}, "
               f"{self.n_images} test images, {runs}")
         if self.seeds_noise:
             ci += f", seeds' spread {self.seeds_noise:.2f}"
         if self.verdict == "within noise":
             return f"{a} and {b} are within noise: {a} {self.delta:+.2f} {unit} ({ci})"
-        lead, trail = (a, b) if self.delta > 0 else (b, a)
+        lead, trail = (a, b) if ahead else (b, a)
         return f"{lead} leads {trail} by {abs(self.delta):.2f} {unit} ({ci})"
 
     def to_dict(self) -> dict[str, float | int | str]:
@@ -92,20 +94,29 @@ class Comparison:
                 "seeds_noise": self.seeds_noise}
 
 
-def _tables(results: EvalResult | Sequence[EvalResult], text_to_image: Sequence[int]) -> tuple[np.ndarray, list[float]]:
-    runs = [results] if isinstance(results, EvalResult) else list(results)
+Runs = EvalResult | np.ndarray | Sequence[EvalResult | np.ndarray]
+
+
+def _tables(results: Runs, text_to_image: Sequence[int] | None) -> tuple[np.ndarray, list[float]]:
+    runs = [results] if isinstance(results, EvalResult) or (isinstance(results, np.ndarray)
+                                                            and results.ndim == 2) else list(results)
     if not runs:
         raise ValueError("a side of the comparison has no runs")
-    tables = [per_image_hits(r, text_to_image) for r in runs]
+    if text_to_image is None and any(isinstance(r, EvalResult) for r in runs):
+        raise ValueError("an EvalResult is compared through the split's text_to_image: pass it")
+    tables = [np.asarray(r, dtype=np.float64) if not isinstance(r, EvalResult) else per_image_hits(r, text_to_image)
+              for r in runs]
+    if any(t.ndim != 2 or t.shape[1] != 7 or t.shape != tables[0].shape for t in tables):
+        raise ValueError(f"per-image hit tables must all be [n_images, 7] of one split, got "
+                         f"{sorted({t.shape for t in tables})}")
     everyone = np.arange(tables[0].shape[0])
     return np.mean(tables, axis=0), [float(mr_of(t, everyone)) for t in tables]
 
 
-def paired_comparison(a: EvalResult | Sequence[EvalResult], b: EvalResult | Sequence[EvalResult],
-                      text_to_image: Sequence[int], *, confidence: float = 0.95, n_resamples: int = 9999,
-                      method: str = "BCa", seed: int = 0) -> Comparison:
+def paired_comparison(a: Runs, b: Runs, text_to_image: Sequence[int] | None = None, *, confidence: float = 0.95,
+                      n_resamples: int = 9999, method: str = "BCa", seed: int = 0) -> Comparison:
     """Compare system ``a`` with ``b`` (one run, or several seeds, each an :class:`EvalResult` of the same
-    split, whose ``text_to_image`` is given) by their mR difference.
+    split, whose ``text_to_image`` is given, or its :func:`per_image_hits` table) by their mR difference.
 
     Returns:
         The difference of the seeds' mean mR, its paired bootstrap CI over test images
@@ -148,3 +159,16 @@ def paired_comparison(a: EvalResult | Sequence[EvalResult], b: EvalResult | Sequ
         mr_a=statistics.mean(mrs_a), mr_b=statistics.mean(mrs_b),
         std_a=statistics.stdev(mrs_a) if len(mrs_a) > 1 else 0.0,
         std_b=statistics.stdev(mrs_b) if len(mrs_b) > 1 else 0.0, runs_a=len(mrs_a), runs_b=len(mrs_b))
+
+
+def mr_interval(runs: Runs, text_to_image: Sequence[int] | None = None, *, confidence: float = 0.95,
+                n_resamples: int = 9999, seed: int = 0) -> tuple[float, float, float]:
+    """The seeds' mean mR of one system and its bootstrap CI over test images (percentile): (mR, low, high)."""
+    from scipy import stats
+
+    table, _ = _tables(runs, text_to_image)
+    everyone = np.arange(table.shape[0])
+    ci = stats.bootstrap((everyone,), lambda idx, axis=-1: mr_of(table, idx), vectorized=True,
+                         n_resamples=n_resamples, confidence_level=confidence, method="percentile",
+                         rng=np.random.default_rng(seed)).confidence_interval
+    return float(mr_of(table, everyone)), float(ci.low), float(ci.high)
