@@ -66,7 +66,8 @@ import random
 
 
 from rsretrieval.cmer import CMERConfig, effective_negatives, scene_caption, scene_protocols, steps_held
-from rsretrieval.experiments import compare, format_summary, summarize
+from rsretrieval.evaluation import mr_interval
+from rsretrieval.experiments import compare, format_summary, paired, summarize, with_ci
 from rsretrieval.methods import load_method
 from rsretrieval.models import create_model
 from rsretrieval.notebook import load_splits, recipe_data_kwargs, record, setup, watch_training, zoo_runs
@@ -185,9 +186,11 @@ grid = {c.label: (c.train["batch_size"], c.loss_kwargs.get("queue_size", 0)) for
 sweep = summarize(sweep_runs, group="label")
 for row in sweep:
     row["batch"], row["queue"] = grid[row["label"]]
-print(f"{'batch':>5s} {'queue':>6s} {'test mR':>16s}")
+print(f"{'batch':>5s} {'queue':>6s} {'test mR':>16s} {'95% CI of the mean':>20s}")
 for r in sorted(sweep, key=lambda r: (r["batch"], r["queue"])):
-    print(f"{r['batch']:5d} {r['queue']:6d} {r['mr_mean']:8.2f} ± {r['mr_std']:4.2f}")
+    _, r["ci_low"], r["ci_high"] = mr_interval(r["hits"])
+    print(f"{r['batch']:5d} {r['queue']:6d} {r['mr_mean']:8.2f} ± {r['mr_std']:4.2f} "
+          f"{r['ci_low']:9.2f} to {r['ci_high']:6.2f}")
 for b in sorted({r["batch"] for r in sweep}):
     pair = {r["queue"]: r for r in sweep if r["batch"] == b}
     if 0 in pair and 512 in pair:
@@ -230,14 +233,18 @@ ablation, _ = zoo_runs(cfg, DATASET, DATA_DIR, RECIPE, list(ABLATION), seeds, te
 for r in ablation:
     r["label"] = ABLATION[r["label"]]
 table = summarize(ablation, group="label")
+table = with_ci(table, next(r for r in table if r["label"] == "side_branch"), group="label")  # paired, per image
 print(format_summary(table, group="label"))
+print("Δ: the row's mR minus the side branch's, with its paired bootstrap 95% CI over test images; "
+      "+ ahead, ~ within noise, - behind")
 plot_val_curves(ablation, title="validation mR while training (the zoo's runs)")
 
 # %% [markdown]
 # CMER's own claims (**the paper's**, on RSITMD with a CLIP backbone; we could not check their
 # setting): retrieval +2–5% over recent methods, −49% training memory, 1.4× training throughput.
 # Ours, on SynthRS with MiniCLIP, each component against the plain side branch (printed from the
-# numbers; within noise: a difference no larger than the seeds' spread):
+# numbers by `compare`: a lead needs its paired 95% CI over test images to exclude zero and the gap
+# to exceed the seeds' spread; otherwise within noise):
 
 # %%
 by = {r["label"]: r for r in table}
@@ -271,8 +278,9 @@ for regime, (off, on) in REGIME_ROWS.items():
     regime_runs, where = zoo_runs(cfg, DATASET, DATA_DIR, RECIPE, [off, on], seeds, regime_test, regime=regime)
     rows = {r["label"]: r for r in summarize(regime_runs, group="label")}
     default_delta = by[ABLATION[on]]["mr_mean"] - base
-    regime_results[regime] = {"off": rows[off], "on": rows[on], "delta": rows[on]["mr_mean"] - rows[off]["mr_mean"],
-                              "default_delta": default_delta}
+    ci = paired(rows[on], rows[off])
+    regime_results[regime] = {"off": rows[off], "on": rows[on], "delta": ci.delta, "ci_low": ci.ci_low,
+                              "ci_high": ci.ci_high, "verdict": ci.verdict, "default_delta": default_delta}
     print(f"{regime} ({len(regime_runs)} runs: {where}):\n  {compare(rows[on], rows[off], group='label')}"
           f"\n  on the default SynthRS the same component gave {default_delta:+.2f} mR")
 
@@ -297,7 +305,8 @@ cmer_scenes = report_scene_protocols(cmer_model, base_bundle.tokenizer, base_bun
 
 # %% [markdown]
 # Reading the ablation honestly: a component earns its place only if its row beats the side
-# branch by more than the seeds' spread, and the sentences above say which did. Components can
+# branch with a paired 95% CI that excludes zero and by more than the seeds' spread, and the
+# sentences above say which did. Components can
 # also interact — scene prefixes make the text side easier while recycled negatives make it
 # harder — so the all-on row need not be the sum of the single rows. The test-time protocol is
 # reported separately because it changes the *task* (a re-ranking that uses a predicted scene),
@@ -309,16 +318,18 @@ def rows(result):
 
 
 record(cfg.output_dir, seeds=seeds,
-       ablation=[{k: r[k] for k in ("label", "trainable", "mr_mean", "mr_std", "seconds_per_epoch", "n")}
+       ablation=[{**{k: r[k] for k in ("label", "trainable", "mr_mean", "mr_std", "seconds_per_epoch", "n", "delta",
+                                       "ci_low", "ci_high", "p_value", "verdict")}, "ci_vs": r["vs"]}
                  for r in table],
-       sweep=[{"batch": r["batch"], "queue": r["queue"], "mr_mean": r["mr_mean"], "mr_std": r["mr_std"], "n": r["n"]}
-              for r in sweep],
+       sweep=[{"batch": r["batch"], "queue": r["queue"], "mr_mean": r["mr_mean"], "mr_std": r["mr_std"], "n": r["n"],
+               "ci_low": r["ci_low"], "ci_high": r["ci_high"]} for r in sweep],
        scene_protocols_zero_shot=rows(zero_shot_scenes), scene_protocols_cmer=rows(cmer_scenes),
        scene_accuracy_cmer={"images": cmer_scenes.image_scene_accuracy, "texts": cmer_scenes.text_scene_accuracy},
        cmer_minus_side_branch_mr=by["cmer"]["mr_mean"] - base, live_label=LIVE_LABEL, live_val_mr=live["val_mr"],
        regimes={k: {"off": v["off"]["label"], "on": v["on"]["label"], "off_mr_mean": v["off"]["mr_mean"],
                     "on_mr_mean": v["on"]["mr_mean"], "on_mr_std": v["on"]["mr_std"], "off_mr_std": v["off"]["mr_std"],
-                    "delta": v["delta"], "default_delta": v["default_delta"], "n": v["on"]["n"]}
+                    "delta": v["delta"], "ci_low": v["ci_low"], "ci_high": v["ci_high"], "verdict": v["verdict"],
+                    "default_delta": v["default_delta"], "n": v["on"]["n"]}
                 for k, v in regime_results.items()})
 
 # %% [markdown]
