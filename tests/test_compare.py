@@ -107,3 +107,25 @@ def test_summary_rows_of_zoo_runs_are_compared_image_by_image():
     no_hits = {**good}
     del no_hits["hits"]
     assert "CI" not in compare(no_hits, bad, group="label")  # the seeds' spread alone, as before
+
+
+def test_learning_curves_cross_where_the_numbers_say():
+    """Two methods, the second overtaking the first between 20 and 40 labelled images."""
+    from rsretrieval.experiments import crossings, learning_curve, summarize
+    from rsretrieval.plots import alt_text, plot_learning_curves
+
+    t2i = list(range(40))
+    hits = lambda wrong: per_image_hits(_result(_missing_first(40, list(range(wrong))), t2i), t2i)  # noqa: E731
+    # mR = 100 * (40 - wrong) / 40, two seeds a point: a misses 10.5, 9.5, 8.5 images; b 30.5, 12.5, 0.5
+    misses = {"a": {0.25: (10, 11), 0.5: (9, 10), 1.0: (8, 9)}, "b": {0.25: (30, 31), 0.5: (12, 13), 1.0: (0, 1)}}
+    runs = [{"label": m if share == 1 else f"{m}@{round(100 * share)}%", "seed": s, "trainable": 1, "total": 1,
+             "seconds_per_epoch": 0.0, "test": {"mr": 100 * (40 - w) / 40}, "test_hits": hits(w)}
+            for m, by_share in misses.items() for share, ws in by_share.items() for s, w in enumerate(ws)]
+    curve = learning_curve(summarize(runs, group="label"), ["a", "b"], [0.25, 0.5, 1.0], 40)
+    assert [p["n_train_images"] for p in curve if p["method"] == "a"] == [10, 20, 40]
+    assert all(p["ci_low"] <= p["mr_mean"] <= p["ci_high"] for p in curve)
+    (line,) = crossings(curve)
+    assert line.startswith("b overtakes a between 20 and 40 labelled images (b ")
+    assert "both outside the paired 95% CI" in line
+    fig = plot_learning_curves(curve)
+    assert alt_text(fig).startswith("Learning curves: a 73.8 at 10, 76.2 at 20")
