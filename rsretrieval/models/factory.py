@@ -29,6 +29,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 # Our own weights, shipped as package data: (architecture, tag) -> file in rsretrieval.paths.WEIGHTS_DIR.
 LOCAL_PRETRAINED: dict[tuple[str, str], str] = {
     ("mini", "synthrs"): "mini-synthrs.pt",
+    ("mini", "synthrs3"): "mini-synthrs3.pt",  # 3 pretraining epochs: chosen on SynthRS 3.0's validation split
 }
 
 _registered = False

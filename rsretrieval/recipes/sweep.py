@@ -157,6 +157,7 @@ def sweep(
     entry = {"train": {**base, **train_kw, "stop_epoch": best["best_epoch"]}, "method_kwargs": method_kw,
              "loss": loss, "loss_kwargs": loss_kw,
              "sweep": {"model": model, "pretrained": pretrained, "dataset": dataset, "selected_on": "val",
+                       "data_params": _data_params(train),
                        "space": space, "points": points, "chosen": chosen, "val_mr": best["val_mr"],
                        "best_epoch": best["best_epoch"]}}
     _store(Path(recipe_file) if recipe_file else recipe_path(name), name, model, pretrained, dataset, key, entry)
@@ -164,6 +165,14 @@ def sweep(
 
 
 _NONE = object()
+
+
+def _data_params(data) -> dict[str, Any] | None:
+    """A generated dataset's generator parameters (which SynthRS version the recipe was chosen on)."""
+    from rsretrieval.data.synthrs import generated_params
+
+    root = data.metadata.get("root")
+    return generated_params(root) if root else None
 
 
 def _defaults(method: str, loss: str | None, knobs: list[str]) -> dict[str, Any]:

@@ -44,7 +44,15 @@ Modules: ``vocabulary`` (scenes, objects, words), ``textures`` and ``canvas`` (p
 """
 
 from rsretrieval.data.synthrs.captions import make_captions
-from rsretrieval.data.synthrs.generate import RS_EDITIONS, REGIMES, benchmark, edition, generate_regime, generate_synthrs
+from rsretrieval.data.synthrs.generate import (
+    RS_EDITIONS,
+    REGIMES,
+    benchmark,
+    edition,
+    generate_regime,
+    generate_synthrs,
+    generated_params,
+)
 from rsretrieval.data.synthrs.masks import object_masks
 from rsretrieval.data.synthrs.scenes import render_scene
 from rsretrieval.data.synthrs.vocabulary import (
@@ -64,6 +72,7 @@ from rsretrieval.data.synthrs.vocabulary import (
 from rsretrieval.errors import SynthRSExistsError
 
 __all__ = [
+    "generated_params",
     "REGIMES",
     "RS_EDITIONS",
     "edition",

@@ -100,9 +100,10 @@ def _clauses(params: dict[str, Any]) -> int:
     return RS_EDITIONS[params["version"]]["caption_clauses"] if params["domain"] == "rs" else CAPTION_CLAUSES
 
 
-def _read_params(root: Path) -> dict[str, Any] | None:
+def generated_params(root: str | Path) -> dict[str, Any] | None:
+    """The generator parameters a SynthRS folder was made with (its ``synthrs.json``); None if it is not one."""
     try:
-        return json.loads((root / "synthrs.json").read_text())["params"]
+        return json.loads((Path(root) / "synthrs.json").read_text())["params"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -231,7 +232,7 @@ def generate_synthrs(root: str | Path, *, version: str | None = None, n_images: 
     root = Path(root).expanduser()
     params = _params(n_images, image_size, seed, domain, split_fractions, object_scale, unnamed_share,
                      caption_clauses, version)
-    old = _read_params(root)
+    old = generated_params(root)
     if old == params and _complete(root, params):
         return root  # same params but files lost: fall through and remake it
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
