@@ -200,3 +200,22 @@ def test_trimmed_text_encoding_equals_open_clips_or_is_not_used(method):
     with torch.inference_mode():
         torch.testing.assert_close(encode_text_trimmed(model, tokens, normalize=True),
                                    model.encode_text(tokens, normalize=True), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("tag", ["synthrs", "synthrs3"])
+def test_each_shipped_miniclip_scores_its_report_on_the_58f58c4_synthrs_test(tag):
+    """The zero-shot guard: every MiniCLIP we ship keeps >= 25 mR on SynthRS 1.0's test (58f58c4's)."""
+    import json
+
+    from rsretrieval.data import load_dataset
+    from rsretrieval.evaluation import evaluate
+    from rsretrieval.models.factory import local_pretrained_path
+
+    weights = local_pretrained_path("mini", tag)
+    report = json.loads(weights.with_suffix(".json").read_text())
+    assert report["zero_shot"]["n_images"] == 306 and report["config"]["eval_images"] == 1500  # 1.0's test
+    bundle = create_model("mini", tag, device="cpu")
+    test = load_dataset("synthrs", None, "test")  # the default SynthRS: 1.0
+    result = evaluate(bundle.model, test, transform=bundle.transform, tokenizer=bundle.tokenizer, device="cpu")
+    assert result.metrics["mr"] == pytest.approx(report["zero_shot"]["mr"], abs=1e-6)
+    assert result.metrics["mr"] >= 25
