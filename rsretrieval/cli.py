@@ -18,13 +18,72 @@ from typing import Any
 from rsretrieval.files import atomic_write_text
 
 
+def at_least(minimum: int):
+    """An argparse type: an integer no smaller than ``minimum`` (a bad value is a usage error, not a traceback)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}, the least this option takes")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def share(text: str) -> float:
+    """An argparse type: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a share from 0 to 1")
+    return value
+
+
+def positive(text: str) -> float:
+    """An argparse type: a number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} is not above 0")
+    return value
+
+
+def port(text: str) -> int:
+    """An argparse type: a TCP port, 1 to 65535."""
+    value = at_least(1)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (1 to 65535)")
+    return value
+
+
+def device(text: str) -> str:
+    """An argparse type: a device torch can use here (``auto`` always passes), checked before any work starts."""
+    from rsretrieval.models import select_device
+
+    try:
+        select_device(text)
+    except (RuntimeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc).splitlines()[0]) from None
+    return text
+
+
+POSITIVE, NON_NEGATIVE = at_least(1), at_least(0)
+
+
 def _add_data_args(p: argparse.ArgumentParser, split: str | None = None) -> None:
     p.add_argument("--dataset", default="synthrs", help="rsitmd, rsicd, ucm, sydney, synthrs, karpathy, precomp, csv")
     p.add_argument("--root", default=None,
                    help="dataset folder (synthrs: default <data home>/synthrs, generated on first use)")
     if split is not None:
         p.add_argument("--split", default=split, help="train, val, test or all")
-    p.add_argument("--val-fraction", type=float, default=None,
+    p.add_argument("--val-fraction", type=share, default=None,
                    help="share of train carved out as val if the files have none (default 0.1, or the recipe's); "
                         "0: no validation, train on all of train and keep the last epoch")
     csv = p.add_argument_group("--dataset csv (open_clip's caption CSV/TSV: --root FILE or a folder of train.csv, "
@@ -38,7 +97,7 @@ def _add_data_args(p: argparse.ArgumentParser, split: str | None = None) -> None
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="mini", help="architecture: tiny, mini, ViT-B-32, ...")
     p.add_argument("--pretrained", default=None, help="weights tag (openai, synthrs) or a state-dict file")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda, cuda:1, mps")
 
 
 def _json_out(obj: Any, path: str | None) -> None:
@@ -465,12 +524,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rs: the top-down target domain; source, web: the pretraining domains of MiniCLIP 1 and 2")
     p.add_argument("--version", default=None,
                    help="generator version whose size, split and captions apply (rs: 1.0 or 3.0; default: current)")
-    p.add_argument("--n-images", type=int, default=None, help="default: the version's (rs 1.0: 1500, 3.0: 4752)")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--object-scale", type=float, default=1.0,
+    p.add_argument("--n-images", type=POSITIVE, default=None, help="default: the version's (rs 1.0: 1500, 3.0: 4752)")
+    p.add_argument("--image-size", type=POSITIVE, default=224)
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
+    p.add_argument("--object-scale", type=positive, default=1.0,
                    help="draw every object this much smaller or larger (a regime of small targets)")
-    p.add_argument("--unnamed-share", type=float, default=0.4,
+    p.add_argument("--unnamed-share", type=share, default=0.4,
                    help="share of captions that never name the scene (1.0: none does)")
     p.add_argument("--caption-clauses", type=int, default=None, choices=[1, 2],
                    help="statements per caption (2: a second about another object class or the ground; "
@@ -499,9 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", required=True, metavar="NAME:ROOT", help="e.g. rsicd:~/data/RSICD")
     p.add_argument("--test-split", default="test")
     p.add_argument("--train-split", default="train", help="train, val, test or all")
-    p.add_argument("--threshold", type=float, default=0.85,
+    p.add_argument("--threshold", type=share, default=0.85,
                    help="least match score of a duplicate (default 0.85; see docs/design.md)")
-    p.add_argument("--candidates", type=int, default=3, help="train images verified per test image")
+    p.add_argument("--candidates", type=POSITIVE, default=3, help="train images verified per test image")
     p.add_argument("--json", default=None, help="write the pairs here (the list load_dataset(exclude=) takes)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_data_leakage)
@@ -511,15 +570,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--recipe", default=None,
                    help="take the method's settings from this recipe (`recipes list`); the flags below override it")
-    p.add_argument("--epochs", type=int, default=None, help="default 5")
-    p.add_argument("--patience", type=int, default=None, help="stop after this many epochs without a better val mR")
-    p.add_argument("--batch-size", type=int, default=None, help="default 64")
-    p.add_argument("--lr", type=float, default=None, help="default 1e-4")
+    p.add_argument("--epochs", type=POSITIVE, default=None, help="default 5")
+    p.add_argument("--patience", type=NON_NEGATIVE, default=None, help="stop after this many epochs without a better val mR")
+    p.add_argument("--batch-size", type=POSITIVE, default=None, help="default 64")
+    p.add_argument("--lr", type=positive, default=None, help="default 1e-4")
     p.add_argument("--weight-decay", type=float, default=None, help="default 0.05")
-    p.add_argument("--warmup-steps", type=int, default=None, help="default 20")
-    p.add_argument("--grad-accum", type=int, default=None)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup-steps", type=NON_NEGATIVE, default=None, help="default 20")
+    p.add_argument("--grad-accum", type=POSITIVE, default=None)
+    p.add_argument("--max-steps", type=POSITIVE, default=None)
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--method", default="full",
                    help="transfer method (see `params --method all`): full, linear_probe, adapter, lora, vpt, coop, "
                         "clip_adapter, adaptformer, mrs_adapter, focus_adapter, cmer")
@@ -540,10 +599,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="training throughput and peak memory per method, one process each")
     p.add_argument("--model", default="ViT-B-32")
     p.add_argument("--methods", default="full,mrs_adapter", help="comma-separated; ratios are to the first")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=3, help="timed steps, after --warmup untimed ones")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=POSITIVE, default=32)
+    p.add_argument("--steps", type=POSITIVE, default=3, help="timed steps, after --warmup untimed ones")
+    p.add_argument("--warmup", type=NON_NEGATIVE, default=1)
+    p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--loss", default="infonce")
     p.add_argument("--grad-checkpointing", action="store_true",
                    help="recompute each block's activations in backward instead of keeping them (open_clip's)")
@@ -559,30 +618,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="mini")
     p.add_argument("--pretrained", default="synthrs")
     p.add_argument("--adapter", default=None, help="a method file (method.pt) written by `train`")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", type=device, default="auto")
+    p.add_argument("--batch-size", type=POSITIVE, default=64)
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     p.add_argument("--scene-from-prefix", action="store_true",
                    help="scene = file name before the last '_' (RSITMD, RSICD, SynthRS names)")
-    p.add_argument("--tile-size", type=int, default=256, help="GeoTIFF scenes: tile side in pixels")
-    p.add_argument("--tile-overlap", type=int, default=0, help="GeoTIFF scenes: pixels shared by neighbouring tiles")
-    p.add_argument("--bands", type=int, nargs="+", default=None,
+    p.add_argument("--tile-size", type=POSITIVE, default=256, help="GeoTIFF scenes: tile side in pixels")
+    p.add_argument("--tile-overlap", type=NON_NEGATIVE, default=0, help="GeoTIFF scenes: pixels shared by neighbouring tiles")
+    p.add_argument("--bands", type=POSITIVE, nargs="+", default=None,
                    help="GeoTIFF scenes: the red, green, blue band numbers (1-based; default: by band description "
                         "or colour interpretation, else the first three)")
-    p.add_argument("--min-valid", type=float, default=0.5,
+    p.add_argument("--min-valid", type=share, default=0.5,
                    help="GeoTIFF scenes: skip tiles with a smaller share of valid (not nodata) pixels")
     p.set_defaults(func=cmd_index_build)
 
     p = sub.add_parser("search", help="search an index by text (or --image)")
     p.add_argument("index")
     p.add_argument("query", nargs="?", default="")
-    p.add_argument("-k", type=int, default=10)
+    p.add_argument("-k", type=POSITIVE, default=10)
     p.add_argument("--image", default=None, help="search by this example image instead of text")
     p.add_argument("--scene", default=None, help="keep only images of this scene")
     p.add_argument("--model", default=None, help="default: the model recorded in the index")
     p.add_argument("--pretrained", default=None)
     p.add_argument("--adapter", default=None)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", type=device, default="auto")
     p.add_argument("--json", action="store_true", help="print hits as JSON")
     p.add_argument("--geojson", default=None, metavar="PATH",
                    help="write the georeferenced hits as a GeoJSON FeatureCollection (opens in QGIS)")
@@ -591,34 +650,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve an index: a search page and a JSON API (model and index loaded once)")
     p.add_argument("index")
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=port, default=8000)
     p.add_argument("--model", default=None, help="default: the model recorded in the index")
     p.add_argument("--pretrained", default=None)
     p.add_argument("--adapter", default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: a query gains nothing "
+    p.add_argument("--device", type=device, default="auto")
+    p.add_argument("--threads", type=POSITIVE, default=1, help="torch CPU threads (default 1: a query gains nothing "
                                                           "from more, and the other cores serve other requests)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench-serve", help="served text-query latency over HTTP with concurrent clients: the "
                                            "SynthRS index and a million-vector FAISS index")
     p.add_argument("--index", default=None, help="default: SynthRS's images with MiniCLIP (built once)")
-    p.add_argument("--vectors", type=int, default=1_000_000, help="synthetic vectors of the large run (0: skip)")
-    p.add_argument("--clients", type=int, default=8)
-    p.add_argument("--requests", type=int, default=400)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--vectors", type=NON_NEGATIVE, default=1_000_000, help="synthetic vectors of the large run (0: skip)")
+    p.add_argument("--clients", type=POSITIVE, default=8)
+    p.add_argument("--requests", type=POSITIVE, default=400)
+    p.add_argument("--device", type=device, default="cpu")
+    p.add_argument("--threads", type=POSITIVE, default=1)
     p.add_argument("--json", default=None)
     p.set_defaults(func=cmd_bench_serve)
 
     p = sub.add_parser("bench-search", help="exact vs FAISS search on synthetic vectors: latency, recall, memory")
-    p.add_argument("--vectors", type=int, default=1_000_000)
-    p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--queries", type=int, default=1000)
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--vectors", type=NON_NEGATIVE, default=1_000_000)
+    p.add_argument("--dim", type=POSITIVE, default=512)
+    p.add_argument("--queries", type=POSITIVE, default=1000)
+    p.add_argument("--k", type=POSITIVE, default=10)
     p.add_argument("--uniform", action="store_true", help="uniform on the sphere: the structure-free worst case")
-    p.add_argument("--pq-m", type=int, default=64, help="IVF-PQ bytes per vector")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pq-m", type=POSITIVE, default=64, help="IVF-PQ bytes per vector")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--json", default=None)
     p.set_defaults(func=cmd_bench_search)
 
@@ -629,8 +688,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ties", default=DEFAULT_TIES, choices=TIE_RULES,
                    help="how tied scores rank (default: the mean over tie orders, as the published code "
                         "gives on average; see docs/protocol.md)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=POSITIVE, default=128)
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--json", default=None)
     p.set_defaults(func=cmd_eval)
 
@@ -650,7 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=None, help="dataset folder (synthrs: generated on first use)")
     p.add_argument("--model", default="mini")
     p.add_argument("--pretrained", default="synthrs")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", type=device, default="auto")
     p.add_argument("--out", default=None, help="run folders (default <data home>/sweeps/<model>-<dataset>)")
     p.add_argument("--recipe-file", default=None, help="where to store the recipe (default: the library's "
                                                        "rsretrieval/recipes/<model>-<dataset>.json)")
@@ -661,17 +720,17 @@ def build_parser() -> argparse.ArgumentParser:
     zsub = zoo.add_subparsers(dest="zoo_command", required=True)
     p = zsub.add_parser("build", help="train every configuration (or --only some) over seeds; resumable")
     p.add_argument("--only", nargs="+", default=None, metavar="LABEL", help="zoo labels or methods (default: all)")
-    p.add_argument("--seed", nargs="+", type=int, default=None, help="seeds (default 0 1 2)")
+    p.add_argument("--seed", nargs="+", type=NON_NEGATIVE, default=None, help="seeds (default 0 1 2)")
     p.add_argument("--out", default=None, help="zoo folder (default: the checkout's data/zoo/<model>-<dataset>)")
     p.add_argument("--model", default="mini")
     p.add_argument("--pretrained", default="synthrs")
     p.add_argument("--dataset", default="synthrs")
     p.add_argument("--root", default=None)
     p.add_argument("--recipe", default="mini-synthrs", help="recipe name ('' for TrainConfig's defaults)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads of each entry; the files repeat bit for bit "
+    p.add_argument("--device", type=device, default="cpu")
+    p.add_argument("--threads", type=POSITIVE, default=1, help="CPU threads of each entry; the files repeat bit for bit "
                                                           "only with the same count")
-    p.add_argument("--workers", type=int, default=2, help="entries trained at once, one child process each "
+    p.add_argument("--workers", type=POSITIVE, default=2, help="entries trained at once, one child process each "
                                                           "(the files do not depend on it)")
     p.add_argument("--regime", default=None, help="a SynthRS regime (small-targets, scene-free-captions): its "
                                                   "dataset is generated, its zoo goes to data/zoo/<model>-synthrs-<regime>")
@@ -687,13 +746,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pretraining images: object photos plus aerial web photos (web, the default), or the "
                         "photos only (source, MiniCLIP 1)")
     p.add_argument("--source-root", default=None, help="where the pretraining images are generated")
-    p.add_argument("--n-images", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--n-images", type=POSITIVE, default=None)
+    p.add_argument("--epochs", type=POSITIVE, default=None)
+    p.add_argument("--batch-size", type=POSITIVE, default=None)
+    p.add_argument("--lr", type=positive, default=None)
+    p.add_argument("--seed", type=NON_NEGATIVE, default=None)
+    p.add_argument("--device", type=device, default=None)
+    p.add_argument("--threads", type=POSITIVE, default=None,
                    help="CPU threads (default 2); the weights repeat bit for bit only with the same count")
     p.add_argument("--out", default=None, help="weights file (default: the shipped MiniCLIP's); with --variants, "
                                                "their folder (default: <data home>/miniclip/variants)")
@@ -711,7 +770,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a notebook parameter, e.g. -p DATASET rsitmd or -p DEVICE=cuda")
     p.add_argument("--smoke", action="store_true", help="SMOKE=True: tiny sizes, for tests")
     p.add_argument("--only", nargs="+", help="notebook name prefixes, e.g. 00 01")
-    p.add_argument("--cell-timeout", type=int, default=None, help="seconds per cell")
+    p.add_argument("--cell-timeout", type=POSITIVE, default=None, help="seconds per cell")
     p.add_argument("--answers", action="store_true",
                    help="also run the worked answers to the exercises (cells tagged instructor; minutes more)")
     p.add_argument("--edition", choices=["student", "instructor"], default=None,

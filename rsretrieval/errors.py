@@ -51,8 +51,16 @@ class UnsupportedModelError(RSRetrievalError, TypeError):
     """The model does not have the open_clip ``CLIP`` layout a method injects into."""
 
 
+class DeviceNotAvailableError(RSRetrievalError, RuntimeError):
+    """A device was asked for that torch cannot use on this machine."""
+
+
 class SearchIndexError(RSRetrievalError, ValueError):
     """An index that is empty, damaged, or built with another model."""
+
+
+class ZooIntegrityError(RSRetrievalError, ValueError):
+    """A zoo.json that cannot be read, or an entry whose file or record contradicts what was built."""
 
 
 class SynthRSExistsError(RSRetrievalError, FileExistsError):

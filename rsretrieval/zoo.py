@@ -25,7 +25,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from rsretrieval.errors import ChildProcessFailed
+from rsretrieval.errors import ChildProcessFailed, ZooIntegrityError
 from rsretrieval.files import atomic_write_json, file_lock, sha256_file
 
 ZOO_VERSION = 1
@@ -177,13 +177,21 @@ def build_zoo(only: list[str] | None = None, seeds: list[int] | None = None, out
     """
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
+    from rsretrieval.models.factory import check_weights
+
     settings = settings or ZooSettings()
     folder = Path(out) if out else zoo_dir(settings.model, settings.dataset, settings.regime)
     picked = select(only, configs)
     seeds = list(SEEDS if seeds is None else seeds)
+    if workers < 1 or settings.threads < 1:
+        raise ValueError(f"workers ({workers}) and threads ({settings.threads}) must be at least 1")
+    if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
+        raise ValueError(f"seeds must be integers from 0 up, not {seeds}")
+    check_weights(settings.model, settings.pretrained)  # here, not in a child process after runs/ was made
     index = folder / "zoo.json"
     base = base_weights(settings)
-    doc = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else _new_doc(settings, base)
+    doc = _read_index(index) if index.is_file() else _new_doc(settings, base)
+    _check_rows(doc, index)  # a damaged file is trained again below; a damaged record is refused by name
     other = _other_zoo(doc, settings, base)
     if other:
         raise ValueError(f"{index} is {other}: build into another --out folder, or delete it to rebuild")
@@ -213,7 +221,7 @@ def build_zoo(only: list[str] | None = None, seeds: list[int] | None = None, out
     def land(row: dict[str, Any]) -> None:  # only this thread writes zoo.json
         with file_lock(index):  # another build into this folder (other --only) may have landed entries
             if index.is_file():
-                doc["entries"] = json.loads(index.read_text(encoding="utf-8"))["entries"]
+                doc["entries"] = _read_index(index)["entries"]
             doc["entries"] = [e for e in doc["entries"] if e["key"] != row["key"]] + [row]
             doc["entries"].sort(key=lambda e: (_order(configs, e["label"]), e["seed"]))
             atomic_write_json(index, doc)
@@ -513,10 +521,13 @@ def find_zoo(settings: ZooSettings, folder: str | Path | None = None) -> dict[st
     index = Path(folder or zoo_dir(settings.model, settings.dataset, settings.regime)) / "zoo.json"
     if not index.is_file():
         return None
-    doc = json.loads(index.read_text(encoding="utf-8"))
+    doc = _read_index(index)
     wanted = json.loads(json.dumps(asdict(settings)))
     same = all(doc.get("settings", {}).get(k) == wanted[k] for k in _WHAT_DECIDES)  # None == absent
-    return doc if same and doc.get("base_weights") == base_weights(settings) else None
+    if not (same and doc.get("base_weights") == base_weights(settings)):
+        return None
+    verify_zoo(doc, index.parent, index)  # what is scored or selected is what was built
+    return doc
 
 
 def ensure_zoo(settings: ZooSettings, labels: list[str], seeds: list[int], out: str | Path, *,
@@ -548,8 +559,7 @@ def _copy_entries(doc: dict[str, Any], source: Path, out: Path, settings: ZooSet
                   wanted: set[tuple[str, int]]) -> None:
     """Copy the ``wanted`` entries of the zoo in ``source`` (same model, data and recipe) into the zoo in ``out``."""
     index = out / "zoo.json"
-    mine = json.loads(index.read_text(encoding="utf-8")) if index.is_file() else \
-        _new_doc(settings, doc.get("base_weights"))
+    mine = _read_index(index) if index.is_file() else _new_doc(settings, doc.get("base_weights"))
     if _other_zoo(mine, settings, doc.get("base_weights")):
         return  # build_zoo refuses it by name
     keys = {e["key"] for e in mine["entries"]}
@@ -646,12 +656,91 @@ def encoder_weights(row: dict[str, Any], folder: str | Path, settings: ZooSettin
         {"pretrained": settings.pretrained, "adapter": path}
 
 
-def load_zoo(folder: str | Path | None = None) -> dict[str, Any]:
-    """The zoo document of ``folder`` (default: the committed MiniCLIP zoo on SynthRS)."""
-    index = Path(folder or zoo_dir()) / "zoo.json"
+def load_zoo(folder: str | Path | None = None, *, verify: bool = True) -> dict[str, Any]:
+    """The zoo document of ``folder`` (default: the committed MiniCLIP zoo on SynthRS).
+
+    ``verify``: check every entry against its file and its own history first (:func:`verify_zoo`), so
+    that nothing scores or selects a file that is not the one built, or a record that was edited.
+    """
+    folder = Path(folder or zoo_dir())
+    index = folder / "zoo.json"
     if not index.is_file():
         raise FileNotFoundError(f"no zoo at {index}: build it with `python -m rsretrieval zoo build`")
-    return json.loads(index.read_text(encoding="utf-8"))
+    doc = _read_index(index)
+    if verify:
+        verify_zoo(doc, folder, index)
+    return doc
+
+
+def _read_index(index: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(index.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ZooIntegrityError(f"{index} is not valid JSON ({exc}): restore it (`git checkout -- {index}` "
+                                "for the committed zoo) or rebuild it with `python -m rsretrieval zoo build`") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("entries"), list) or not isinstance(doc.get("settings"), dict):
+        raise ZooIntegrityError(f"{index} is not a zoo (no settings and entries list): restore it or rebuild "
+                                "it with `python -m rsretrieval zoo build`")
+    return doc
+
+
+_ROW_FIELDS = {"key": str, "label": str, "method": str, "seed": int, "best_epoch": int, "epochs_run": int,
+               "val_mr": (int, float), "test_mr": (int, float), "file": str, "file_sha256": str, "history": list,
+               "identity": dict}
+
+
+def _row_name(row: Any, index: Path, n: int | None = None) -> str:
+    return f"{index}, entry {row.get('key', n) if isinstance(row, dict) else n}"
+
+
+def _row_fix(row: Any) -> str:
+    return f"rebuild it with `{row['command']}`" if isinstance(row, dict) and isinstance(row.get("command"), str) \
+        else "rebuild the zoo with `python -m rsretrieval zoo build`"
+
+
+def _check_rows(doc: dict[str, Any], index: Path) -> None:
+    """Every entry is a record with the fields (and types) a zoo row has."""
+    for n, row in enumerate(doc["entries"]):
+        if not isinstance(row, dict):
+            raise ZooIntegrityError(f"{_row_name(row, index, n)} is not a record: {_row_fix(row)}")
+        wrong = [f for f, kind in _ROW_FIELDS.items() if not isinstance(row.get(f), kind)
+                 or (kind is int and isinstance(row.get(f), bool))]
+        if wrong:
+            raise ZooIntegrityError(f"{_row_name(row, index, n)}: {', '.join(wrong)} missing or of the wrong "
+                                    f"type: {_row_fix(row)}")
+
+
+def verify_zoo(doc: Any, folder: str | Path, index: str | Path | None = None) -> None:
+    """Raise :class:`ZooIntegrityError`, naming the entry and the fix, unless every entry of ``doc`` holds:
+    the fields a zoo row has; a file whose sha256 is the one recorded; no file shared by two entries that
+    are not the same run (``same_run_as``); and a ``val_mr``/``best_epoch`` that are its history's best."""
+    index = Path(index or Path(folder) / "zoo.json")
+    _check_rows(doc, index)
+    hashes: dict[str, str] = {}
+    for row in doc["entries"]:
+        name, fix = _row_name(row, index), _row_fix(row)
+        path = Path(folder) / row["file"]
+        if not path.resolve().is_relative_to(Path(folder).resolve()):
+            raise ZooIntegrityError(f"{name}: its file {row['file']!r} lies outside the zoo folder: {fix}")
+        if not path.is_file():
+            raise ZooIntegrityError(f"{name}: its file {path} is missing: {fix}")
+        digest = hashes.setdefault(row["file"], sha256_file(path))
+        if digest != row["file_sha256"]:
+            raise ZooIntegrityError(f"{name}: {path} has sha256 {digest[:12]}…, the zoo records "
+                                    f"{row['file_sha256'][:12]}… (the file was replaced or edited): {fix}")
+        history = [r.get("val_mr") if isinstance(r, dict) else None for r in row["history"]]
+        if (len(history) != row["epochs_run"] or not all(isinstance(v, (int, float)) for v in history)
+                or not 1 <= row["best_epoch"] <= len(history) or history[row["best_epoch"] - 1] != row["val_mr"]
+                or max(history) != row["val_mr"]):
+            raise ZooIntegrityError(f"{name}: val_mr {row['val_mr']} at best_epoch {row['best_epoch']} is not the "
+                                    f"best of its recorded history ({len(history)} epochs): the record was edited; {fix}")
+    first_of: dict[str, dict[str, Any]] = {}
+    for row in doc["entries"]:
+        other = first_of.setdefault(row["file_sha256"], row)
+        if other is not row and row.get("same_run_as", row["key"]) != other.get("same_run_as", other["key"]):
+            raise ZooIntegrityError(f"{index}: entries {other['key']} and {row['key']} hold the same weights "
+                                    f"({row['file']}) but are different runs: a file was swapped; rebuild "
+                                    f"{row['key']} with `{row.get('command')}`")
 
 
 def exit_with_parent(poll_seconds: float = 2.0) -> None:

@@ -68,6 +68,31 @@ def local_pretrained_path(name: str, tag: str) -> Path | None:
     return paths.WEIGHTS_DIR / rel if rel else None
 
 
+def check_weights(name: str, pretrained: str | None) -> str | None:
+    """Raise :class:`ModelNotFoundError` unless ``name`` is known and ``pretrained`` is None, one of our
+    tags (its file present), a file, or an open_clip tag of ``name``; returns the tag (None: random).
+
+    Cheap (nothing is loaded), so a command can refuse a bad pair before it starts any work.
+    """
+    check_model_name(name)
+    # "", "none" (command lines, papermill parameters) mean random weights, like None
+    tag = str(pretrained) if pretrained is not None and str(pretrained).lower() not in ("", "none") else None
+    if tag is None:
+        return None
+    local = local_pretrained_path(name, tag)
+    if local is not None:
+        if not local.is_file():
+            raise ModelNotFoundError(
+                f"weights {name}/{tag} are not at {local}. Create them with "
+                f"`python -m rsretrieval pretrain --model {name}` (11-13 minutes on 2 CPU cores)."
+            )
+    elif not Path(tag).is_file() and not _is_open_clip_tag(name, tag):
+        looks_like_path = any(ch in tag for ch in "/\\.")
+        hint = f"no file at {tag}" if looks_like_path else f"known tags: {[t for _, t in list_pretrained(name)]}"
+        raise ModelNotFoundError(f"unknown weights {tag!r} for {name}: {hint}")
+    return tag
+
+
 @dataclass
 class ModelBundle:
     """A CLIP model with everything needed to feed it.
@@ -243,26 +268,15 @@ def create_model(
         CheckpointError: a weights file that cannot be read, holds no state dict, or does not fit the
             architecture (``read_weights_file``).
     """
-    check_model_name(name)
-    # "", "none" (command lines, papermill parameters) mean random weights, like None
-    tag = str(pretrained) if pretrained is not None and str(pretrained).lower() not in ("", "none") else None
+    tag = check_weights(name, pretrained)
     weights: str | None = tag
     compact: Path | None = None
     if tag is not None:
         local = local_pretrained_path(name, tag)
         if local is not None:
-            if not local.is_file():
-                raise ModelNotFoundError(
-                    f"weights {name}/{tag} are not at {local}. Create them with "
-                    f"`python -m rsretrieval pretrain --model {name}` (11-13 minutes on 2 CPU cores)."
-                )
             compact, weights = local, None  # our compact format: built random, then filled below
         elif Path(tag).is_file() and is_compact(tag):  # e.g. a full fine-tune of the zoo
             compact, weights = Path(tag), None
-        elif not Path(tag).is_file() and not _is_open_clip_tag(name, tag):
-            looks_like_path = any(ch in tag for ch in "/\\.")
-            hint = f"no file at {tag}" if looks_like_path else f"known tags: {[t for _, t in list_pretrained(name)]}"
-            raise ModelNotFoundError(f"unknown weights {tag!r} for {name}: {hint}")
     file = Path(weights) if weights is not None and compact is None and Path(weights).is_file() else None
     state = read_weights_file(file) if file is not None else None  # read and checked before building anything
     if file is not None:

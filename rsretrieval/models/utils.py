@@ -11,6 +11,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from rsretrieval.errors import DeviceNotAvailableError
+
 _logger = logging.getLogger(__name__)
 
 
@@ -24,9 +26,23 @@ def select_device(device: str | torch.device = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise DeviceNotAvailableError(f"device={device!r} is not a device name: use auto, cpu, cuda, cuda:N "
+                                      "or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} asked for, but torch sees no CUDA GPU. Use device='auto' or 'cpu'.")
+        raise DeviceNotAvailableError(f"device={device!r} asked for, but torch sees no CUDA GPU. "
+                                      "Use device='auto' or 'cpu'.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DeviceNotAvailableError(f"device={device!r} asked for, but torch sees {torch.cuda.device_count()} "
+                                      f"CUDA GPU(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
+                                  and torch.backends.mps.is_available()):
+        raise DeviceNotAvailableError(f"device={device!r} asked for, but this machine has no usable MPS "
+                                      "(Apple GPU). Use device='auto' or 'cpu'.")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise DeviceNotAvailableError(f"device={device!r}: rsretrieval runs on cpu, cuda or mps")
     return dev
 
 

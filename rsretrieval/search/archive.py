@@ -288,6 +288,8 @@ class ImageIndex:
 
     def search_vector(self, query: np.ndarray, k: int = 10, scene: str | None = None) -> list[Hit]:
         """Top-k images for a query vector; ``scene`` keeps only images of that scene."""
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
         if scene is None:
             scores, ids = self.searcher.search(query, k)
         else:

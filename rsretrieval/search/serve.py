@@ -279,6 +279,10 @@ def serve(index_folder: str | Path, *, host: str = "127.0.0.1", port: int = 8000
     """
     import torch
 
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port must be a TCP port (1 to 65535; 0: any free one), got {port!r}")
     uvicorn = lazy_import("uvicorn")
     torch.set_num_threads(threads)
     app = create_app(SearchService(load_index(index_folder, model, pretrained, adapter, device)))
