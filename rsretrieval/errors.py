@@ -63,6 +63,14 @@ class ZooIntegrityError(RSRetrievalError, ValueError):
     """A zoo.json that cannot be read, or an entry whose file or record contradicts what was built."""
 
 
+class QueryImageError(RSRetrievalError, ValueError):
+    """A query image that cannot be read, or would cost too much to; ``status`` is the HTTP answer (413, 415)."""
+
+    def __init__(self, message: str, status: int = 415) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class SynthRSExistsError(RSRetrievalError, FileExistsError):
     """The target folder already holds something other than the requested SynthRS dataset."""
 

@@ -2,6 +2,8 @@ import json
 
 import numpy as np
 import pytest
+
+from rsretrieval.errors import QueryImageError
 from PIL import Image
 
 from rsretrieval.errors import CheckpointError
@@ -44,7 +46,7 @@ def test_build_search_and_skip(archive, tmp_path, encoder):
     assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
     first = next(p for p in find_images(archive) if p.name != "broken.png")
     assert index.search_image(first, k=1)[0].path == first  # an indexed image finds itself
-    with pytest.raises(SearchIndexError, match="cannot read query image .*broken.png"):
+    with pytest.raises(QueryImageError, match="broken.png is not an image rsretrieval can read"):
         index.search_image(archive / "broken.png")
     with pytest.raises(ValueError, match="empty query"):
         index.search_text("   ")

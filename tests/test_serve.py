@@ -183,3 +183,94 @@ def test_bench_serve_measures_latency_with_concurrent_clients(archive, tmp_path,
         assert r["target_ratio"] == pytest.approx(r["p50_ms"] / result["targets_ms"][run])
     assert result["million_search"]["nlist"] > 1
     assert "p50" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- files that vanish, uploads that cost too much
+
+
+@pytest.fixture
+def fragile(tmp_path):
+    """A small index whose files the test may delete: two chips and a 1 x 2 mosaic, tiny random model."""
+    assert main(["data", "synth", "--root", str(tmp_path / "synthrs"), "--n-images", "2", "--image-size", "64"]) == 0
+    images = tmp_path / "archive"
+    shutil.copytree(tmp_path / "synthrs" / "images", images / "chips")
+    generate_mosaic(images / "scenes" / "mosaic.tif", grid=(1, 2), cell=64)
+    index = tmp_path / "index"
+    assert main(["index", "build", "--images", str(images), "--out", str(index), "--tile-size", "64",
+                 "--model", "tiny", "--pretrained", "", "--device", "cpu"]) == 0
+    service = SearchService(load_index(index, device="cpu"))
+    return TestClient(create_app(service)), service, images
+
+
+def test_a_file_removed_after_indexing_is_a_410_naming_it_and_the_server_keeps_serving(fragile):
+    client, service, images = fragile
+    paths = service.index.manifest.paths
+    chip = next(i for i, p in enumerate(paths) if p.startswith("chips/"))
+    tile = next(i for i, p in enumerate(paths) if p.startswith("scenes/"))
+    (images / paths[chip]).unlink()
+    (images / "scenes" / "mosaic.tif").unlink()
+    for url in (f"/api/thumbnail/{chip}", f"/api/thumbnail/{tile}", "/api/quicklook/0"):
+        response = client.get(url)
+        assert response.status_code == 410, (url, response.text)
+        assert "no longer on disk" in response.json()["error"]
+    listed = client.get("/api/rasters")
+    assert listed.status_code == 200
+    assert listed.json()["rasters"][0]["path"] == "scenes/mosaic.tif" and "no longer on disk" in \
+        listed.json()["rasters"][0]["error"]
+    assert client.get("/api/search", params={"q": "planes"}).status_code == 200
+
+
+def test_a_file_damaged_after_indexing_is_a_422(fragile):
+    client, service, images = fragile
+    (images / "scenes" / "mosaic.tif").write_bytes(b"II*\x00 truncated")
+    response = client.get("/api/quicklook/0")
+    assert response.status_code == 422 and "scenes/mosaic.tif cannot be read any more" in response.json()["error"]
+
+
+def _png(width, height, mode="RGB"):
+    buf = io.BytesIO()
+    Image.new(mode, (width, height), 128).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _bomb():
+    """A valid PNG header declaring 60000 x 60000 pixels, with almost no data."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 60_000, 60_000, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(("content", "status", "says"), [
+    (_bomb(), 413, "pixels"),
+    (_png(1, 5000), 413, "aspect ratio over 20:1"),
+    (_png(6000, 6000, "L")[:40], 415, "not an image"),
+], ids=["decompression-bomb", "1x5000-strip", "truncated"])
+def test_uploads_that_would_cost_too_much_are_refused_before_decoding(fragile, content, status, says):
+    client, _, _ = fragile
+    response = client.post("/api/search", content=content)
+    assert response.status_code == status, response.text
+    assert says in response.json()["error"]
+    assert client.get("/health").status_code == 200
+
+
+def test_a_16_bit_tiff_query_is_stretched_as_the_index_stretches_a_scene(tmp_path):
+    import numpy as np
+    import rasterio
+
+    from rsretrieval.search.archive import open_query_image
+    from rsretrieval.search.geotiff import Raster, Tiling
+
+    path = tmp_path / "q16.tif"
+    values = np.linspace(1000, 3000, 64 * 64, dtype=np.uint16).reshape(1, 64, 64)
+    with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=1, dtype="uint16") as ds:
+        ds.write(values)
+    as_upload = np.asarray(open_query_image(path.read_bytes(), Tiling()))
+    with Raster(path, Tiling()) as scene:
+        as_indexed = np.asarray(scene.read((0, 0, 64, 64))[0])
+    assert (as_upload == as_indexed).all()
+    assert 0 < as_upload.mean() < 255 and as_upload.std() > 50  # stretched, not clipped to white

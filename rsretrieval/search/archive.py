@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from rsretrieval import __version__
 from rsretrieval.data.dataset import open_image
-from rsretrieval.errors import CheckpointError, DatasetFormatError, SearchIndexError
+from rsretrieval.errors import CheckpointError, DatasetFormatError, QueryImageError, SearchIndexError
 from rsretrieval.files import sha256_file
 from rsretrieval.search.geotiff import Raster, Tiling, is_scene, split_key, tile_key
 
@@ -328,15 +328,11 @@ class ImageIndex:
     def search_text(self, query: str, k: int = 10, scene: str | None = None) -> list[Hit]:
         return self.search_vector(self._encoder().encode_texts([query]), k, scene)
 
-    def search_image(self, image: str | Path | Image.Image, k: int = 10, scene: str | None = None) -> list[Hit]:
-        if isinstance(image, Image.Image):
-            img = image
-        else:
-            try:
-                with Image.open(image) as im:
-                    img = im.convert("RGB")
-            except (OSError, ValueError) as exc:
-                raise SearchIndexError(f"cannot read query image {image}: {exc}") from exc
+    def search_image(self, image: str | Path | bytes | Image.Image, k: int = 10,
+                     scene: str | None = None) -> list[Hit]:
+        """Top-k images for an example image: a PIL image, a file, or a file's bytes (an upload), read
+        as the index reads its images (:func:`open_query_image`)."""
+        img = open_query_image(image, Tiling.from_dict(self.manifest.tiling))
         return self.search_vector(self._encoder().encode_images([img]), k, scene)
 
     def _encoder(self) -> Encoder:
@@ -457,3 +453,66 @@ def _write_index(out: Path, manifest: Manifest, vecs: np.ndarray) -> None:
     tmpm = out / f".{MANIFEST}.tmp"
     tmpm.write_text(json.dumps(asdict(manifest), indent=1))
     os.replace(tmpm, out / MANIFEST)
+
+
+# A query image's limits: decoding and resizing it must stay cheap whatever its header says.
+MAX_QUERY_PIXELS = 50_000_000
+MAX_QUERY_SIDE = 20_000
+MAX_QUERY_ASPECT = 20.0  # the encoder resizes the short side to its input: a 1x5000 strip would grow 224-fold
+QUERY_SIDE = 1024  # a scene-like query (16-bit, many bands) is read whole, decimated to this longer side
+
+
+def open_query_image(source: str | Path | bytes | Image.Image, tiling: Tiling | None = None) -> Image.Image:
+    """An example image for search, as RGB: an 8-bit image as it is; a TIFF that is not 8-bit RGB (16-bit,
+    float, many bands) stretched as the index stretches a scene (``tiling``'s bands and percentiles),
+    so a query of the same pixels looks like the indexed tile.
+
+    Raises:
+        QueryImageError: unreadable (status 415), or over :data:`MAX_QUERY_PIXELS`, :data:`MAX_QUERY_SIDE`
+            or :data:`MAX_QUERY_ASPECT` (status 413), checked from the header before decoding.
+    """
+    import io
+    import tempfile
+
+    if isinstance(source, Image.Image):
+        _check_query_size(source.width, source.height, "the image")
+        return source.convert("RGB")
+    name = "the upload" if isinstance(source, (bytes, bytearray)) else str(source)
+    data = bytes(source) if isinstance(source, (bytes, bytearray)) else None
+    if data is not None and not data:
+        raise QueryImageError("empty upload: send an image (PNG, JPEG, TIFF)")
+    try:
+        with Image.open(io.BytesIO(data) if data is not None else source) as im:
+            _check_query_size(im.width, im.height, name)
+            if im.mode in ("RGB", "L", "P", "RGBA", "LA", "CMYK", "YCbCr", "1"):
+                return im.convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise QueryImageError(f"{name} declares more pixels than is safe to decode ({str(exc)[:100]})", 413) from None
+    except FileNotFoundError:
+        raise QueryImageError(f"no image at {name}") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL cannot read it: perhaps a TIFF only rasterio can
+        if data is None and not is_scene(source):
+            raise QueryImageError(f"{name} is not an image rsretrieval can read (PNG, JPEG, TIFF): {exc}") from None
+    # a 16-bit, float or many-band TIFF: the scene reader's bands and stretch
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(source) if data is None else Path(tmp) / "query.tif"
+        if data is not None:
+            path.write_bytes(data)
+        try:
+            with Raster(path, tiling or Tiling()) as scene:
+                _check_query_size(scene.ds.width, scene.ds.height, name)
+                return scene.quicklook(QUERY_SIDE)
+        except DatasetFormatError as exc:
+            raise QueryImageError(f"{name} is not an image rsretrieval can read (PNG, JPEG, TIFF): "
+                                  f"{str(exc).splitlines()[0][:200]}") from None
+
+
+def _check_query_size(width: int, height: int, name: str) -> None:
+    if width < 1 or height < 1:
+        raise QueryImageError(f"{name} has no pixels ({width}x{height})")
+    if width * height > MAX_QUERY_PIXELS or max(width, height) > MAX_QUERY_SIDE:
+        raise QueryImageError(f"{name} is {width}x{height} pixels: send one under {MAX_QUERY_PIXELS // 10**6} "
+                              f"megapixels and {MAX_QUERY_SIDE:,} pixels a side", 413)
+    if max(width, height) / min(width, height) > MAX_QUERY_ASPECT:
+        raise QueryImageError(f"{name} is {width}x{height} pixels, an aspect ratio over {MAX_QUERY_ASPECT:g}:1 "
+                              "(resized for the encoder it would cost far more memory than its size): crop it", 413)

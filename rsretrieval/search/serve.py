@@ -22,7 +22,8 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import Future
 from functools import lru_cache
 from importlib import resources
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from rsretrieval.errors import lazy_import
+from rsretrieval.errors import DatasetFormatError, QueryImageError, lazy_import
 from rsretrieval.search.archive import Hit, ImageIndex
 from rsretrieval.search.geotiff import split_key
 
@@ -107,7 +108,7 @@ class SearchService:
         return [[self._row(int(i), r + 1, float(sc)) for r, (sc, i) in enumerate(zip(scores[j][:k], ids[j][:k]))
                  if i >= 0] for j, (_, k) in enumerate(queries)]
 
-    def search_image(self, image: Image.Image, k: int) -> list[dict[str, Any]]:
+    def search_image(self, image: Image.Image | bytes, k: int) -> list[dict[str, Any]]:
         return self._rows(self.index.search_image(image, k))
 
     def similar(self, i: int, k: int) -> list[dict[str, Any]]:
@@ -137,24 +138,51 @@ class SearchService:
 
     def _thumbnail(self, i: int) -> bytes:
         self._check_id(i)
-        img = self.index.image(i)
+        with self._reading(split_key(self.index.manifest.paths[i])[0]):
+            img = self.index.image(i)
         img.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
         return _jpeg(img)
 
+    @contextmanager
+    def _reading(self, rel: str) -> Iterator[None]:
+        """Turn a file that vanished or broke after indexing into :class:`Unavailable`, naming it."""
+        try:
+            yield
+        except (DatasetFormatError, OSError) as exc:
+            path = Path(self.index.manifest.root) / rel
+            if not path.exists():
+                raise Unavailable(410, f"{rel} is no longer on disk (removed since the index was built): "
+                                       "restore it, or rebuild the index") from None
+            raise Unavailable(422, f"{rel} cannot be read any more ({str(exc).splitlines()[0][:160]}): "
+                                   "restore a good copy, or rebuild the index") from None
+
     def raster_info(self) -> list[dict[str, Any]]:
+        """The index's GeoTIFF scenes; one that vanished or broke since indexing is listed with its ``error``."""
         out = []
         for rid, rel in enumerate(self.rasters):
-            with self.index.raster(rel) as r:
-                out.append({"id": rid, "path": rel, "width": r.ds.width, "height": r.ds.height,
-                            "crs": None if r.ds.crs is None else r.ds.crs.to_string(),
-                            "quicklook": f"/api/quicklook/{rid}"})
+            row: dict[str, Any] = {"id": rid, "path": rel, "quicklook": f"/api/quicklook/{rid}"}
+            try:
+                with self._reading(rel), self.index.raster(rel) as r:
+                    row.update(width=r.ds.width, height=r.ds.height,
+                               crs=None if r.ds.crs is None else r.ds.crs.to_string())
+            except Unavailable as exc:
+                row.update(width=None, height=None, crs=None, quicklook=None, error=exc.reason)
+            out.append(row)
         return out
 
     def _quicklook(self, rid: int) -> bytes:
         if not 0 <= rid < len(self.rasters):
             raise KeyError(f"no scene {rid}: the index holds {len(self.rasters)} GeoTIFF scene(s)")
-        with self.index.raster(self.rasters[rid]) as r:
+        with self._reading(self.rasters[rid]), self.index.raster(self.rasters[rid]) as r:
             return _jpeg(r.quicklook(1024))
+
+
+class Unavailable(Exception):
+    """An indexed file the server cannot show any more: ``status`` 410 (gone) or 422 (unreadable)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
 
 
 def _jpeg(img: Image.Image) -> bytes:
@@ -228,16 +256,12 @@ def create_app(service: SearchService, *, max_upload_bytes: int = MAX_UPLOAD_BYT
                 return error(413, f"upload over {max_upload_bytes:,} bytes: send a smaller image")
         if not body:
             return error(400, "empty upload: send an image (PNG, JPEG, TIFF) as the request body")
-        try:
-            with Image.open(io.BytesIO(bytes(body))) as im:
-                if im.width * im.height > 50_000_000:
-                    return error(413, f"image of {im.width}x{im.height} pixels: send one under 50 megapixels")
-                image = im.convert("RGB")
-        except (OSError, ValueError, Image.DecompressionBombError):
-            return error(415, "the upload is not an image rsretrieval can read (PNG, JPEG, TIFF)")
         import anyio.to_thread
 
-        results = await anyio.to_thread.run_sync(service.search_image, image, k)
+        try:
+            results = await anyio.to_thread.run_sync(service.search_image, bytes(body), k)
+        except QueryImageError as exc:
+            return error(exc.status, str(exc))
         return answer(None, k, started, results)
 
     @app.get("/api/similar/{i}")
@@ -253,6 +277,8 @@ def create_app(service: SearchService, *, max_upload_bytes: int = MAX_UPLOAD_BYT
             data = make(key)
         except KeyError as exc:  # an id the index does not have
             return error(404, exc.args[0])
+        except Unavailable as exc:
+            return error(exc.status, exc.reason)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/api/thumbnail/{i}")
