@@ -15,66 +15,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from rsretrieval.argtypes import NON_NEGATIVE, POSITIVE, device, port, positive, share
 from rsretrieval.files import atomic_write_text
-
-
-def at_least(minimum: int):
-    """An argparse type: an integer no smaller than ``minimum`` (a bad value is a usage error, not a traceback)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} is below {minimum}, the least this option takes")
-        return value
-
-    parse.__name__ = f"integer >= {minimum}"
-    return parse
-
-
-def share(text: str) -> float:
-    """An argparse type: a number from 0 to 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a share from 0 to 1")
-    return value
-
-
-def positive(text: str) -> float:
-    """An argparse type: a number above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value} is not above 0")
-    return value
-
-
-def port(text: str) -> int:
-    """An argparse type: a TCP port, 1 to 65535."""
-    value = at_least(1)(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (1 to 65535)")
-    return value
-
-
-def device(text: str) -> str:
-    """An argparse type: a device torch can use here (``auto`` always passes), checked before any work starts."""
-    from rsretrieval.models import select_device
-
-    try:
-        select_device(text)
-    except (RuntimeError, ValueError) as exc:
-        raise argparse.ArgumentTypeError(str(exc).splitlines()[0]) from None
-    return text
-
-
-POSITIVE, NON_NEGATIVE = at_least(1), at_least(0)
 
 
 def _add_data_args(p: argparse.ArgumentParser, split: str | None = None) -> None:

@@ -171,7 +171,7 @@ def _data_params(data) -> dict[str, Any] | None:
     """A generated dataset's generator parameters (which SynthRS version the recipe was chosen on)."""
     from rsretrieval.data.synthrs import generated_params
 
-    root = data.metadata.get("root")
+    root = getattr(data, "metadata", {}).get("root")
     return generated_params(root) if root else None
 
 
