@@ -6,6 +6,8 @@ import json
 import numpy as np
 import pytest
 
+from rsretrieval.errors import DatasetFormatError
+
 rasterio = pytest.importorskip("rasterio")
 
 from rasterio.transform import from_origin  # noqa: E402
@@ -43,7 +45,7 @@ def test_bands_are_picked_by_description_then_colour_interpretation_then_first_t
         assert r.bands == (1, 2, 3)
     with Raster(plain, Tiling(bands=(4, 3, 2))) as r:
         assert r.bands == (4, 3, 2)
-    with pytest.raises(Exception, match="has 4 bands; bands \\[5, 1, 1\\] were asked for"):
+    with pytest.raises(DatasetFormatError, match=r"plain.tif has 4 band\(s\): band 5 does not exist"):
         Raster(plain, Tiling(bands=(5, 1, 1)))
     named = tmp_path / "named.tif"
     _write(named, data)
@@ -119,3 +121,126 @@ def test_scene_tiles_are_indexed_with_coordinates_and_a_query_finds_the_planted_
     with rasterio.open(folder / "mosaic.tif") as ds:
         red = ds.read(3, window=rasterio.windows.Window(*airport["window"])).astype(float)
     assert np.corrcoef(tile[..., 0].ravel(), red.ravel())[0, 1] > 0.99
+
+
+# ------------------------------------------------------------------ georeferencing that is not silently wrong
+
+def _scene(tmp_path, name, transform=None, crs="EPSG:32631", size=(64, 48)):
+    w, h = size
+    data = np.arange(3 * h * w, dtype=np.uint16).reshape(3, h, w)
+    profile = {"crs": crs} if crs else {}
+    if transform is not None:
+        profile["transform"] = transform
+    return _write(tmp_path / name, data, **profile)
+
+
+def _expected_corners(path):
+    """Each pixel corner of the whole scene through rasterio's own transforms, as an independent check."""
+    from rasterio.warp import transform as warp
+
+    with rasterio.open(path) as ds:
+        xy = [ds.transform @ p for p in ((0, 0), (ds.width, 0), (ds.width, ds.height), (0, ds.height))]
+        lon, lat = warp(ds.crs, "EPSG:4326", [x for x, _ in xy], [y for _, y in xy])
+    return xy, list(zip(lon, lat))
+
+
+def _ccw(ring):
+    return sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(ring, ring[1:] + ring[:1])) > 0
+
+
+def test_a_crs_without_a_geotransform_gives_no_coordinates(tmp_path):
+    path = _scene(tmp_path, "nogeo.tif")
+    with Raster(path, Tiling(size=64)) as r:
+        assert "no geotransform" in r.georef_problem
+        geo = r.georef((0, 0, 64, 48))
+    assert geo["lonlat"] is None and geo["footprint"] is None and geo["window"] == [0, 0, 64, 48]
+
+
+@pytest.mark.parametrize("name, transform", [
+    ("north-up", from_origin(500000, 5000000, 10, 10)),
+    ("south-up", rasterio.Affine(10, 0, 500000, 0, 10, 4999520)),
+    ("rotated", from_origin(500000, 5000000, 10, 10) @ rasterio.Affine.rotation(30)),
+])
+def test_footprints_follow_all_four_corners_counter_clockwise(tmp_path, name, transform):
+    path = _scene(tmp_path, f"{name}.tif", transform)
+    xy, lonlat = _expected_corners(path)
+    with Raster(path, Tiling(size=64)) as r:
+        assert r.georef_problem is None
+        geo = r.georef((0, 0, 64, 48))
+    xs, ys = [x for x, _ in xy], [y for _, y in xy]
+    assert geo["bounds"] == pytest.approx([min(xs), min(ys), max(xs), max(ys)])
+    west, south, east, north = geo["lonlat"]
+    assert west < east and south < north
+    assert west == pytest.approx(min(p[0] for p in lonlat)) and north == pytest.approx(max(p[1] for p in lonlat))
+    ring = geo["footprint"]
+    assert len(ring) == 4 and _ccw(ring)  # RFC 7946: an exterior ring is counter-clockwise
+    assert np.allclose(sorted(map(tuple, ring)), sorted(lonlat), rtol=0, atol=1e-9)
+
+
+def test_metres_labelled_epsg_4326_and_scenes_outside_their_crs_area_get_no_coordinates(tmp_path):
+    metres = _scene(tmp_path, "metres.tif", from_origin(500000, 5000000, 10, 10), crs="EPSG:4326")
+    with Raster(metres, Tiling(size=64)) as r:
+        assert "area of use" in r.georef_problem and r.georef((0, 0, 64, 48))["lonlat"] is None
+    # UTM zone 31N (0 to 6 degrees east) with an easting that puts the scene half a world away
+    far = _scene(tmp_path, "far.tif", from_origin(-9_000_000, 5000000, 10, 10))
+    with Raster(far, Tiling(size=64)) as r:
+        assert r.georef_problem is not None and r.georef((0, 0, 64, 48))["footprint"] is None
+
+
+# ------------------------------------------------------------------ damaged scenes are skipped, named
+
+def _truncated(tmp_path):
+    path = _scene(tmp_path, "truncated.tif", from_origin(500000, 5000000, 10, 10), size=(512, 512))
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 3])
+    return path
+
+
+def _sparse_huge(tmp_path):
+    path = tmp_path / "huge.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=100_000, height=100_000, count=3, dtype="uint16",
+                       tiled=True, blockxsize=1024, blockysize=1024, sparse_ok=True, crs="EPSG:32631",
+                       transform=from_origin(500000, 5000000, 10, 10)):
+        pass  # nothing written: a few kB on disk that declare 10^10 pixels
+    assert path.stat().st_size < 1_000_000
+    return path
+
+
+def test_damaged_and_oversized_scenes_are_skipped_and_named_while_the_rest_is_indexed(mosaic, tmp_path):
+    from rsretrieval.search import Encoder
+
+    folder, layout = mosaic
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "mosaic.tif").write_bytes((folder / "mosaic.tif").read_bytes())
+    _truncated(archive)
+    _sparse_huge(archive)
+    _scene(archive, "metres.tif", from_origin(500000, 5000000, 10, 10), crs="EPSG:4326")
+    index = ImageIndex.build(archive, tmp_path / "idx", Encoder("tiny", None, device="cpu"),
+                             tiling=Tiling(size=224), progress=False)
+    errors = {s["path"]: s["error"] for s in index.manifest.skipped}
+    assert "rasterio cannot read its pixels" in errors["truncated.tif"] and "truncated.tif" in errors["truncated.tif"]
+    assert "MAX_SCENE_PIXELS" in errors["huge.tif"] and "100000x100000" in errors["huge.tif"]
+    assert sum(split_key(p)[0] == "mosaic.tif" for p in index.manifest.paths) == len(layout["cells"])
+    assert "metres.tif" in index.manifest.paths  # indexed, one tile, without coordinates
+    assert index.manifest.tiles["metres.tif"]["lonlat"] is None
+
+
+def test_a_band_the_scene_lacks_is_named_with_its_file(mosaic, tmp_path, capsys):
+    folder, _ = mosaic
+    assert main(["index", "build", "--images", str(folder), "--out", str(tmp_path / "idx"), "--tile-size", "224",
+                 "--bands", "5", "3", "2", "--model", "tiny", "--pretrained", "none", "--device", "cpu"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and err.splitlines()[-1].startswith("error: none of the 1 images")
+    assert "mosaic.tif has 4 band(s): band 5 does not exist" in err and "choose among 1..4" in err
+
+
+def test_a_scene_stretch_is_read_once_per_build_however_many_chunks(mosaic, tmp_path, monkeypatch):
+    from rsretrieval.search import Encoder
+
+    folder, layout = mosaic
+    calls = []
+    original = Raster._stretch
+    monkeypatch.setattr(Raster, "_stretch", lambda self: calls.append(self.path) or original(self))
+    ImageIndex.build(folder, tmp_path / "idx", Encoder("tiny", None, device="cpu"), tiling=Tiling(size=224),
+                     chunk=2, batch_size=2, progress=False)
+    assert calls == [folder / "mosaic.tif"]

@@ -38,7 +38,7 @@ from rsretrieval import __version__
 from rsretrieval.data.dataset import open_image
 from rsretrieval.errors import CheckpointError, DatasetFormatError, QueryImageError, SearchIndexError
 from rsretrieval.files import sha256_file
-from rsretrieval.search.geotiff import Raster, Tiling, is_scene, split_key, tile_key
+from rsretrieval.search.geotiff import TIFF_SUFFIXES, Raster, Tiling, is_scene, split_key, tile_key
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
 MANIFEST = "manifest.json"
@@ -188,18 +188,20 @@ class ImageIndex:
         parts.mkdir(parents=True, exist_ok=True)
         _check_parts_identity(parts, encoder, root, tiling)
         done = _encoded_paths(parts)
-        items = _items(files, root, tiling)
+        stretches: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
+        items = _items(files, root, tiling, stretches)
         todo = [item for item in items if item[0] not in done]
         bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="indexing", disable=not progress)
         for start in range(0, len(todo), chunk):
-            _encode_part(todo[start:start + chunk], parts, encoder, tiling, batch_size, bar)
+            _encode_part(todo[start:start + chunk], parts, encoder, tiling, batch_size, bar, stretches)
         bar.close()
         rel, vecs, skipped, tiles = _gather_parts(parts)
         order = np.argsort(rel, kind="stable")
         rel = [rel[i] for i in order]
         vecs = vecs[order] if len(vecs) else np.zeros((0, 0), dtype=np.float32)
         if not rel:
-            raise SearchIndexError(f"none of the {len(files)} images below {root} could be read; first: {skipped[:1]}")
+            raise SearchIndexError(f"none of the {len(files)} images below {root} could be read; first: "
+                                   f"{skipped[0]['path']}: {skipped[0]['error']}")
         manifest = Manifest(encoder.identity(), int(vecs.shape[1]), dtype, root=str(root), paths=rel,
                             scenes=[(scenes or {}).get(split_key(r)[0]) for r in rel], skipped=skipped,
                             adapter_path=encoder.adapter_path,
@@ -221,17 +223,23 @@ class ImageIndex:
             raise SearchIndexError(f"{outside[0]} is not below the index root {root}: an index holds one folder's "
                                    "images; copy the image there first, or build another index")
         tiling = Tiling.from_dict(self.manifest.tiling)
-        new = [item for item in _items(new, root, tiling) if item[0] not in known]
+        stretches: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
+        new = [item for item in _items(new, root, tiling, stretches) if item[0] not in known]
         if not new:
             return 0
         vecs, rel, skipped = [], [], []
-        for start in range(0, len(new), batch_size):
-            ok, bad, tiles = _read_items(new[start:start + batch_size], tiling, {})
-            skipped += bad
-            self.manifest.tiles.update(tiles)
-            if ok:
-                vecs.append(self.encoder.encode_images([im for _, im in ok]))
-                rel += [r for r, _ in ok]
+        open_rasters: dict[Path, Raster] = {}
+        try:
+            for start in range(0, len(new), batch_size):
+                ok, bad, tiles = _read_items(new[start:start + batch_size], tiling, open_rasters, stretches)
+                skipped += bad
+                self.manifest.tiles.update(tiles)
+                if ok:
+                    vecs.append(self.encoder.encode_images([im for _, im in ok]))
+                    rel += [r for r, _ in ok]
+        finally:
+            for scene in open_rasters.values():
+                scene.close()
         if vecs:
             block = np.concatenate(vecs).astype(self.manifest.dtype)
             self.embeddings = np.concatenate([np.asarray(self.embeddings), block])
@@ -343,37 +351,48 @@ class ImageIndex:
 
 # ---------------------------------------------------------------------- build helpers
 
-Item = tuple[str, Path, tuple[int, int, int, int] | None]  # (index path, file, a scene's window or None)
+# (index path, file, a scene's window or None, why it is skipped or None)
+Item = tuple[str, Path, "tuple[int, int, int, int] | None", "str | None"]
 
 
-def _items(files: Sequence[Path], root: Path, tiling: Tiling) -> list[Item]:
-    """What to encode: each plain image whole, each scene's tiles (a scene of one tile keeps its file's path)."""
+def _items(files: Sequence[Path], root: Path, tiling: Tiling,
+           stretches: dict[Path, tuple[np.ndarray, np.ndarray]] | None = None) -> list[Item]:
+    """What to encode: each plain image whole, each scene's tiles (a scene of one tile keeps its file's path).
+    A scene that cannot be opened (damaged, too large, a band it lacks) is one item skipped with its reason.
+    With bands asked for, every TIFF is read as a scene, so that its bands are the ones asked for."""
     items: list[Item] = []
     for p in files:
         rel = str(p.relative_to(root))
-        if not is_scene(p):
-            items.append((rel, p, None))
+        scene_like = p.suffix.lower() in TIFF_SUFFIXES and tiling.bands is not None
+        if not (scene_like or is_scene(p)):
+            items.append((rel, p, None, None))
             continue
         try:
-            with Raster(p, tiling) as scene:
+            with Raster(p, tiling, stretch=(stretches or {}).get(p)) as scene:
                 windows = scene.windows()
-        except DatasetFormatError:
-            items.append((rel, p, None))  # read, and skipped with its reason, like any unreadable image
+                if stretches is not None:
+                    stretches[p] = (scene.low, scene.high)
+        except DatasetFormatError as exc:
+            items.append((rel, p, None, str(exc)))
             continue
-        items += [(rel if len(windows) == 1 else tile_key(rel, w), p, w) for w in windows]
+        items += [(rel if len(windows) == 1 else tile_key(rel, w), p, w, None) for w in windows]
     return items
 
 
-def _read_items(items: Sequence[Item], tiling: Tiling, open_rasters: dict[Path, Raster]
+def _read_items(items: Sequence[Item], tiling: Tiling, open_rasters: dict[Path, Raster],
+                stretches: dict[Path, tuple[np.ndarray, np.ndarray]] | None = None
                 ) -> tuple[list[tuple[str, Image.Image]], list[dict[str, str]], dict[str, dict[str, Any]]]:
     ok, bad, tiles = [], [], {}
-    for key, path, window in items:
+    for key, path, window, problem in items:
+        if problem is not None:
+            bad.append({"path": key, "error": problem})
+            continue
         try:
             if window is None:  # a plain image (_items gives every scene's tiles their window)
                 ok.append((key, open_image(path)))
                 continue
-            if path not in open_rasters:
-                open_rasters[path] = Raster(path, tiling)
+            if path not in open_rasters:  # the scene's stretch is read once per build, not once per chunk
+                open_rasters[path] = Raster(path, tiling, stretch=(stretches or {}).get(path))
             scene = open_rasters[path]
             img, valid = scene.read(window)
         except DatasetFormatError as exc:  # undecodable, truncated, or declaring too many pixels: skipped, listed
@@ -389,12 +408,12 @@ def _read_items(items: Sequence[Item], tiling: Tiling, open_rasters: dict[Path, 
 
 
 def _encode_part(items: Sequence[Item], parts: Path, encoder: Encoder, tiling: Tiling, batch_size: int,
-                 bar) -> None:
+                 bar, stretches: dict[Path, tuple[np.ndarray, np.ndarray]] | None = None) -> None:
     vecs, rel, skipped, tiles = [], [], [], {}
     open_rasters: dict[Path, Raster] = {}
     try:
         for start in range(0, len(items), batch_size):
-            ok, bad, geo = _read_items(items[start:start + batch_size], tiling, open_rasters)
+            ok, bad, geo = _read_items(items[start:start + batch_size], tiling, open_rasters, stretches)
             skipped += bad
             tiles.update(geo)
             if ok:

@@ -22,6 +22,9 @@ from PIL import Image
 from rsretrieval.errors import DatasetFormatError, DependencyNotFoundError, lazy_import
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+# A scene may declare far more pixels than it holds (a sparse file): past this it is skipped, not tiled.
+# 1e9 pixels is about 15,000 tiles of 256 px; raise it for genuine larger scenes.
+MAX_SCENE_PIXELS = 1_000_000_000
 _OVERVIEW_SIDE = 1024  # the stretch's percentiles are read from a decimated copy at most this large
 
 
@@ -133,8 +136,18 @@ class Raster:
         except rasterio.errors.RasterioError as exc:
             raise DatasetFormatError(f"scene {self.path} cannot be read by rasterio ({str(exc)[:160]}); "
                                      "replace the file with a good copy") from None
-        self.bands = self._pick_bands()
-        self.low, self.high = stretch if stretch is not None else self._stretch()
+        try:
+            if self.ds.width * self.ds.height > MAX_SCENE_PIXELS:
+                raise DatasetFormatError(
+                    f"scene {self.path} declares {self.ds.width}x{self.ds.height} pixels, over "
+                    f"rsretrieval.search.geotiff.MAX_SCENE_PIXELS = {MAX_SCENE_PIXELS:,}: if it is genuine, "
+                    "raise that limit; otherwise replace the file")
+            self.bands = self._pick_bands()
+            self.low, self.high = stretch if stretch is not None else self._reading(self._stretch)
+            self.georef_problem = self._georef_problem()
+        except BaseException:
+            self.ds.close()
+            raise
 
     def __enter__(self) -> Raster:
         return self
@@ -148,12 +161,22 @@ class Raster:
     def windows(self) -> list[tuple[int, int, int, int]]:
         return tile_windows(self.ds.width, self.ds.height, self.tiling.size, self.tiling.overlap)
 
+    def _reading(self, read, *args, **kwargs):
+        """``read(...)``, with rasterio's read errors (a truncated or damaged file) naming the scene."""
+        rasterio = _rasterio()
+        try:
+            return read(*args, **kwargs)
+        except rasterio.errors.RasterioError as exc:
+            raise DatasetFormatError(f"scene {self.path} is damaged: rasterio cannot read its pixels "
+                                     f"({str(exc).splitlines()[0][:160]}); replace the file with a good copy") from None
+
     def _pick_bands(self) -> tuple[int, ...]:
         ds, asked = self.ds, self.tiling.bands
         if asked is not None:
-            if max(asked) > ds.count:
-                raise DatasetFormatError(f"scene {self.path} has {ds.count} bands; bands {list(asked)} were asked "
-                                         f"for (1-based): choose among 1..{ds.count}")
+            missing = [b for b in asked if b > ds.count]
+            if missing:
+                raise DatasetFormatError(f"scene {self.path} has {ds.count} band(s): band {missing[0]} does not exist "
+                                         f"(asked for bands {list(asked)}, 1-based): choose among 1..{ds.count}")
             return tuple(asked)
         names = [(d or "").strip().lower() for d in ds.descriptions]
         by_name = [next((i + 1 for i, n in enumerate(names) if n in aliases), None)
@@ -187,8 +210,8 @@ class Raster:
         from rasterio.windows import Window
 
         w = Window(*window)
-        data = self.ds.read(list(self.bands), window=w).astype(np.float64)
-        valid = (self.ds.dataset_mask(window=w) > 0) & np.isfinite(data).all(axis=0)
+        data = self._reading(self.ds.read, list(self.bands), window=w).astype(np.float64)
+        valid = (self._reading(self.ds.dataset_mask, window=w) > 0) & np.isfinite(data).all(axis=0)
         return self._rgb(data, valid), float(valid.mean())
 
     def _rgb(self, data: np.ndarray, valid: np.ndarray) -> Image.Image:
@@ -199,31 +222,104 @@ class Raster:
             img = np.repeat(img, 3, axis=0)
         return Image.fromarray(np.ascontiguousarray(img.transpose(1, 2, 0)), "RGB")
 
+    def _georef_problem(self) -> str | None:
+        """Why this scene's tiles get no coordinates (None: they do): no CRS, a CRS without a
+        geotransform, or corners outside the CRS's area of use (e.g. metres labelled EPSG:4326)."""
+        ds = self.ds
+        if ds.crs is None:
+            return "no CRS"
+        if ds.transform.is_identity:
+            return f"a CRS ({ds.crs.to_string()}) but no geotransform: pixel positions are not coordinates"
+        try:
+            lon, lat = self._corners_lonlat((0, 0, ds.width, ds.height))
+        except Exception as exc:  # noqa: BLE001 -- PROJ's errors for points it cannot transform
+            return f"its corners cannot be transformed to longitude/latitude ({str(exc)[:120]})"
+        area = _area_of_use(ds.crs)
+        bad = not (np.isfinite(lon).all() and np.isfinite(lat).all())
+        if not bad and area is not None:
+            south, west, north, east = area
+            slack = 1.0  # degrees: scenes at the edge of a UTM zone are common and fine
+            east = east + 360 if east < west else east  # an area across the antimeridian
+            lon_in = np.where(lon < west - slack, lon + 360, lon)
+            bad = bool((lat < south - slack).any() or (lat > north + slack).any()
+                       or (lon_in < west - slack).any() or (lon_in > east + slack).any())
+        if bad:
+            return (f"corners at longitude {np.round(lon, 3).tolist()}, latitude {np.round(lat, 3).tolist()}, "
+                    f"outside {ds.crs.to_string()}'s area of use {area}: the CRS label is probably wrong "
+                    "(e.g. metres labelled EPSG:4326)")
+        return None
+
+    def _corners_lonlat(self, window: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """The window's four corners (top-left, clockwise on the image) in longitude/latitude."""
+        from rasterio.warp import transform
+
+        xs, ys = self._corners(window)
+        lon, lat = transform(self.ds.crs, "EPSG:4326", xs, ys)
+        return np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)
+
+    def _corners(self, window: tuple[int, int, int, int]) -> tuple[list[float], list[float]]:
+        c, r, w, h = window
+        corners = [self.ds.transform @ p for p in ((c, r), (c + w, r), (c + w, r + h), (c, r + h))]
+        return [float(x) for x, _ in corners], [float(y) for _, y in corners]
+
     def georef(self, window: tuple[int, int, int, int]) -> dict[str, Any]:
         """The tile's window, CRS, bounds in the CRS ``[left, bottom, right, top]``, and in longitude/latitude
-        (``lonlat``: ``[west, south, east, north]``; ``footprint``: its corners as ``[lon, lat]``); the
-        last three are None for a scene without a CRS."""
-        from rasterio.warp import transform, transform_bounds
-
+        (``lonlat``: ``[west, south, east, north]``; ``footprint``: its four corners as ``[lon, lat]``,
+        counter-clockwise as RFC 7946 wants an exterior ring); all four corners go through the geotransform,
+        so south-up and rotated scenes are right. The last three are None where the scene has no usable
+        georeferencing (:attr:`georef_problem` says why)."""
         out: dict[str, Any] = {"window": list(window), "crs": None, "bounds": None, "lonlat": None,
                                "footprint": None}
-        if self.ds.crs is None:
+        if self.georef_problem is not None:
             return out
-        c, r, w, h = window
-        (left, top), (right, bottom) = self.ds.transform @ (c, r), self.ds.transform @ (c + w, r + h)
-        xs, ys = transform(self.ds.crs, "EPSG:4326", [left, right, right, left], [top, top, bottom, bottom])
-        out.update(crs=self.ds.crs.to_string(), bounds=[left, bottom, right, top],
-                   lonlat=list(transform_bounds(self.ds.crs, "EPSG:4326", left, bottom, right, top)),
-                   footprint=[[x, y] for x, y in zip(xs, ys)])
+        xs, ys = self._corners(window)
+        lon, lat = self._corners_lonlat(window)
+        ring = [[float(x), float(y)] for x, y in zip(lon, lat)]
+        if _signed_area(ring) < 0:
+            ring.reverse()
+        out.update(crs=self.ds.crs.to_string(), bounds=[min(xs), min(ys), max(xs), max(ys)],
+                   lonlat=[float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max())], footprint=ring)
         return out
 
     def quicklook(self, side: int = 1024) -> Image.Image:
         """The whole scene, stretched as its tiles are, at most ``side`` pixels on its longer side."""
         scale = max(1.0, max(self.ds.width, self.ds.height) / side)
         h, w = max(1, round(self.ds.height / scale)), max(1, round(self.ds.width / scale))
-        data = self.ds.read(list(self.bands), out_shape=(len(self.bands), h, w)).astype(np.float64)
-        valid = (self.ds.dataset_mask(out_shape=(h, w)) > 0) & np.isfinite(data).all(axis=0)
+        data = self._reading(self.ds.read, list(self.bands), out_shape=(len(self.bands), h, w)).astype(np.float64)
+        valid = (self._reading(self.ds.dataset_mask, out_shape=(h, w)) > 0) & np.isfinite(data).all(axis=0)
         return self._rgb(data, valid)
+
+
+def _signed_area(ring: list[list[float]]) -> float:
+    """Twice the signed area of a ring (shoelace): positive when counter-clockwise."""
+    return sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(ring, ring[1:] + ring[:1]))
+
+
+def _area_of_use(crs) -> tuple[float, float, float, float] | None:
+    """The CRS's area of use as (south, west, north, east) degrees, from its WKT2 BBOX (a CRS read from a
+    GeoTIFF's keys often lacks one: then its EPSG code's); the whole globe for an unknown geographic CRS."""
+    import re
+
+    from rasterio.crs import CRS
+    from rasterio.enums import WktVersion
+
+    def bbox(c) -> list[str]:
+        try:
+            return re.findall(r"BBOX\[([^\]]+)\]", c.to_wkt(version=WktVersion.WKT2_2019))
+        except Exception:  # noqa: BLE001 -- a CRS PROJ cannot write as WKT2
+            return []
+
+    found = bbox(crs)
+    if not found:
+        try:
+            code = crs.to_epsg()
+            found = bbox(CRS.from_epsg(code)) if code else []
+        except Exception:  # noqa: BLE001 -- no EPSG code PROJ knows
+            found = []
+    if not found:
+        return (-90.0, -180.0, 90.0, 180.0) if crs.is_geographic else None
+    south, west, north, east = (float(v) for v in found[0].split(","))
+    return south, west, north, east
 
 
 def hits_geojson(hits: list[Any]) -> dict[str, Any]:
