@@ -28,11 +28,17 @@ def _add_data_args(p: argparse.ArgumentParser, split: str | None = None) -> None
     p.add_argument("--val-fraction", type=share, default=None,
                    help="share of train carved out as val if the files have none (default 0.1, or the recipe's); "
                         "0: no validation, train on all of train and keep the last epoch")
+    _add_csv_args(p)
+
+
+def _add_csv_args(p: argparse.ArgumentParser) -> None:
     csv = p.add_argument_group("--dataset csv (open_clip's caption CSV/TSV: --root FILE or a folder of train.csv, "
                                "val.csv, test.csv)")
     csv.add_argument("--csv-img-key", default="filepath", help="the image path column (default: filepath)")
     csv.add_argument("--csv-caption-key", default="title", help="the caption column (default: title)")
     csv.add_argument("--csv-scene-key", default=None, help="a scene column, if any")
+    csv.add_argument("--csv-split-key", default=None, help="a column of train/val/test per row (default: 'split' "
+                                                            "if the file has one)")
     csv.add_argument("--csv-separator", default=None, help="default: tab for .tsv, comma otherwise")
 
 
@@ -68,7 +74,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 def cmd_data_check(args: argparse.Namespace) -> int:
     from rsretrieval.data import check_dataset
 
-    report = check_dataset(args.name, args.root)
+    report = check_dataset(args.name, args.root, **_csv_options(args))
     _json_out(report, args.json)
     return 0 if report["ok"] else 1
 
@@ -132,7 +138,8 @@ def _load(args: argparse.Namespace, split: str):
 
 
 def _csv_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {key: getattr(args, key) for key in ("csv_img_key", "csv_caption_key", "csv_scene_key", "csv_separator")
+    return {key: getattr(args, key) for key in ("csv_img_key", "csv_caption_key", "csv_scene_key", "csv_split_key",
+                                                  "csv_separator")
             if hasattr(args, key)}
 
 
@@ -481,6 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = dsub.add_parser("check", help="count images/captions per split and list every problem found")
     p.add_argument("name")
     p.add_argument("--root", required=True)
+    _add_csv_args(p)
     p.add_argument("--json", default=None, help="also write the report here")
     p.set_defaults(func=cmd_data_check)
     p = dsub.add_parser("stats", help="captions per image, caption length, share naming the scene, duplicates")

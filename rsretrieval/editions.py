@@ -23,6 +23,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from rsretrieval.errors import NotebookFormatError
+
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 INSTRUCTOR_TAG = "instructor"
 EDITIONS = ("student", "instructor")
@@ -107,16 +109,36 @@ def make_edition(notebook: Any, edition: str) -> Any:
 
 
 def write_edition(edition: str, out_dir: str | Path, notebooks: list[Path] | None = None) -> list[Path]:
-    """Write ``edition`` of the course notebooks (default: all) into ``out_dir``; returns the files."""
+    """Write ``edition`` of the course notebooks (default: all) into ``out_dir``; returns the files.
+
+    Refused, before anything is written, where a file written would replace a course notebook (the
+    sources' folder as ``out_dir``): the student edition there would lose the solutions. Every notebook
+    is made into its edition before the first is written, so a bad one (named) leaves nothing half done."""
     import nbformat
 
     from rsretrieval.course import list_notebooks
 
+    if edition not in EDITIONS:
+        raise ValueError(f"edition must be one of {', '.join(EDITIONS)}, not {edition!r}")
+    sources = list(notebooks or list_notebooks())
     out = Path(out_dir)
+    protected = {p.resolve() for p in [*list_notebooks(), *sources]}
+    protected |= {p.with_suffix(".py") for p in protected}  # the jupytext pairs
+    clash = next((out / p.name for p in sources if (out / p.name).resolve() in protected), None)
+    if clash is not None:
+        raise FileExistsError(f"writing the {edition} edition to {out} would replace the course notebook {clash} "
+                              f"(and its solutions); choose another folder, e.g. build/{edition}")
+    editions = []
+    for path in sources:
+        try:
+            editions.append(make_edition(nbformat.read(path, as_version=4), edition))
+        except (OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
+            raise NotebookFormatError(f"{path}: cannot make its {edition} edition: {str(exc).splitlines()[0][:200]}"
+                                      " (fix the notebook, or run `make notebooks` to pair it again from its .py)"
+                                      ) from None
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for path in notebooks or list_notebooks():
-        nb = make_edition(nbformat.read(path, as_version=4), edition)
+    for path, nb in zip(sources, editions, strict=True):
         target = out / path.name
         tmp = target.with_name(f".{target.name}.tmp")
         nbformat.write(nb, tmp)

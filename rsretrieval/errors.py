@@ -75,6 +75,10 @@ class SynthRSExistsError(RSRetrievalError, FileExistsError):
     """The target folder already holds something other than the requested SynthRS dataset."""
 
 
+class NotebookFormatError(RSRetrievalError, ValueError):
+    """A notebook file that cannot be read or made into an edition; the message names the file."""
+
+
 class NotebookFailed(RSRetrievalError, RuntimeError):
     """A notebook raised; the message names the notebook, the cell and the error."""
 

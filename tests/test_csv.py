@@ -91,3 +91,89 @@ def test_a_csv_of_chips_trains_and_evaluates_through_the_command_line(synth, chi
                  "--json", str(tmp_path / "eval.json")]) == 0
     assert json.loads((tmp_path / "eval.json").read_text())["metrics"]["mr"] == pytest.approx(
         results["test"]["mr"], abs=1e-6)
+
+
+# ------------------------------------------------------------------ parsing that loses nothing silently
+
+def _images(synth, n):
+    return sorted(p.name for p in (synth / "images").iterdir())[:n]
+
+
+def _raw(tmp_path, synth, body, name="caps.csv"):
+    """A CSV written by hand (not by csv.writer), next to a link to the images."""
+    (tmp_path / "img").symlink_to(synth / "images")
+    path = tmp_path / name
+    path.write_bytes(body.encode("utf-8"))
+    return path
+
+
+def test_quoted_line_breaks_and_unicode_separators_stay_inside_their_field(synth, tmp_path):
+    a, b = _images(synth, 2)
+    body = (f'filepath,title\n\nimg/{a},"two planes\nbeside the terminal"\n'
+            f"img/{a},a runway\u2028with a taxiway\nimg/{b},a harbour\x85with boats\n"
+            f"img/{b},a port\x0cand cranes\n")
+    data = load_dataset("csv", _raw(tmp_path, synth, body), "train", val_fraction=0)
+    assert data.num_images == 2 and data.num_captions == 4  # no row dropped, none split in two
+    assert "two planes beside the terminal" in data.captions and "a runway with a taxiway" in data.captions
+
+
+def test_an_unclosed_quote_is_an_error_naming_the_line_it_opens_on(synth, tmp_path):
+    a, b = _images(synth, 2)
+    rows = "".join(f"img/{b},caption {k}\n" for k in range(2000))
+    body = f'filepath,title\nimg/{a},fine\n\nimg/{a},"never closed\n{rows}'
+    with pytest.raises(DatasetFormatError, match=r"caps.csv: the record starting on line 4 cannot be parsed "
+                                                  r"\(unexpected end of data\).*not closed"):
+        load_dataset("csv", _raw(tmp_path, synth, body), "train")
+
+
+def test_lines_named_are_physical_lines_after_blank_lines_and_quoted_breaks(synth, tmp_path):
+    a, = _images(synth, 1)
+    body = f'filepath,title\n\n\nimg/{a},"one\ntwo"\n\nimg/{a},\n'
+    with pytest.raises(DatasetFormatError, match=r"caps.csv: line 7 \(filepath='img/.*'\) has an empty 'title'"):
+        load_dataset("csv", _raw(tmp_path, synth, body), "train")
+
+
+def test_a_repeated_column_is_blamed_on_the_header(synth, tmp_path):
+    a, = _images(synth, 1)
+    body = f"filepath,title,title\nimg/{a},one,two\n"
+    with pytest.raises(DatasetFormatError, match=r"line 1, the header, names the caption column 'title' 2 times "
+                                                  r"\(columns 2, 3\)"):
+        load_dataset("csv", _raw(tmp_path, synth, body), "train")
+
+
+def test_one_file_under_several_spellings_is_one_image(synth, tmp_path):
+    a, = _images(synth, 1)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "img").symlink_to(synth / "images")
+    body = (f"filepath,title\nimg/{a},one\n./img/{a},two\nimg//{a},three\n../d/img/{a},four\n"
+            f"img/../img/{a},five\n")
+    path = tmp_path / "d" / "caps.csv"
+    path.write_text(body)
+    data = load_dataset("csv", path, "train", val_fraction=0)
+    assert data.num_images == 1 and data.captions == ["one", "two", "three", "four", "five"]
+    assert data.image_paths == [tmp_path / "d" / "img" / a]
+
+
+def test_a_folder_is_not_an_image(synth, tmp_path):
+    a, = _images(synth, 1)
+    (tmp_path / "folder.png").mkdir()
+    body = f"filepath,title\nimg/{a},one\nfolder.png,not an image\n"
+    with pytest.warns(UserWarning, match="left out"):
+        data = load_dataset("csv", _raw(tmp_path, synth, body), "train", val_fraction=0, on_error="skip")
+    assert data.num_images == 1 and "folder.png is missing" in " ".join(data.skipped)
+
+
+def test_data_check_takes_the_options_its_hints_name(synth, tmp_path, capsys):
+    a, = _images(synth, 1)
+    path = _raw(tmp_path, synth, f"filepath;title;part\nimg/{a};one;train\n")
+    assert main(["data", "check", "csv", "--root", str(path)]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert "--csv-separator" in report["problems"][0]
+    assert main(["data", "check", "csv", "--root", str(path), "--csv-separator", ";"]) == 0
+    capsys.readouterr()
+    assert main(["data", "check", "csv", "--root", str(path), "--csv-separator", ";",
+                 "--csv-split-key", "nope"]) == 1
+    problem = json.loads(capsys.readouterr().out)["problems"][0]
+    assert "--csv-split-key" in problem
+    assert main(["data", "check", "csv", "--root", str(path), "--csv-separator", ";",
+                 "--csv-split-key", "part"]) == 0

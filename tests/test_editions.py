@@ -103,3 +103,31 @@ def test_the_course_run_can_leave_the_worked_answers_out(tmp_path):
         run_notebook(path, tmp_path / f"out-{answers}", html=False, answers=answers)
         assert json.loads((tmp_path / "ran.json").read_text()) == expected
     assert sorted(p.name for p in (tmp_path / "out-False").iterdir()) == ["toy", "toy.ipynb"]  # no copy left
+
+
+def test_an_edition_is_never_written_over_the_sources(tmp_path, capsys):
+    from rsretrieval.cli import main
+
+    sources = list_notebooks()
+    before = {p: p.read_bytes() for p in sources}
+    for edition in ("student", "instructor"):
+        with pytest.raises(FileExistsError, match=f"would replace the course notebook .*{sources[0].name}"):
+            write_edition(edition, sources[0].parent)
+    assert main(["course", "--edition", "student", "--out", str(sources[0].parent)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: writing the student edition to")
+    assert {p: p.read_bytes() for p in sources} == before  # the solutions are all still there
+
+
+def test_a_bad_notebook_is_named_and_nothing_is_half_written(tmp_path):
+    from rsretrieval.errors import NotebookFormatError
+
+    not_json = tmp_path / "broken.ipynb"
+    not_json.write_text("{ not a notebook")
+    unclosed = tmp_path / "unclosed.ipynb"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(f"x = 1\n{BEGIN}\ny = 2")])
+    nbformat.write(nb, unclosed)
+    for bad, why in ((not_json, "cannot make its student edition"), (unclosed, "never closed")):
+        with pytest.raises(NotebookFormatError, match=f"{bad.name}: .*{why}"):
+            write_edition("student", tmp_path / "out", [list_notebooks()[0], bad])
+        assert not (tmp_path / "out").exists()

@@ -165,6 +165,27 @@ def test_a_damaged_index_names_the_file(archive, tmp_path, encoder, damage):
         ImageIndex.load(tmp_path / "idx", encoder)
 
 
+@pytest.mark.parametrize("field, value, said", [
+    ("paths", "a.png", "field 'paths' is str"), ("dim", "64", "field 'dim' is str"),
+    ("encoder", ["tiny"], "field 'encoder' is list"), ("normalized", 1, "field 'normalized' is int"),
+    ("scenes", [], "need as many scenes"), ("tiling", {"size": 0}, "tiling"), ("dtype", "int8", "dtype 'int8'"),
+])
+def test_a_manifest_field_of_the_wrong_type_is_one_line_naming_it(archive, tmp_path, encoder, capsys, field,
+                                                                   value, said):
+    from rsretrieval.cli import main
+
+    ImageIndex.build(archive, tmp_path / "idx", encoder, progress=False)
+    path = tmp_path / "idx" / "manifest.json"
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps({**doc, field: value}))
+    with pytest.raises(SearchIndexError, match=f"manifest.json is damaged: .*{said}"):
+        ImageIndex.load(tmp_path / "idx", encoder)
+    capsys.readouterr()
+    assert main(["search", str(tmp_path / "idx"), "a harbour", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "manifest.json is damaged" in err
+
+
 def test_adding_an_image_outside_the_root_is_refused(archive, tmp_path, encoder):
     index = ImageIndex.build(archive, tmp_path / "idx", encoder, progress=False)
     stray = tmp_path / "stray.png"

@@ -81,3 +81,30 @@ def test_the_command_line_lists_the_pairs_and_load_dataset_leaves_them_out(plant
     assert not set(map(str, kept.image_paths)) & set(truth)
     other_train = load_dataset("csv", other, "train", exclude=out, val_fraction=0)
     assert other_train.num_images == 20 and other_train.metadata["excluded"] == 5
+
+
+def test_a_leakage_list_excludes_the_same_files_from_any_working_directory(planted, tmp_path, monkeypatch, capsys):
+    base, test, train, truth = planted
+    other = _as_csv(tmp_path / "other", list(truth.values()))
+    monkeypatch.chdir(base)  # relative roots, as a user types them
+    assert main(["data", "leakage", "--test", "synthrs:synthrs", "--train", f"csv:{other}", "--train-split", "all",
+                 "--json", str(tmp_path / "leaks.json"), "--no-progress"]) == 0
+    pairs = json.loads((tmp_path / "leaks.json").read_text())
+    assert pairs and all(p["test_image"].startswith("/") and p["train_image"].startswith("/") for p in pairs)
+    monkeypatch.chdir(tmp_path)
+    kept = load_dataset("synthrs", base / "synthrs", "test", exclude=tmp_path / "leaks.json")
+    assert kept.metadata["excluded"] == 5
+
+
+def test_an_exclusion_that_names_nothing_is_an_error(planted, tmp_path):
+    from rsretrieval.errors import DatasetFormatError, DatasetNotFoundError
+
+    base = planted[0]
+    with pytest.raises(DatasetNotFoundError, match=r"exclude='.*gone.json': no leakage list there"):
+        load_dataset("synthrs", base / "synthrs", "test", exclude=tmp_path / "gone.json")
+    with pytest.raises(DatasetNotFoundError, match="exclude= names 1 image"):
+        load_dataset("synthrs", base / "synthrs", "test", exclude=[tmp_path / "nowhere.png"])
+    relative = tmp_path / "relative.json"
+    relative.write_text(json.dumps([{"test_image": "synthrs/images/a.png", "train_image": "/b.png", "score": 1}]))
+    with pytest.raises(DatasetFormatError, match="'synthrs/images/a.png' is a relative path"):
+        load_dataset("synthrs", base / "synthrs", "test", exclude=relative)

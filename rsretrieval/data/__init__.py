@@ -25,7 +25,6 @@ from PIL import Image
 from rsretrieval.data.dataset import CaptionDataset, nested_subset, normalize_scene
 from rsretrieval.data.fetch import download, extract, prepare_dataset
 from rsretrieval.data.readers import (
-    CSVColumns,
     ImageRecord,
     Problem,
     Problems,
@@ -36,6 +35,7 @@ from rsretrieval.data.readers import (
     read_records,
     left_out_summary,
 )
+from rsretrieval.data.caption_csv import CSVColumns
 from rsretrieval.data.registry import SPLITS, DatasetInfo, get_dataset_info, list_datasets
 from rsretrieval.errors import DatasetFormatError, DatasetNotFoundError
 from rsretrieval.paths import data_dir
@@ -192,8 +192,9 @@ def _existing_images(
     records: list[ImageRecord], chosen: list[int], splits: list[str], images_dir: Path, problems: Problems
 ) -> list[int]:
     """The chosen records whose image file exists; report the others."""
-    try:
-        listing = set(os.listdir(images_dir))  # one directory read instead of thousands of stat calls
+    try:  # one directory read instead of thousands of stat calls; a folder is not an image
+        with os.scandir(images_dir) as entries:
+            listing = {e.name for e in entries if e.is_file()}
     except OSError:
         listing = set()
     keep = []
@@ -250,6 +251,11 @@ def check_dataset(
     *,
     decode: bool = True,
     images_dir: str | Path | None = None,
+    csv_img_key: str = "filepath",
+    csv_caption_key: str = "title",
+    csv_scene_key: str | None = None,
+    csv_split_key: str | None = None,
+    csv_separator: str | None = None,
 ) -> dict[str, Any]:
     """Check a dataset thoroughly and report every problem instead of stopping at the first.
 
@@ -263,6 +269,8 @@ def check_dataset(
         root: the dataset folder.
         decode: decode every image, not only check that it exists.
         images_dir: the image folder, if not the registry's.
+        csv_img_key, csv_caption_key, csv_scene_key, csv_split_key, csv_separator: for ``csv``, as
+            :func:`load_dataset` takes them.
 
     Returns:
         ``{"name", "root", "annotation", "images_dir", "usable_images", "splits": {split: {"images",
@@ -291,7 +299,8 @@ def check_dataset(
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            records = read_records(info, source, problems)
+            columns = CSVColumns(csv_img_key, csv_caption_key, csv_scene_key, csv_split_key, csv_separator)
+            records = read_records(info, source, problems, columns)
             scenes = assign_scenes(info, records, source.root)
     except DatasetFormatError as exc:  # the file itself is unreadable: nothing more to check
         report["problems"].append(str(exc))

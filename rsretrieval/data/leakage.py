@@ -26,7 +26,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from rsretrieval.data.dataset import open_image
-from rsretrieval.errors import lazy_import
+from rsretrieval.errors import DatasetFormatError, DatasetNotFoundError, lazy_import
 
 THRESHOLD = 0.85  # between planted copies (>= 0.90 on SynthRS) and different images (<= 0.66); docs/design.md
 _SIDE = 96  # verification resolution
@@ -117,23 +117,37 @@ def find_leakage(test_images: Sequence[str | Path], train_images: Sequence[str |
     for i, j in tqdm(pairs, desc="verifying candidates", disable=not progress):
         score = match_score(test[i], train[j])
         if score >= threshold:
-            found.append({"test_image": str(test_images[i]), "train_image": str(train_images[j]),
-                          "score": round(score, 4)})
+            found.append({"test_image": str(Path(test_images[i]).resolve()),
+                          "train_image": str(Path(train_images[j]).resolve()), "score": round(score, 4)})
     return sorted(found, key=lambda r: -r["score"])
 
 
 def excluded_paths(exclude: str | Path | Iterable[str | Path]) -> set[str]:
-    """The resolved paths named by ``exclude``: a leakage JSON (both sides of each pair) or image paths."""
+    """The resolved paths named by ``exclude``: a leakage JSON (both sides of each pair, absolute paths
+    as ``data leakage`` writes them) or image paths (relative ones from the working directory).
+    A list that does not exist, a relative path in a list (it would mean another folder from another
+    working directory) or an image that does not exist is an error, never an exclusion of nothing."""
     if isinstance(exclude, (str, Path)) and Path(exclude).suffix.lower() == ".json":
         path = Path(exclude)
+        if not path.is_file():
+            raise DatasetNotFoundError(f"exclude={str(path)!r}: no leakage list there; write one with "
+                                       f"`python -m rsretrieval data leakage ... --json {path}`")
         try:
             rows = json.loads(path.read_text(encoding="utf-8"))
             names = [r[key] for r in rows for key in ("test_image", "train_image")]
         except (OSError, ValueError, TypeError, KeyError) as exc:
-            raise ValueError(f"{path} is not a leakage list (a JSON list of {{'test_image', 'train_image', 'score'}} "
-                             f"written by `data leakage --json`): {str(exc)[:120]}") from None
-    elif isinstance(exclude, (str, Path)):
-        names = [exclude]
-    else:
-        names = list(exclude)
+            raise DatasetFormatError(f"{path} is not a leakage list (a JSON list of {{'test_image', 'train_image', "
+                                     f"'score'}} written by `data leakage --json`): {str(exc)[:120]}") from None
+        relative = next((n for n in names if not Path(n).is_absolute()), None)
+        if relative is not None:
+            raise DatasetFormatError(f"{path}: {relative!r} is a relative path, which names another file from "
+                                     "another working directory; write the list again with `data leakage --json` "
+                                     "(it writes absolute paths), or make its paths absolute")
+        return {str(Path(n).resolve()) for n in names}
+    names = [exclude] if isinstance(exclude, (str, Path)) else list(exclude)
+    missing = [n for n in names if not Path(n).is_file()]
+    if missing:
+        raise DatasetNotFoundError(f"exclude= names {len(missing)} image(s) that do not exist, e.g. "
+                                   f"{str(Path(missing[0]).resolve())!r}: a leakage list is a .json file; image "
+                                   "paths are relative to the working directory")
     return {str(Path(n).resolve()) for n in names}

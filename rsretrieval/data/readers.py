@@ -19,10 +19,14 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rsretrieval.data.dataset import normalize_scene
 from rsretrieval.data.registry import UCM_CLASSES, DatasetInfo
 from rsretrieval.errors import DatasetFormatError, DatasetNotFoundError
+
+if TYPE_CHECKING:
+    from rsretrieval.data.caption_csv import CSVColumns
 
 _logger = logging.getLogger(__name__)
 
@@ -393,98 +397,6 @@ def _precomp_split(split: str, caps_path: Path, names_path: Path, problems: Prob
 
 # ---------------------------------------------------------------- checks shared by every format
 
-
-# ---------------------------------------------------------------- open_clip's CSV/TSV format
-
-CSV_SUFFIXES = (".csv", ".tsv")
-
-
-@dataclass(frozen=True)
-class CSVColumns:
-    """Which columns of a caption CSV hold what (open_clip's ``--csv-img-key``, ``--csv-caption-key``
-    and ``--csv-separator``; open_clip's defaults), and an optional scene and split column."""
-
-    img_key: str = "filepath"
-    caption_key: str = "title"
-    scene_key: str | None = None
-    split_key: str | None = None  # None: the column "split" if there is one
-    separator: str | None = None  # None: tab for .tsv, comma otherwise
-
-
-def read_csv_split(path: Path, split: str, columns: CSVColumns, problems: Problems) -> list[ImageRecord]:
-    """Read one caption CSV: a row per (image, caption); the rows of one image become one record
-    with its captions in file order. Its rows are ``split``, or each row's own in the split column."""
-    import csv
-
-    text, bad_lines = _decode(path)
-    if bad_lines:
-        raise DatasetFormatError(f"{path}: line(s) {', '.join(map(str, bad_lines[:10]))} hold bytes that are not "
-                                 f"valid UTF-8; {_UTF8_FIX}.")
-    sep = columns.separator or ("\t" if path.suffix.lower() == ".tsv" else ",")
-    reader = csv.DictReader(text.splitlines(), delimiter=sep)
-    header = reader.fieldnames or []
-    split_key = columns.split_key or ("split" if "split" in header else None)
-    wanted = [("image", columns.img_key, "csv_img_key"), ("caption", columns.caption_key, "csv_caption_key")]
-    wanted += [("scene", columns.scene_key, "csv_scene_key")] if columns.scene_key else []
-    wanted += [("split", split_key, "csv_split_key")] if split_key else []
-    for what, key, option in wanted:
-        if key not in header:
-            shown = ", ".join(repr(h) for h in header[:12]) or "none"
-            hint = " (is the separator right? pass csv_separator=)" if len(header) <= 1 else ""
-            raise DatasetFormatError(f"{path}: no {what} column {key!r}; its columns are {shown}{hint}. Name the "
-                                     f"{what} column with {option}= (command line: --{option.replace('_', '-')}).")
-    records: dict[str, ImageRecord] = {}
-    for line, row in enumerate(reader, start=2):
-        fn = (row.get(columns.img_key) or "").strip()
-        caption = (row.get(columns.caption_key) or "").strip()
-        where = f"{path}: line {line} ({columns.img_key}={_printable(fn)!r})"
-        row_split = _FILE_SPLITS.get((row.get(split_key) or "").strip().lower()) if split_key else split
-        if None in row:
-            problems.report(f"{where} has more fields than the header's {len(header)}; quote fields that hold "
-                            f"the separator {sep!r}", split=row_split, record=where)
-            continue
-        if not fn:
-            problems.report(f"{where} has an empty {columns.img_key!r}; give the image's path", split=row_split,
-                            record=where)
-            continue
-        if row_split is None:
-            problems.report(f"{where} has {split_key}={row.get(split_key)!r}; expected train, val or test",
-                            split=None, record=where)
-            continue
-        rec = records.get(fn)
-        if rec is None:
-            label = (row.get(columns.scene_key) or "").strip() if columns.scene_key else ""
-            rec = records[fn] = ImageRecord(fn, row_split, [], f"{path}: image {_printable(fn)!r} (line {line})",
-                                            label or None)
-        elif rec.split != row_split:
-            problems.report(f"{where}: the image is in split {rec.split!r} on an earlier line and {row_split!r} "
-                            "here; one image belongs to one split", split=rec.split, record=where)
-            continue
-        if not caption:
-            problems.report(f"{where} has an empty {columns.caption_key!r}; write the caption or delete the line",
-                            split=row_split, record=rec.where, caption=True)
-            continue
-        rec.captions.append(caption)
-    out = []
-    for rec in records.values():
-        if rec.captions:
-            out.append(rec)
-        else:
-            problems.report(f"{rec.where} is left out: none of its captions is usable", split=rec.split,
-                            record=rec.where)
-    return out
-
-
-def csv_split_files(root: Path) -> dict[str, Path]:
-    """The caption CSVs of a dataset: a file (its rows are train, or each row's in a split column), or a
-    folder of ``train``, ``val`` and ``test`` files (``.csv`` or ``.tsv``)."""
-    if root.is_file():
-        return {"train": root}
-    return {split: f for split in ("train", "val", "test") for f in [next(
-        (root / f"{split}{suffix}" for suffix in CSV_SUFFIXES if (root / f"{split}{suffix}").is_file()), None)]
-        if f is not None}
-
-
 def drop_duplicates(records: list[ImageRecord], problems: Problems) -> list[ImageRecord]:
     """Keep the first record of each file name; report the others (including across splits)."""
     first: dict[str, ImageRecord] = {}
@@ -753,6 +665,8 @@ def _locate_karpathy(info: DatasetInfo, root: Path, images_dir: str | Path | Non
 
 
 def _locate_csv(info: DatasetInfo, root: Path, images_dir: str | Path | None) -> Source:
+    from rsretrieval.data.caption_csv import CSV_SUFFIXES, csv_split_files
+
     if root.is_file() and root.suffix.lower() not in CSV_SUFFIXES:
         raise DatasetNotFoundError(f"{root} is not a .csv or .tsv file; for 'csv', root is a caption CSV, or a "
                                    f"folder of train.csv, val.csv and test.csv\n{info.layout(root)}")
@@ -769,8 +683,10 @@ def read_records(info: DatasetInfo, source: Source, problems: Problems,
                  columns: CSVColumns | None = None) -> list[ImageRecord]:
     """Parse a located dataset with its format's reader and drop repeated file names."""
     if info.reader == "csv":
+        from rsretrieval.data.caption_csv import CSVColumns, csv_split_files, read_csv_split
+
         records = [rec for split, path in csv_split_files(source.annotation).items()
-                   for rec in read_csv_split(path, split, columns or CSVColumns(), problems)]
+                   for rec in read_csv_split(path, split, columns or CSVColumns(), problems, source.images_dir)]
     elif info.reader == "precomp":
         records = read_precomp(source.annotation, problems)
     else:

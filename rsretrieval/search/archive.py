@@ -138,6 +138,32 @@ class Manifest:
     created: float = field(default_factory=time.time)
 
 
+_MANIFEST_TYPES: dict[str, tuple[type, ...]] = {
+    "encoder": (dict,), "dim": (int,), "dtype": (str,), "normalized": (bool,), "root": (str,), "paths": (list,),
+    "scenes": (list,), "skipped": (list,), "adapter_path": (str, type(None)), "pretrained": (str, type(None)),
+    "tiling": (dict,), "tiles": (dict,), "library_version": (str,), "created": (int, float)}
+
+
+def _manifest_problem(m: Manifest) -> str | None:
+    """What is wrong with a manifest's fields (a type, a length, a value), or None."""
+    for name, kinds in _MANIFEST_TYPES.items():
+        value = getattr(m, name)
+        if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
+            want = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+            return f"field {name!r} is {type(value).__name__} {str(value)[:40]!r}, not {want}"
+    if m.dtype not in ("float16", "float32") or m.dim < 1:
+        return f"dtype {m.dtype!r} / dim {m.dim} (expected float16 or float32 and a positive dim)"
+    if not all(isinstance(p, str) for p in m.paths) or len(m.scenes) != len(m.paths):
+        return f"{len(m.paths)} paths (all text) need as many scenes, not {len(m.scenes)}"
+    if not all(isinstance(t, dict) for t in [*m.skipped, *m.tiles.values()]):
+        return "'skipped' and 'tiles' hold records ({...}) only"
+    try:
+        Tiling.from_dict(m.tiling)
+    except (TypeError, ValueError) as exc:
+        return f"its tiling {m.tiling} is not one ({str(exc)[:80]})"
+    return None
+
+
 @dataclass
 class Hit:
     rank: int
@@ -260,9 +286,13 @@ class ImageIndex:
             hint = " (an interrupted build: run `index build` again to resume)" if (folder / "parts").exists() else ""
             raise FileNotFoundError(f"no index at {folder}: {MANIFEST} is missing{hint}")
         try:
-            return Manifest(**json.loads((folder / MANIFEST).read_text()))
+            manifest = Manifest(**json.loads((folder / MANIFEST).read_text()))
         except (ValueError, TypeError) as exc:  # truncated or edited json, or fields of another version
             raise SearchIndexError(f"{folder / MANIFEST} is damaged ({str(exc)[:120]}): {_REBUILD}") from None
+        wrong = _manifest_problem(manifest)
+        if wrong:
+            raise SearchIndexError(f"{folder / MANIFEST} is damaged: {wrong}: {_REBUILD}")
+        return manifest
 
     @classmethod
     def load(cls, folder: str | Path, encoder: Encoder | None = None, *, backend: str = "auto") -> ImageIndex:
