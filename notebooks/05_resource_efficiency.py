@@ -51,6 +51,7 @@ OUTPUT_DIR = ""
 BENCH_MODEL = "ViT-B-32"
 BENCH_METHODS = "full,linear_probe,mrs_adapter,focus_adapter"  # add adapter,lora,vpt,coop,... to compare more
 BENCH_STEPS = 0  # timed steps per method; 0: 1 on a CPU (a step takes seconds), 10 on a GPU
+BENCH_REPEATS = 3  # interleaved rounds of every method; rows are medians, ratios the median of each round's
 MEMORY_BATCH_SIZES = "8,32"
 CACHE_EPOCHS = 1
 RECIPE = "mini-synthrs"  # the recipe of the zoo runs the cost figure reads
@@ -59,6 +60,7 @@ N_SEEDS = 3
 # %%
 # %matplotlib inline
 import json
+import statistics
 
 import torch
 from matplotlib.figure import Figure
@@ -77,6 +79,7 @@ methods = [m.strip() for m in BENCH_METHODS.split(",")]
 memory_batches = [int(b) for b in MEMORY_BATCH_SIZES.split(",")]
 device = str(cfg.device)
 bench_steps = 1 if SMOKE else BENCH_STEPS or (10 if device.startswith("cuda") else 1)
+repeats = 1 if SMOKE else BENCH_REPEATS
 cfg
 
 # %% [markdown]
@@ -86,28 +89,33 @@ cfg
 # one AdamW step per iteration, after one untimed warm-up step. A fresh process per method matters
 # on a CPU: peak resident memory never goes down within a process, so a second method measured in
 # the same process would inherit the first one's peak. On CUDA the same command reports
-# `torch.cuda.max_memory_allocated`. The machines are noisy: compare methods by the **ratios of
-# one run**, never with numbers from another run or another machine.
+# `torch.cuda.max_memory_allocated`. The machines are noisy: every method is measured in
+# `BENCH_REPEATS` rounds, interleaved (each method once a round, the order rotated), and a ratio
+# is the median of the ratios within a round, printed with their range. Compare methods by the
+# **ratios of one run**, never with numbers from another run or another machine.
 #
 # Four methods span the cases: full fine-tuning, a linear probe (new weights on top only), an
 # in-block adapter (MRS-Adapter; Houlsby adapters and LoRA sit in the blocks too and cost about the
 # same) and the side branch. Name more in `BENCH_METHODS` to measure them.
 
 # %%
-results = bench(bench_model, methods, batch_size=BATCH_SIZE, steps=bench_steps, device=device)
+results = bench(bench_model, methods, batch_size=BATCH_SIZE, steps=bench_steps, repeats=repeats, device=device)
 print(format_table(results))
 by = {r["method"]: r for r in results}
 
 # %% [markdown]
-# The issue's targets for our Focus-Adapter against MRS-Adapter (in-block) — and CMER's own
-# claims (**the paper's**, setting unknown) beside ours:
+# Our Focus-Adapter against MRS-Adapter (in-block), each round's ratio, and CMER's own claims
+# (**the paper's**, setting unknown) beside ours:
 
 # %%
-speed = by["focus_adapter"]["samples_per_s"] / by["mrs_adapter"]["samples_per_s"]
-memory = by["focus_adapter"]["peak_memory_bytes"] / by["mrs_adapter"]["peak_memory_bytes"]
-print(f"focus_adapter / mrs_adapter on {bench_model}, batch {BATCH_SIZE}:")
-print(f"  throughput x{speed:.2f}   (our target >= 1.8; CMER paper: 1.4x vs its baselines)")
-print(f"  peak memory x{memory:.2f}   (our target <= 0.5; CMER paper: -49%, i.e. x0.51)")
+rounds = range(repeats)
+speeds = [by["focus_adapter"]["samples_per_s_runs"][k] / by["mrs_adapter"]["samples_per_s_runs"][k] for k in rounds]
+memories = [by["focus_adapter"]["peak_memory_bytes_runs"][k] / by["mrs_adapter"]["peak_memory_bytes_runs"][k]
+            for k in rounds]
+speed, memory = statistics.median(speeds), statistics.median(memories)
+print(f"focus_adapter / mrs_adapter on {bench_model}, batch {BATCH_SIZE}, median of {repeats} round(s):")
+print(f"  throughput x{speed:.2f} (rounds {min(speeds):.2f} to {max(speeds):.2f}; CMER paper: 1.4x vs its baselines)")
+print(f"  peak memory x{memory:.2f} (rounds {min(memories):.2f} to {max(memories):.2f}; CMER paper: -49%, i.e. x0.51)")
 
 # %% [markdown]
 # Why the side branch wins on both:
@@ -125,7 +133,7 @@ print(f"  peak memory x{memory:.2f}   (our target <= 0.5; CMER paper: -49%, i.e.
 # %%
 mem_rows = {m: {} for m in ("mrs_adapter", "focus_adapter")}
 for b in memory_batches:
-    rows = (bench(bench_model, list(mem_rows), batch_size=b, steps=1, device=device, progress=False)
+    rows = (bench(bench_model, list(mem_rows), batch_size=b, steps=1, repeats=1, device=device, progress=False)
             if b != BATCH_SIZE else [by[m] for m in mem_rows])
     for r in rows:
         mem_rows[r["method"]][b] = r["peak_memory_bytes"] / 2**20
@@ -180,8 +188,6 @@ print(f"an epoch from the cache: {timing['speedup']:.1f}x faster than from pixel
 # the same training as from the cache (up to rounding), there to measure what reading pixels costs.
 
 # %%
-import statistics
-
 COST = {"full": "full", "mrs_adapter": "mrs_adapter", "focus_adapter_uncached": "focus_adapter (from pixels)",
         "focus_adapter": "focus_adapter (from the cache)"}
 seeds = [SEED + k for k in range(1 if SMOKE else N_SEEDS)]  # a smoke run checks the pieces fit: one seed
@@ -239,23 +245,27 @@ for name in ("full", "mrs_adapter", "focus_adapter (from pixels)"):
 #
 # **Build it yourself: count what autograd keeps.** PyTorch calls a *pack hook* for every tensor
 # it saves for backward (`torch.autograd.graph.saved_tensors_hooks(pack, unpack)`). Write
-# `my_saved_bytes(fn)`: run `fn()` under such a hook and return the bytes of the saved tensors
-# (elements times bytes per element). The next cell checks it against `bench.saved_tensor_bytes`
-# on a small network, in training (saves activations) and under `torch.no_grad()` (saves nothing).
+# `my_saved_bytes(fn)`: run `fn()` under such a hook and return the bytes of the saved tensors.
+# Two traps make a plain sum of `numel() * element_size()` too large: one tensor is often saved
+# by several ops (count each storage once: `t.untyped_storage().data_ptr()` names it, `.nbytes()`
+# sizes it), and a linear layer saves its weight (or its transpose, a view: `t._base`), which is
+# in memory anyway (leave `nn.Parameter`s out). The next cell checks it against
+# `bench.saved_tensor_bytes` on a small network, in training and under `torch.no_grad()`.
 
 # %%
 def my_saved_bytes(fn):
     ### BEGIN SOLUTION
-    saved = 0
+    storages = {}
 
     def pack(t):
-        nonlocal saved
-        saved += t.numel() * t.element_size()
+        base = t if t._base is None else t._base
+        if not isinstance(base, torch.nn.Parameter):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
-    return saved
+    return sum(storages.values())
     ### END SOLUTION
 
 
@@ -279,7 +289,7 @@ print(f"one forward of the small network keeps {mine[0] / 1024:.0f} KiB for back
 
 # %%
 checkpointed = bench(bench_model, ["full", "mrs_adapter"], batch_size=BATCH_SIZE, steps=bench_steps,
-                     device=device, grad_checkpointing=True, progress=False)
+                     repeats=repeats, device=device, grad_checkpointing=True, progress=False)
 ckpt = {r["method"]: r for r in checkpointed}
 rows = [by["full"], ckpt["full"], by["mrs_adapter"], ckpt["mrs_adapter"], by["focus_adapter"]]
 ref = rows[0]
@@ -295,7 +305,7 @@ for m in ("full", "mrs_adapter"):
 print(f"the side branch keeps {by['focus_adapter']['saved_for_backward_bytes'] / 2**20:.1f} MB without checkpointing")
 if device.startswith("cuda"):
     full_precision = bench(bench_model, ["full", "mrs_adapter"], batch_size=BATCH_SIZE, steps=bench_steps,
-                           device=device, amp=False, progress=False)
+                           repeats=repeats, device=device, amp=False, progress=False)
     for r in full_precision:
         mixed = by[r["method"]]
         print(f"{r['method']}: mixed precision x{mixed['peak_memory_bytes'] / r['peak_memory_bytes']:.2f} peak memory, "
@@ -320,7 +330,8 @@ else:
 # %%
 record(cfg.output_dir, bench_model=bench_model, device=device, batch_size=BATCH_SIZE,
        bench=[{k: r[k] for k in ("method", "trainable", "samples_per_s", "peak_memory_bytes")} for r in results],
-       focus_vs_mrs_throughput=speed, focus_vs_mrs_memory=memory,
+       focus_vs_mrs_throughput=speed, focus_vs_mrs_memory=memory, bench_repeats=repeats,
+       focus_vs_mrs_throughput_rounds=speeds, focus_vs_mrs_memory_rounds=memories,
        memory_mb_by_batch={m: {str(b): v for b, v in pts.items()} for m, pts in mem_rows.items()},
        cache_speedup=timing["speedup"], cache_build_seconds=timing["cache_build_seconds"],
        cost_figure=[{k: p[k] for k in ("label", "epochs", "seconds", "zoo_wall_seconds", "memory_bytes", "val_mr",

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +93,7 @@ def measure(model_name: str, method: str, *, batch_size: int = 32, steps: int = 
         opt.zero_grad(set_to_none=True)
 
     # what autograd keeps is counted on an untimed step: the first warm-up step, or one more at the end
-    saved = saved_tensor_bytes(step) if warmup else None
+    saved = saved_tensor_bytes(step, task.parameters()) if warmup else None
     for _ in range(warmup - 1):
         step()
     if dev.type == "cuda":
@@ -106,7 +106,7 @@ def measure(model_name: str, method: str, *, batch_size: int = 32, steps: int = 
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     if saved is None:
-        saved = saved_tensor_bytes(step)
+        saved = saved_tensor_bytes(step, task.parameters())
     out = {
         "method": method, "model": model_name, "device": dev.type, "batch_size": batch_size, "steps": steps,
         "grad_checkpointing": grad_checkpointing, "amp": amp and dev.type == "cuda", "saved_for_backward_bytes": saved,
@@ -153,12 +153,18 @@ def run_isolated(model_name: str, method: str, **kwargs: Any) -> dict[str, Any]:
 
 
 def bench(model_name: str, methods: list[str], *, batch_size: int = 32, steps: int = 3, warmup: int = 1,
-          device: str = "cpu", loss: str = "infonce", grad_checkpointing: bool = False, amp: bool = True,
-          progress: bool = True) -> list[dict[str, Any]]:
-    """Benchmark each method in its own process; ratios are relative to the first method.
+          repeats: int = 3, device: str = "cpu", loss: str = "infonce", grad_checkpointing: bool = False,
+          amp: bool = True, progress: bool = True) -> list[dict[str, Any]]:
+    """Benchmark each method in its own process, ``repeats`` rounds interleaved (each method once a round,
+    the order rotated each round), so that a busy or cooling machine weighs on every method alike.
 
+    A row holds the medians of its rounds (``samples_per_s``, ``peak_memory_bytes``, ``seconds``), each
+    round's value (``*_runs``), and ratios to the first method: the median over rounds of the ratio
+    within a round (``throughput_ratio``, ``memory_ratio``) with its range (``*_range``).
     ``grad_checkpointing`` and ``amp`` are :func:`measure`'s, for every method.
     """
+    from statistics import median
+
     from rsretrieval.methods import get_method
     from rsretrieval.models.factory import check_model_name
 
@@ -167,32 +173,51 @@ def bench(model_name: str, methods: list[str], *, batch_size: int = 32, steps: i
     for method in methods:
         get_method(method)  # an unknown name fails here, before any process starts
     check_model_name(model_name)
-    if batch_size < 1 or steps < 1 or warmup < 0:
-        raise ValueError(f"need batch_size >= 1, steps >= 1 and warmup >= 0; got {batch_size}, {steps} and {warmup}")
+    if batch_size < 1 or steps < 1 or warmup < 0 or repeats < 1:
+        raise ValueError(f"need batch_size >= 1, steps >= 1, warmup >= 0 and repeats >= 1; got {batch_size}, "
+                         f"{steps}, {warmup} and {repeats}")
+    rounds: list[dict[int, dict[str, Any]]] = []
+    for r in range(repeats):
+        order = [(i + r) % len(methods) for i in range(len(methods))]
+        got = {}
+        for i in order:
+            if progress:
+                print(f"bench {methods[i]} (round {r + 1} of {repeats}) ...", file=sys.stderr, flush=True)
+            got[i] = run_isolated(model_name, methods[i], batch_size=batch_size, steps=steps, warmup=warmup,
+                                  device=device, loss=loss, grad_checkpointing=grad_checkpointing or None,
+                                  amp=None if amp else False)
+        rounds.append(got)
     results = []
-    for method in methods:
-        if progress:
-            print(f"bench {method} ...", file=sys.stderr, flush=True)
-        results.append(run_isolated(model_name, method, batch_size=batch_size, steps=steps, warmup=warmup,
-                                    device=device, loss=loss, grad_checkpointing=grad_checkpointing or None,
-                                    amp=None if amp else False))
-    ref = results[0]
-    for r in results:
-        r["throughput_ratio"] = r["samples_per_s"] / ref["samples_per_s"]
-        r["memory_ratio"] = r["peak_memory_bytes"] / ref["peak_memory_bytes"]
+    for i in range(len(methods)):
+        runs = [rd[i] for rd in rounds]
+        row = dict(runs[0], repeats=repeats)
+        for key in ("samples_per_s", "peak_memory_bytes", "seconds", "saved_for_backward_bytes"):
+            row[f"{key}_runs"] = [run[key] for run in runs]
+            row[key] = median(row[f"{key}_runs"])
+        for ratio, key in (("throughput_ratio", "samples_per_s"), ("memory_ratio", "peak_memory_bytes")):
+            within = [rd[i][key] / rd[0][key] for rd in rounds]
+            row[ratio], row[f"{ratio}_range"] = median(within), [min(within), max(within)]
+        results.append(row)
     return results
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
-    """A plain-text table of :func:`bench` results with ratios to the first row."""
-    head = (f"{'method':28s} {'trainable':>12s} {'samples/s':>10s} {'peak MB':>9s} {'saved MB':>9s} "
-            f"{'speed x':>8s} {'memory x':>9s}")
+    """A plain-text table of :func:`bench` results: medians, the range of samples/s over rounds, and
+    ratios to the first row (the median of the rounds' ratios, with their range)."""
+    head = (f"{'method':28s} {'trainable':>12s} {'samples/s':>10s} {'(min-max)':>15s} {'peak MB':>9s} "
+            f"{'saved MB':>9s} {'speed x':>8s} {'(range)':>13s} {'memory x':>9s}")
     lines = [head, "-" * len(head)]
     for r in results:
         name = r["method"] + (" +checkpointing" if r.get("grad_checkpointing") else "") + (" +amp" if r.get("amp") else "")
+        runs = r.get("samples_per_s_runs", [r["samples_per_s"]])
+        lo, hi = r.get("throughput_ratio_range", [r.get("throughput_ratio", 1)] * 2)
         lines.append(f"{name:28s} {r['trainable']:12,d} {r['samples_per_s']:10.2f} "
+                     f"{f'({min(runs):.2f}-{max(runs):.2f})':>15s} "
                      f"{r['peak_memory_bytes'] / 2**20:9.0f} {r.get('saved_for_backward_bytes', 0) / 2**20:9.1f} "
-                     f"{r.get('throughput_ratio', 1):8.2f} {r.get('memory_ratio', 1):9.2f}")
+                     f"{r.get('throughput_ratio', 1):8.2f} {f'({lo:.2f}-{hi:.2f})':>13s} "
+                     f"{r.get('memory_ratio', 1):9.2f}")
+    n = results[0].get("repeats", 1) if results else 1
+    lines.append(f"medians of {n} interleaved round(s), one process per method and round")
     return "\n".join(lines)
 
 
@@ -216,19 +241,46 @@ def _child_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def saved_tensor_bytes(fn: Callable[[], Any]) -> int:
-    """The bytes of the tensors autograd saves for backward while ``fn()`` runs, counted at each save
-    (what a training step keeps alive between forward and backward, whatever the allocator does)."""
-    saved = 0
+def saved_tensor_bytes(fn: Callable[[], Any], parameters: Iterable[torch.Tensor] = ()) -> int:
+    """The most bytes of activations autograd keeps alive for backward at once while ``fn()`` runs.
+
+    Each storage counts once however many ops save it (or views of it), only while a saved reference
+    to it lives (a checkpointed block's recomputed activations come and go in backward), and weights
+    (``nn.Parameter``, views of one, and the storages of ``parameters``) not at all: they are in
+    memory anyway.
+    """
+    import weakref
+
+    skip = {p.untyped_storage().data_ptr() for p in parameters}
+    refs: dict[int, int] = {}
+    live = peak = 0
+
+    def release(ptr: int, nbytes: int) -> None:
+        nonlocal live
+        refs[ptr] -= 1
+        if not refs[ptr]:
+            del refs[ptr]
+            live -= nbytes
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal saved
-        saved += t.numel() * t.element_size()
-        return t
+        nonlocal live, peak
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        base = t if t._base is None else t._base  # a weight's transpose, saved by a linear layer
+        if isinstance(base, torch.nn.Parameter) or ptr in skip or not storage.nbytes():
+            return t
+        if ptr not in refs:
+            refs[ptr] = 0
+            live += storage.nbytes()
+            peak = max(peak, live)
+        refs[ptr] += 1
+        holder = t.detach()  # a reference of our own, freed when autograd frees what it saved
+        weakref.finalize(holder, release, ptr, storage.nbytes())
+        return holder
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
-    return saved
+    return peak
 
 
 if __name__ == "__main__":

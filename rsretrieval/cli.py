@@ -193,7 +193,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     results = bench(args.model, methods, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
-                    device=args.device, loss=args.loss, grad_checkpointing=args.grad_checkpointing, amp=args.amp)
+                    repeats=args.repeats, device=args.device, loss=args.loss, grad_checkpointing=args.grad_checkpointing, amp=args.amp)
     if args.json:
         atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
     print(format_table(results))
@@ -552,6 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=POSITIVE, default=32)
     p.add_argument("--steps", type=POSITIVE, default=3, help="timed steps, after --warmup untimed ones")
     p.add_argument("--warmup", type=NON_NEGATIVE, default=1)
+    p.add_argument("--repeats", type=POSITIVE, default=3,
+                   help="rounds, interleaved (each method once a round); medians and their spread are reported")
     p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--loss", default="infonce")
     p.add_argument("--grad-checkpointing", action="store_true",

@@ -83,19 +83,24 @@ def test_train_under_torchrun_shards_the_epoch(synth_root, tmp_path):
 def test_bench_writes_ratios(tmp_path, capsys):
     path = tmp_path / "bench.json"
     assert main(["bench", "--model", "tiny", "--methods", "full,mrs_adapter", "--batch-size", "4", "--steps", "1",
-                 "--json", str(path)]) == 0
+                 "--repeats", "2", "--json", str(path)]) == 0
     rows = json.loads(path.read_text())
     assert [r["method"] for r in rows] == ["full", "mrs_adapter"]
     for r in rows:
         assert r["samples_per_s"] > 0 and r["peak_memory_bytes"] > 50 * 2**20  # an RSS, not a tensor count
         assert set(r) >= {"method", "trainable", "samples_per_s", "peak_memory_bytes"}
-    assert rows[0]["throughput_ratio"] == 1.0
+        assert r["repeats"] == 2 and len(r["samples_per_s_runs"]) == 2
+        assert min(r["samples_per_s_runs"]) <= r["samples_per_s"] <= max(r["samples_per_s_runs"])
+    assert rows[0]["throughput_ratio"] == 1.0 and rows[0]["throughput_ratio_range"] == [1.0, 1.0]
+    lo, hi = rows[1]["throughput_ratio_range"]
+    assert lo <= rows[1]["throughput_ratio"] <= hi
     assert rows[1]["trainable"] < rows[0]["trainable"]
-    assert "speed x" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "speed x" in out and "medians of 2 interleaved round(s)" in out
 
     # Gradient checkpointing keeps fewer tensors for backward, for full fine-tuning and an in-block adapter.
     assert main(["bench", "--model", "tiny", "--methods", "full,mrs_adapter", "--batch-size", "4", "--steps", "1",
-                 "--grad-checkpointing", "--json", str(tmp_path / "ckpt.json")]) == 0
+                 "--repeats", "1", "--grad-checkpointing", "--json", str(tmp_path / "ckpt.json")]) == 0
     ckpt = json.loads((tmp_path / "ckpt.json").read_text())
     for plain, recomputed in zip(rows, ckpt):
         assert recomputed["grad_checkpointing"] and not plain["grad_checkpointing"] and not recomputed["amp"]

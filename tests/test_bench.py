@@ -1,0 +1,40 @@
+"""What the benchmark counts: activations autograd keeps, each storage once, weights left out, and
+only while they live; repeated, interleaved runs reported as medians with their spread."""
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from rsretrieval.bench import saved_tensor_bytes
+
+F32 = 4
+
+
+def test_saved_bytes_match_a_hand_count_of_a_small_network():
+    net = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 64))
+    x = torch.randn(32, 64)
+    # the input (for the first weight's gradient), the first output (GELU's backward), GELU's output
+    # (the second weight's gradient); the second weight's transpose, which addmm saves, is a weight
+    assert saved_tensor_bytes(lambda: net(x).sum().backward()) == (32 * 64 + 2 * 32 * 256) * F32
+    with torch.no_grad():
+        assert saved_tensor_bytes(lambda: net(x)) == 0
+
+
+def test_a_tensor_saved_by_two_ops_counts_once():
+    a, b = torch.nn.Linear(64, 64), torch.nn.Linear(64, 64)
+    x = torch.randn(32, 64)
+    assert saved_tensor_bytes(lambda: (a(x) + b(x)).sum().backward()) == 32 * 64 * F32
+
+
+def test_checkpointed_blocks_keep_their_inputs_and_recompute_one_block_at_a_time():
+    blocks = [torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU()) for _ in range(6)]
+    x = torch.randn(256, 64, requires_grad=True)
+
+    def step(recompute):
+        h = x
+        for block in blocks:
+            h = checkpoint(block, h, use_reentrant=False) if recompute else block(h)
+        h.sum().backward()
+
+    activation = 256 * 64 * F32
+    assert saved_tensor_bytes(lambda: step(False)) == 6 * 2 * activation  # each block's input and pre-GELU
+    assert saved_tensor_bytes(lambda: step(True)) == 6 * activation  # the inputs; a recomputed block is freed
