@@ -19,13 +19,14 @@ COURSE_ARGS = $(if $(DATASET),-p DATASET=$(DATASET)) $(if $(DATA_DIR),-p DATA_DI
 	$(if $(DEVICE),-p DEVICE=$(DEVICE)) $(if $(MODEL),-p MODEL=$(MODEL)) $(if $(PRETRAINED),-p PRETRAINED=$(PRETRAINED)) \
 	$(if $(ANSWERS),--answers)
 
-.PHONY: env lock test test-gpu course student instructor notebooks clean help
+.PHONY: env lock test test-gpu course student instructor classroom notebooks clean help
 
 help:
 	@echo "make course   run every notebook offline into $(COURSE_OUT) (creates .venv if missing)"
 	@echo "make test     run the test suite, notebooks included (creates .venv if missing)"
 	@echo "make student  write the student edition of the notebooks (solutions left out) into build/student"
 	@echo "make instructor  write the instructor edition (solutions and worked answers) into build/instructor"
+	@echo "make classroom  write both editions and execute each into build/classroom (docs/instructor.md)"
 	@echo "make env      create or update .venv with the exact versions of requirements-lock.txt"
 	@echo "make lock     rewrite requirements-lock.txt from what .venv holds"
 	@echo "make notebooks  re-pair notebooks/*.ipynb from their py:percent sources"
@@ -69,6 +70,12 @@ student: env
 
 instructor: env
 	$(PY) -m rsretrieval course --edition instructor --out build/instructor
+
+# Both editions executed as a class meets them (docs/instructor.md): the student's stubs print
+# "not done yet", the instructor's worked answers run; about twice `make course`'s time
+classroom: student instructor
+	$(PY) -m rsretrieval course --notebooks build/student --out build/classroom/student
+	$(PY) -m rsretrieval course --notebooks build/instructor --out build/classroom/instructor --answers
 
 notebooks: env
 	$(VENV)/bin/jupytext --sync notebooks/*.py

@@ -429,12 +429,15 @@ def cmd_course(args: argparse.Namespace) -> int:
     params = _parse_params(args.param)
     if args.smoke:
         params["SMOKE"] = True
-    notebooks = list_notebooks()
+    notebooks = list_notebooks(args.notebooks)
+    if not notebooks:
+        raise FileNotFoundError(f"no course notebooks (NN_name.ipynb) in {args.notebooks}: write an edition there "
+                                "first, e.g. `course --edition student --out build/student`")
     if args.only:
         notebooks = [nb for nb in notebooks if any(nb.stem.startswith(o) for o in args.only)]
         if not notebooks:
             raise ValueError(f"no notebook name starts with {' or '.join(args.only)}; the notebooks are "
-                             f"{', '.join(nb.stem for nb in list_notebooks())}")
+                             f"{', '.join(nb.stem for nb in list_notebooks(args.notebooks))}")
     if args.edition:
         from rsretrieval.editions import write_edition
 
@@ -722,6 +725,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a notebook parameter, e.g. -p DATASET rsitmd or -p DEVICE=cuda")
     p.add_argument("--smoke", action="store_true", help="SMOKE=True: tiny sizes, for tests")
     p.add_argument("--only", nargs="+", help="notebook name prefixes, e.g. 00 01")
+    p.add_argument("--notebooks", default=None,
+                   help="run the notebooks of this folder (e.g. an edition in build/student); default: the course's")
     p.add_argument("--cell-timeout", type=POSITIVE, default=None, help="seconds per cell")
     p.add_argument("--answers", action="store_true",
                    help="also run the worked answers to the exercises (cells tagged instructor; minutes more)")

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rsretrieval.claims import claims_table, course_records
 from rsretrieval.errors import NotebookFailed
 from rsretrieval.files import atomic_write_json
 from rsretrieval.paths import checkout_root
@@ -129,7 +130,8 @@ def run_course(
 ) -> dict[str, Any]:
     """Run every course notebook in order; stop at the first failure.
 
-    ``summary.json`` is written after every notebook, so a failed run still shows what ran.
+    ``summary.json`` is written after every notebook, so a failed run still shows what ran; its
+    ``claims`` are :func:`rsretrieval.claims.claims_table` of the records so far.
     ``answers=False`` leaves the worked answers out (``make course``: the course as a reader runs it).
     """
     out = Path(out_dir)
@@ -149,6 +151,7 @@ def run_course(
             raise
         print(f"  done in {entry['seconds']:.0f} s", flush=True)
         summary["notebooks"].append(entry)
+        summary["claims"] = claims_table(course_records(summary))  # the papers' claims beside ours, so far
         _write(out / "summary.json", summary)
     summary.update(status="ok", total_seconds=round(time.perf_counter() - start, 1))
     _write(out / "summary.json", summary)

@@ -9,8 +9,10 @@ after ``%matplotlib inline``) or with ``display(fig)``; save it with ``fig.savef
 from __future__ import annotations
 
 import textwrap
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -407,24 +409,30 @@ def plot_focus_maps(
     maps: torch.Tensor | np.ndarray,
     masks: torch.Tensor | np.ndarray | None = None,
     titles: Sequence[str] | None = None,
+    title: str = "",
 ) -> Figure:
-    """Images with a focus map over each (bright = more weight), object outlines from ``masks``.
+    """Images with a focus map over each, object outlines from ``masks``, on one colour scale: each
+    patch's weight over the uniform weight (1 = mean pooling), with its colour bar.
 
     Args:
         image_paths: N images.
         maps: [N, h, w] per-patch weights (upsampled to the image for display, nearest).
         masks: optional [N, H, W] bool object masks, drawn as contours.
         titles: optional per-image titles.
+        title: the figure's title (say which model and seed the maps are from).
     """
     m = _numpy(maps).astype(np.float64)
+    m = m * m.shape[-1] * m.shape[-2]  # weight / uniform weight
+    vmax = float(m.max()) if m.size and m.max() > 0 else 1.0
     n = len(image_paths)
-    fig = Figure(figsize=(2.4 * n, 2.7))
+    fig = Figure(figsize=(2.4 * n + 0.8, 2.9))
     axes = np.atleast_1d(fig.subplots(1, n))
+    shown = None
     for k, (ax, path) in enumerate(zip(axes, image_paths)):
         img = np.asarray(open_image(path))
         ax.imshow(img)
-        ax.imshow(m[k], cmap="inferno", alpha=0.55, extent=(0, img.shape[1], img.shape[0], 0),
-                  interpolation="nearest", vmin=0, vmax=m[k].max() or 1)
+        shown = ax.imshow(m[k], cmap="inferno", alpha=0.55, extent=(0, img.shape[1], img.shape[0], 0),
+                          interpolation="nearest", vmin=0, vmax=vmax)
         if masks is not None:
             mk = _numpy(masks[k]).astype(float)
             ax.contour(np.linspace(0, img.shape[1], mk.shape[1]), np.linspace(0, img.shape[0], mk.shape[0]), mk,
@@ -432,7 +440,11 @@ def plot_focus_maps(
         ax.set_title(titles[k] if titles else "", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
+    if shown is not None:
+        fig.colorbar(shown, ax=list(axes), fraction=0.025, pad=0.02, label="weight / uniform")
     return fig
 
 
@@ -441,42 +453,70 @@ def _records(history: Mapping | Sequence[Mapping]) -> list[Mapping]:
     return list(history["records"] if isinstance(history, Mapping) else history)
 
 
+def _series_styles(n: int) -> list[dict[str, Any]]:
+    """Colour and line style for ``n`` series: tab10's colours, then tab20's, then dashed repeats,
+    so that no two series of one figure look alike."""
+    import matplotlib
+
+    colours = matplotlib.colormaps["tab10" if n <= 10 else "tab20"].colors
+    return [{"color": colours[i % len(colours)], "linestyle": ("-", "--", ":")[(i // len(colours)) % 3]}
+            for i in range(n)]
+
+
 def plot_val_curves(
     runs: Sequence[Mapping],
     *,
     label: str = "label",
     live: Mapping[str, Sequence[Mapping]] | None = None,
+    zero_shot: float | None = None,
     title: str = "",
 ) -> Figure:
-    """Validation mR per epoch for each label: the mean over its runs (seeds), their range shaded.
+    """Validation mR per epoch for each label: the mean over the seeds that reached the epoch, their
+    range shaded, and each seed's chosen (best) epoch starred, so a run that stops early or late is seen.
 
     Args:
         runs: runs with ``label`` and ``history`` (:func:`rsretrieval.zoo.evaluate_zoo`'s or
-            :func:`rsretrieval.experiments.run_method`'s).
+            :func:`rsretrieval.experiments.run_method`'s); ``best_epoch`` and ``val_mr``, if present, star it.
         live: ``{name: epoch records}`` of runs trained here, drawn dashed beside the others.
+        zero_shot: the pretrained model's validation mR, drawn as a horizontal line.
         title: figure title.
     """
-    fig = Figure(figsize=(6, 3.6))
+    fig = Figure(figsize=(7.2, 3.8))
     ax = fig.subplots()
-    by_label: dict[str, list[list[Mapping]]] = {}
+    by_label: dict[str, list[Mapping]] = {}
     for r in runs:
-        by_label.setdefault(str(r[label]), []).append(_records(r["history"]))
-    for name, histories in by_label.items():
-        length = min(len(h) for h in histories)
-        curves = np.array([[rec.get("val_mr") or np.nan for rec in h[:length]] for h in histories], dtype=float)
-        epochs = [rec["epoch"] for rec in histories[0][:length]]
-        line, = ax.plot(epochs, np.nanmean(curves, axis=0), "o-", ms=3, label=f"{name} ({len(histories)} seeds)")
+        by_label.setdefault(str(r[label]), []).append(r)
+    for (name, group), style in zip(by_label.items(), _series_styles(len(by_label))):
+        histories = [_records(r["history"]) for r in group]
+        length = max(len(h) for h in histories)
+        curves = np.full((len(histories), length), np.nan)
+        for k, h in enumerate(histories):
+            curves[k, :len(h)] = [rec.get("val_mr") if rec.get("val_mr") is not None else np.nan for rec in h]
+        epochs = np.arange(1, length + 1)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an epoch no seed validated: a gap
+            mean, low, high = np.nanmean(curves, 0), np.nanmin(curves, 0), np.nanmax(curves, 0)
+        ax.plot(epochs, mean, marker="o", ms=3, label=f"{name} ({len(histories)} seeds)", **style)
         if len(histories) > 1:
-            ax.fill_between(epochs, np.nanmin(curves, axis=0), np.nanmax(curves, axis=0), alpha=0.2,
-                            color=line.get_color())
-    for name, records in (live or {}).items():
+            ax.fill_between(epochs, low, high, alpha=0.15, color=style["color"])
+        best = [(r["best_epoch"], r["val_mr"]) for r in group if r.get("best_epoch") and r.get("val_mr") is not None]
+        if best:
+            ax.plot(*zip(*best), "*", ms=9, color=style["color"], markeredgecolor="black", markeredgewidth=0.5)
+    if any(r.get("best_epoch") for r in runs):
+        ax.plot([], [], "*", ms=9, color="white", markeredgecolor="black", label="each seed's chosen epoch")
+    if zero_shot is not None:
+        ax.axhline(zero_shot, color="grey", linestyle="--", linewidth=1, label="zero-shot")
+    for name, records in (live or {}).items():  # last, so that a live figure's newest line is its last
         pts = [(rec["epoch"], rec["val_mr"]) for rec in records if rec.get("val_mr") is not None]
         if pts:
-            ax.plot(*zip(*pts), "s--", ms=3, label=f"{name} (trained here)")
+            ax.plot(*zip(*pts), "s--", ms=3, color="black", label=f"{name} (trained here)")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("val mR (%)")
+    ax.set_ylabel("validation mR (%)")
     ax.set_title(title or "validation mR while training")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     return fig
 
@@ -514,27 +554,45 @@ def plot_learning_curves(points: Sequence[Mapping], *, title: str = "") -> Figur
                                sorted(pts, key=lambda p: p["n_train_images"])) for name, pts in by_method.items()))
 
 
-def plot_cost(points: Sequence[Mapping], *, title: str = "") -> Figure:
-    """What each method's score costs: val mR against training seconds, and against peak memory.
+def plot_cost(points: Sequence[Mapping], *, title: str = "", metric: str = "val mR (%)") -> Figure:
+    """What each method's score costs: its score against training seconds, and against peak memory.
+
+    One colour and marker per point, named in a legend under both panels (labels written beside
+    points overlap where costs are close); the log axes are labelled in plain numbers.
 
     Args:
         points: ``{"label", "seconds", "memory_bytes", "val_mr", "val_mr_std" (optional)}`` each
             (e.g. a zoo label's means over seeds, and ``bench``'s peak memory).
         title: figure title.
+        metric: the y axis's name: which split's mR ``val_mr`` holds.
     """
-    fig = Figure(figsize=(8, 3.4))
+    from matplotlib.ticker import LogLocator, NullFormatter, StrMethodFormatter
+
+    fig = Figure(figsize=(8.4, 4.0))
     axes = fig.subplots(1, 2)
+    styles = _series_styles(len(points))
+    markers = "osD^vP*Xh<>"
+    handles = []
     for ax, key, xlabel, scale in ((axes[0], "seconds", "training seconds (every epoch run)", 1.0),
                                    (axes[1], "memory_bytes", "peak training memory (MiB)", 2.0 ** -20)):
-        for p in points:
+        for k, (p, style) in enumerate(zip(points, styles)):
             if p.get(key) is None:
                 continue
-            x = p[key] * scale
-            ax.errorbar(x, p["val_mr"], yerr=p.get("val_mr_std", 0.0), fmt="o", capsize=3)
-            ax.annotate(str(p["label"]), (x, p["val_mr"]), fontsize=8, xytext=(4, 3), textcoords="offset points")
-        ax.set_xscale("log")
+            h = ax.errorbar(p[key] * scale, p["val_mr"], yerr=p.get("val_mr_std", 0.0), fmt=markers[k % len(markers)],
+                            color=style["color"], capsize=3, ms=7, label=str(p["label"]))
+            if ax is axes[0]:
+                handles.append(h)
+        xs = [p[key] * scale for p in points if p.get(key)]
+        if xs and max(xs) > 5 * min(xs):  # a log axis only where the costs span orders of magnitude
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("val mR (%)")
+        ax.set_ylabel(metric)
+        ax.margins(x=0.15)
     fig.suptitle(title or "what each method's score costs")
-    fig.tight_layout()
+    fig.legend(handles=handles, loc="lower center", ncol=min(4, max(1, len(handles))), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     return fig

@@ -325,10 +325,14 @@ _RECYCLING_KEYWORDS = {"queue_weight": "weight", "queue_size": "queue_size", "qu
 
 
 def _cmer_knobs(settings: ZooSettings, config: ZooConfig) -> dict[str, Any]:
-    """The loss keywords ``config`` takes from the recipe's cmer entry (none without a recipe)."""
+    """The loss keywords ``config`` takes from the recipe's cmer entry (none without a recipe, and none
+    where the recipe holds a sweep of this method and loss of its own: its choice applies)."""
     if not config.cmer_knobs or not settings.recipe:
         return {}
-    from rsretrieval.recipes import load_recipe
+    from rsretrieval.recipes import load_recipe, read_recipe_file, recipe_key
+
+    if recipe_key(config.method, config.loss) in read_recipe_file(settings.recipe)["methods"]:
+        return {}
 
     chosen = load_recipe(settings.recipe, "cmer").loss_kwargs
     knobs = {k: chosen[k] for k in config.cmer_knobs if k in chosen}

@@ -131,3 +131,20 @@ def test_a_bad_notebook_is_named_and_nothing_is_half_written(tmp_path):
         with pytest.raises(NotebookFormatError, match=f"{bad.name}: .*{why}"):
             write_edition("student", tmp_path / "out", [list_notebooks()[0], bad])
         assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.notebook
+def test_an_edition_runs_as_the_course_with_its_claims_in_the_summary(tmp_path, capsys):
+    """What `make classroom` does, for one notebook: the student edition executed by `course --notebooks`."""
+    from rsretrieval.cli import main
+
+    assert main(["course", "--edition", "student", "--out", str(tmp_path / "student")]) == 0
+    assert main(["course", "--notebooks", str(tmp_path / "student"), "--only", "00", "--smoke",
+                 "--out", str(tmp_path / "run")]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert [nb["notebook"] for nb in summary["notebooks"]] == ["00_datasets"] and summary["status"] == "ok"
+    assert {r["verdict"] for r in summary["claims"]} == {"not measured"}  # 00 measures none of them
+    (tmp_path / "empty").mkdir()
+    capsys.readouterr()
+    assert main(["course", "--notebooks", str(tmp_path / "empty")]) == 1
+    assert "no course notebooks (NN_name.ipynb) in" in capsys.readouterr().err

@@ -305,6 +305,13 @@ def test_curve_and_cost_figures() -> None:
                                                                   {"epoch": 2, "val_mr": 14.0}]}}]
     ax = plot_val_curves(zoo_rows).axes[0]
     assert list(ax.lines[0].get_ydata()) == [10.5, 13.0]  # the mean over seeds, epoch by epoch
+    longer = zoo_rows + [{"label": "mrs_adapter", "best_epoch": 3, "val_mr": 15.0,
+                          "history": [{"epoch": 1, "val_mr": 9.0}, {"epoch": 2, "val_mr": 13.0},
+                                      {"epoch": 3, "val_mr": 15.0}]}]
+    ax = plot_val_curves(longer, zero_shot=8.0).axes[0]
+    assert list(ax.lines[0].get_ydata()) == [10.0, 13.0, 15.0]  # a seed that trained longer is not cut off
+    assert [list(line.get_xdata()) for line in ax.lines[1:2]] == [[3]]  # its chosen epoch, starred
+    assert "zero-shot" in [t.get_text() for t in ax.get_legend().get_texts()]
     curve = LiveCurve("mrs_adapter", zoo_rows)
     curve({"epoch": 1, "val_mr": 9.0, "train_loss": 2.0})
     curve({"epoch": 2, "val_mr": 11.0, "train_loss": 1.5})

@@ -144,6 +144,13 @@ def test_ablations_take_their_components_knobs_from_cmers_recipe(monkeypatch):
     assert zoo._recipe_of(settings, by["+scene"])["cmer_knobs"] == {"scene_prob": 0.25}
     assert "cmer_knobs" not in zoo._plain(by["full"]) and zoo._plain(by["+scene"])["cmer_knobs"] == ["scene_prob"]
 
+    # a recipe with a sweep of the recycling row's own (focus_adapter+recycling): its choice, not CMER's knobs
+    real = recipes.read_recipe_file(settings.recipe)
+    monkeypatch.setattr(recipes, "read_recipe_file", lambda name: {
+        **real, "methods": {**real["methods"], "focus_adapter+recycling": {"train": {"lr": 0.001}}}})
+    assert zoo._cmer_knobs(settings, by["+recycling"]) == {} and zoo._cmer_knobs(settings, by["sweep-b16-q512"]) == {}
+    assert zoo._cmer_knobs(settings, by["+scene"]) == {"scene_prob": 0.25}  # cmer+... has no entry of its own
+
 
 def test_each_entry_lands_in_zoo_json_as_it_finishes(tmp_path, monkeypatch):
     configs = (ZooConfig("a", "linear_probe"), ZooConfig("b", "linear_probe", train={"lr": 0.01}))

@@ -49,6 +49,11 @@ SEARCH_SPACES: dict[str, dict[str, list[Any]]] = {
     "cmer": {"train.lr": _PETL_LR, "method.gate_scale": [16.0, 64.0, 128.0, 256.0],
              "loss.queue_weight": [0.25, 0.5, 1.0], "loss.queue_size": [256, 512, 1024],
              "loss.queue_warmup": [0, 100], "loss.scene_prob": [0.0, 0.25, 0.5]},
+    # notebook 04's recycling row (the side branch with mean pooling and the queues): its own lr and
+    # queue knobs, so that the row is not trained at another configuration's choice
+    "focus_adapter+recycling": {"method.pooling": ["mean"], "train.lr": _PETL_LR,
+                                "method.gate_scale": [16.0, 64.0, 128.0], "loss.weight": [0.25, 0.5, 1.0],
+                                "loss.queue_size": [256, 512, 1024], "loss.warmup_steps": [0, 100]},
 }
 
 
@@ -93,7 +98,7 @@ def sweep(
     from rsretrieval.paths import data_home
 
     get_method(method)
-    space = space if space is not None else SEARCH_SPACES.get(method)
+    space = space if space is not None else SEARCH_SPACES.get(recipe_key(method, loss), SEARCH_SPACES.get(method))
     if not space:
         raise ValueError(f"no search space for method {method!r}: pass `space` (known: {', '.join(SEARCH_SPACES)})")
     for knob in space:
