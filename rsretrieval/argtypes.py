@@ -4,6 +4,7 @@ before any work starts, never a traceback from deep inside a command."""
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def at_least(minimum: int):
@@ -21,26 +22,24 @@ def at_least(minimum: int):
     return parse
 
 
-def share(text: str) -> float:
-    """An argparse type: a number from 0 to 1."""
+def _number(text: str, ok, why: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a share from 0 to 1")
+    if not math.isfinite(value) or not ok(value):
+        raise argparse.ArgumentTypeError(f"{value} {why}" if math.isfinite(value) else f"{text!r} is not a finite number")
     return value
+
+
+def share(text: str) -> float:
+    """An argparse type: a number from 0 to 1."""
+    return _number(text, lambda v: 0 <= v <= 1, "is not a share from 0 to 1")
 
 
 def positive(text: str) -> float:
     """An argparse type: a number above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value} is not above 0")
-    return value
+    return _number(text, lambda v: v > 0, "is not above 0")
 
 
 def port(text: str) -> int:

@@ -364,14 +364,16 @@ def cmd_recipes_sweep(args: argparse.Namespace) -> int:
     from rsretrieval.recipes import recipe_key
     from rsretrieval.recipes.sweep import SEARCH_SPACES, sweep
 
-    methods = list(SEARCH_SPACES) if args.method == ["all"] else args.method
-    unknown = [m for m in methods if m not in SEARCH_SPACES]
+    # every space, a method+loss one (e.g. focus_adapter+recycling) with its loss
+    runs = [(k.partition("+")[0], k.partition("+")[2] or args.loss) for k in SEARCH_SPACES] \
+        if args.method == ["all"] else [(m, args.loss) for m in args.method]
+    unknown = [m for m, _ in runs if m not in SEARCH_SPACES]
     if unknown:
         raise ValueError(f"no search space for {', '.join(unknown)}; known: {', '.join(SEARCH_SPACES)} (or all)")
-    for method in methods:
-        key = recipe_key(method, args.loss)
+    for method, loss in runs:
+        key = recipe_key(method, loss)
         entry = sweep(method, dataset=args.dataset, root=args.root, model=args.model, pretrained=args.pretrained,
-                      loss=args.loss, out_dir=Path(args.out) / key if args.out else None,
+                      loss=loss, out_dir=Path(args.out) / key if args.out else None,
                       recipe_file=args.recipe_file, device=args.device, progress=args.progress)
         chosen = ", ".join(f"{k}={v}" for k, v in entry["sweep"]["chosen"].items())
         print(f"{key}: {chosen}: val mR {entry['sweep']['val_mr']:.2f} at epoch {entry['sweep']['best_epoch']} "
