@@ -57,7 +57,7 @@ from rsretrieval.evaluation import encode_images, encode_texts, evaluate_feature
 from rsretrieval.evaluation.metrics import retrieval_metrics
 from rsretrieval.models import create_model, print_trainable_parameters
 from rsretrieval.notebook import load_splits, record, setup
-from rsretrieval.plots import plot_per_scene, plot_recall_bars, plot_retrieval_grid, plot_similarity
+from rsretrieval.plots import plot_per_scene, plot_recall_bars, plot_retrieval_grid, plot_search_results, plot_similarity
 from rsretrieval.pretrain import chance_mr
 
 cfg = setup(device=DEVICE, dataset=DATASET, data_dir=DATA_DIR, output_dir=OUTPUT_DIR, model=MODEL,
@@ -312,6 +312,9 @@ for j in (best_j, worst_j):
     is_match = [i == test.text_to_image[j] for i in range(test.num_images)]
     display(plot_retrieval_grid(test.captions[j], test.image_paths, similarity[:, j], is_match, k=5))
     print(f"rank of the ground truth: {int(t2i_ranks[j]) + 1}")
+truth = test.text_to_image[worst_j]  # the worst query's own image, which its top 5 missed
+display(plot_search_results(f"the worst query's true image, ranked {int(t2i_ranks[worst_j]) + 1} of {test.num_images}",
+                            [test.image_paths[truth]], [float(similarity[truth, worst_j])], [test.scenes[truth]]))
 
 # %% [markdown]
 # ## 5. Does the wording of the prompt matter?

@@ -203,9 +203,9 @@ fig = Figure(figsize=(5, 3.2))
 ax = fig.subplots()
 for queue in sorted({r["queue"] for r in sweep}):
     pts = sorted((r["batch"], r["mr_mean"], r["mr_std"]) for r in sweep if r["queue"] == queue)
-    if len(pts) > 1:
-        b, m, sd = zip(*pts)
-        ax.errorbar(b, m, yerr=sd, fmt="o-", capsize=3, label="no queue" if queue == 0 else f"queue {queue}")
+    b, m, sd = zip(*pts)  # a queue size swept at one batch size only is a point, not left out
+    ax.errorbar(b, m, yerr=sd, fmt="o-" if len(pts) > 1 else "s", capsize=3,
+                label="no queue" if queue == 0 else f"queue {queue}")
 ax.set_xscale("log", base=2)
 ax.set_xlabel("batch size (pairs)")
 ax.set_ylabel(f"test mR (%; mean ± std, {len(seeds)} seed{'s' if len(seeds) != 1 else ''})")
@@ -225,6 +225,23 @@ fig
 # | + scene | – | ✓ | – |
 # | + recycling | – | – | ✓ |
 # | CMER (ours) | ✓ | ✓ | ✓ |
+#
+# What "its recipe" is for the component rows, printed from the recipe: where the recipe holds a
+# sweep of the row's own method and loss (e.g. `focus_adapter+recycling`, chosen on validation
+# at its own learning rate), the row trains with it; otherwise it trains at the Focus-Adapter's
+# learning rate and gate scale with the knobs CMER's sweep chose for that component.
+
+# %%
+from rsretrieval.recipes import read_recipe_file, recipe_key
+from rsretrieval.zoo import CONFIGS
+
+entries = read_recipe_file(RECIPE)["methods"] if RECIPE else {}
+for c in CONFIGS:
+    if c.label in ("+scene", "+recycling"):
+        own = recipe_key(c.method, c.loss) in entries
+        print(f"{c.label}: " + (f"its own sweep ({recipe_key(c.method, c.loss)}), chosen on validation" if own else
+                                f"{c.method}'s lr and gate scale, with cmer's {', '.join(c.cmer_knobs)} "
+                                f"(no {recipe_key(c.method, c.loss)} entry in {RECIPE or 'the defaults'})"))
 
 # %%
 ABLATION = {"side_branch": "side_branch", "focus_adapter": "+focus", "+scene": "+scene", "+recycling": "+recycling",
@@ -311,13 +328,26 @@ cmer_scenes = report_scene_protocols(cmer_model, base_bundle.tokenizer, base_bun
 # harder — so the all-on row need not be the sum of the single rows. The test-time protocol is
 # reported separately because it changes the *task* (a re-ranking that uses a predicted scene),
 # not the model.
+#
+# ## What this notebook found
+# Printed from this run's numbers: each component against the plain side branch (paired 95% CI
+# over test images, the seeds' spread), and each regime's verdict; notebook 06 sets them beside
+# CMER's claims.
+
+# %%
+found = [f"{r['label']} against the plain side branch: " + compare(r, by["side_branch"], group="label") + "."
+         for r in table if r["label"] != "side_branch"]
+found += [f"In the {name} regime, {v['on']['label']} minus {v['off']['label']}: {v['delta']:+.2f} mR "
+          f"(95% CI {v['ci_low']:+.2f} to {v['ci_high']:+.2f}, {v['verdict']})" for name, v in regime_results.items()]
+print("\n".join(f"- {line}" for line in found))
+
 
 # %%
 def rows(result):
     return {mode: m["mr"] for mode, m in result.rows.items()}
 
 
-record(cfg.output_dir, seeds=seeds,
+record(cfg.output_dir, seeds=seeds, conclusions=found,
        ablation=[{**{k: r[k] for k in ("label", "trainable", "mr_mean", "mr_std", "seconds_per_epoch", "n", "delta",
                                        "ci_low", "ci_high", "p_value", "verdict")}, "ci_vs": r["vs"]}
                  for r in table],
