@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import time
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -211,10 +212,20 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     scenes = ({str(p.relative_to(root)): prefix_scene(p.name) for p in find_images(root)}
               if args.scene_from_prefix else None)
     index = ImageIndex.build(root, args.out, encoder, batch_size=args.batch_size, dtype=args.dtype, scenes=scenes,
-                             tiling=tiling)
-    print(index)
+                             tiling=tiling, ann=args.ann)
+    print(index, index.searcher.params)
     for s in index.manifest.skipped:
         print(f"skipped {s['path']}: {s['error']}", file=sys.stderr)
+    return 0
+
+
+def cmd_index_ann(args: argparse.Namespace) -> int:
+    from rsretrieval.search import ImageIndex
+
+    index = ImageIndex.load(args.index)
+    t0 = time.perf_counter()
+    search = index.build_ann(args.backend)
+    print(f"{index.folder}: {search.params} over {len(index):,} vectors in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
@@ -587,7 +598,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "or colour interpretation, else the first three)")
     p.add_argument("--min-valid", type=share, default=0.5,
                    help="GeoTIFF scenes: skip tiles with a smaller share of valid (not nodata) pixels")
+    p.add_argument("--ann", default="auto", choices=["auto", "exact", "ivf", "ivfpq"],
+                   help="the FAISS index trained once and stored with the embeddings (auto: exact below 50,000 "
+                        "vectors, IVF-Flat up to 2 GB of float32 lists, IVF-PQ above)")
     p.set_defaults(func=cmd_index_build)
+    p = isub.add_parser("ann", help="(re)train an index's FAISS index from its embeddings (no encoder needed)")
+    p.add_argument("index")
+    p.add_argument("--backend", default="auto", choices=["auto", "exact", "ivf", "ivfpq"])
+    p.set_defaults(func=cmd_index_ann)
 
     p = sub.add_parser("search", help="search an index by text (or --image)")
     p.add_argument("index")

@@ -17,22 +17,9 @@ from typing import Any
 from rsretrieval.claims import claims_table, course_records
 from rsretrieval.errors import NotebookFailed
 from rsretrieval.files import atomic_write_json
-from rsretrieval.paths import checkout_root
+from rsretrieval.paths import NOTEBOOK_DIR, list_notebooks  # noqa: F401  (this module's names too)
 
 _logger = logging.getLogger(__name__)
-
-_ROOT = checkout_root()
-NOTEBOOK_DIR = _ROOT / "notebooks" if _ROOT is not None else None  # the notebooks live in the checkout
-
-
-def list_notebooks(folder: str | Path | None = None) -> list[Path]:
-    """The course notebooks, in order (``NN_name.ipynb``); default: the checkout's ``notebooks/``."""
-    if folder is None:
-        if NOTEBOOK_DIR is None:
-            raise FileNotFoundError("the course notebooks ship with the source checkout, not the package: "
-                                    "clone the repository and run `make course` there")
-        folder = NOTEBOOK_DIR
-    return sorted(p for p in Path(folder).glob("[0-9][0-9]_*.ipynb"))
 
 
 def notebook_parameters(path: str | Path) -> dict[str, Any]:

@@ -116,7 +116,7 @@ def write_edition(edition: str, out_dir: str | Path, notebooks: list[Path] | Non
     is made into its edition before the first is written, so a bad one (named) leaves nothing half done."""
     import nbformat
 
-    from rsretrieval.course import list_notebooks
+    from rsretrieval.paths import list_notebooks
 
     if edition not in EDITIONS:
         raise ValueError(f"edition must be one of {', '.join(EDITIONS)}, not {edition!r}")

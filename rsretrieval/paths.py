@@ -44,3 +44,17 @@ def build_dir() -> Path:
     """Where course runs and notebook outputs go by default."""
     root = checkout_root()
     return root / "build" if root is not None else data_home() / "build"
+
+
+_ROOT = checkout_root()
+NOTEBOOK_DIR = _ROOT / "notebooks" if _ROOT is not None else None  # the course notebooks live in the checkout
+
+
+def list_notebooks(folder: str | Path | None = None) -> list[Path]:
+    """The course notebooks, in order (``NN_name.ipynb``); default: the checkout's ``notebooks/``."""
+    if folder is None:
+        if NOTEBOOK_DIR is None:
+            raise FileNotFoundError("the course notebooks ship with the source checkout, not the package: "
+                                    "clone the repository and run `make course` there")
+        folder = NOTEBOOK_DIR
+    return sorted(p for p in Path(folder).glob("[0-9][0-9]_*.ipynb"))

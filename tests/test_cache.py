@@ -169,6 +169,30 @@ def test_cached_training_matches_uncached(model, colour_data, tiny_bundle, cache
             assert torch.allclose(a, b, atol=1e-4)
 
 
+def test_cached_path_skips_the_recompute_and_trains_the_same_weights(model, colour_data, tiny_bundle, cache_dir,
+                                                                     monkeypatch):
+    # the gradient checkpoint in SideBranch.tokens changes what backward keeps, not what it computes: three
+    # steps from the cache with and without it end at the same weights, bit for bit
+    from rsretrieval.cmer import focus_adapter as fa
+
+    calls = []
+    monkeypatch.setattr(fa, "checkpoint", lambda fn, *a, **k: calls.append(1) or torch.utils.checkpoint.checkpoint(
+        fn, *a, **k))
+    cache = build(model, colour_data, tiny_bundle, cache_dir)
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=1e-3, warmup_steps=1, progress=False, eval_every=0, max_steps=3)
+    runs = {}
+    for recompute in (False, True):
+        net = copy.deepcopy(model)
+        if recompute:  # the pixel path's choice, forced onto the cached path
+            monkeypatch.setattr(type(net), "branch_image", lambda self, e, t: self.focus_adapter.image_from_features(
+                e, t, recompute=True))
+        fit(net, tiny_bundle.tokenizer, colour_data, tiny_bundle.transform, cfg, task=CachedSideBranchTask(net, cache))
+        runs[recompute] = (len(calls), {k: v.clone() for k, v in net.state_dict().items()})
+        calls.clear()
+    assert runs[False][0] == 0 and runs[True][0] > 0  # the cached path recomputed nothing
+    assert all(torch.equal(runs[False][1][k], runs[True][1][k]) for k in runs[False][1])
+
+
 def test_cached_task_refuses_misuse(model, colour_data, tiny_bundle, cache_dir):
     cache = build(model, colour_data, tiny_bundle, cache_dir)
     task = CachedSideBranchTask(model, cache)

@@ -76,3 +76,45 @@ def test_a_named_root_must_hold_the_data_but_the_default_is_generated(monkeypatc
     with pytest.raises(DatasetNotFoundError, match="stop here"):
         load_dataset("synthrs")
     assert made == [("synthrs", tmp_path / "synthrs")]
+
+
+def _imported_modules(source: str, package: str) -> set[str]:
+    """Every module ``source`` (a module of ``package``) imports, at its top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(p for p in (base, node.module or "") if p)
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+    return found
+
+
+@pytest.mark.parametrize("lower, upper", [("training", "rsretrieval.cmer"), ("methods", "rsretrieval.cmer"),
+                                          ("editions.py", "rsretrieval.course")])
+def test_imports_run_one_way(lower, upper):
+    # the lower layers' registries learn of CMER through rsretrieval.plugins' entry points, not by import
+    files = [PACKAGE / lower] if lower.endswith(".py") else sorted((PACKAGE / lower).rglob("*.py"))
+    offenders = {str(f.relative_to(PACKAGE)): sorted(m for m in _imported_modules(
+                     f.read_text(), ".".join(("rsretrieval", *f.relative_to(PACKAGE).parent.parts)))
+                                                     if m == upper or m.startswith(upper + "."))
+                 for f in files}
+    assert not {f: m for f, m in offenders.items() if m}
+
+
+def test_cmer_registers_itself_through_its_entry_point():
+    from importlib.metadata import entry_points
+
+    from rsretrieval.methods import list_methods
+    from rsretrieval.training import list_losses
+
+    assert {p.value for p in entry_points(group="rsretrieval.plugins")} >= {"rsretrieval.cmer"}
+    assert {"focus_adapter", "cmer"} <= set(list_methods()) and {"recycling", "cmer"} <= set(list_losses())
+
+
+def test_import_checker_sees_imports_inside_functions():
+    source = "def f():\n    from ..cmer import focus_adapter\n    import rsretrieval.cmer.cache\n"
+    assert {"rsretrieval.cmer", "rsretrieval.cmer.focus_adapter", "rsretrieval.cmer.cache"} <= \
+        _imported_modules(source, "rsretrieval.training")

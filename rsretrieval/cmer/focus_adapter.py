@@ -210,12 +210,16 @@ class SideBranch(nn.Module):
                 nn.init.kaiming_uniform_(lin.weight, a=5**0.5)
                 nn.init.zeros_(lin.bias)
 
-    def tokens(self, taps: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Tapped block outputs, each [N, T, D] -> bottleneck tokens [N, T, r]."""
+    def tokens(self, taps: Sequence[torch.Tensor], recompute: bool = True) -> torch.Tensor:
+        """Tapped block outputs, each [N, T, D] -> bottleneck tokens [N, T, r].
+
+        ``recompute``: in training, recompute each tap's LayerNorm + down projection in backward rather
+        than keep its normalised full-width copy (the same numbers either way). Worth it after a
+        backbone forward; not for cached features, where the copy is small and recomputing costs time."""
         if len(taps) != len(self.downs):
             raise ValueError(f"the branch reads {len(self.downs)} tapped blocks, got {len(taps)}")
         dtype = self.downs[0].weight.dtype
-        if torch.is_grad_enabled():
+        if recompute and torch.is_grad_enabled():
             # recompute LayerNorm + down in backward instead of keeping each tap's full-width normalised copy
             # (~20 MB per image tap at ViT-B-32, batch 32); autograd keeps the taps themselves anyway
             h = sum(checkpoint(_norm_down, x, norm, down, dtype, use_reentrant=False)
@@ -313,11 +317,13 @@ class FocusAdapter(AdapterModule):
         return size if size > 0 else max(1, len(x))
 
     # the two halves the cache also calls (rsretrieval.cmer.cache.CachedSideBranchTask)
-    def image_from_features(self, frozen: torch.Tensor, taps: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Frozen image embedding [N, E] + tapped blocks (each [N, 1+P, D], class token first) -> [N, E]."""
+    def image_from_features(self, frozen: torch.Tensor, taps: Sequence[torch.Tensor],
+                            recompute: bool = True) -> torch.Tensor:
+        """Frozen image embedding [N, E] + tapped blocks (each [N, 1+P, D], class token first) -> [N, E]
+        (``recompute``: see :meth:`SideBranch.tokens`)."""
         if self.image is None:
             return frozen
-        h = self.image.tokens(taps)  # [N, 1+P, r]
+        h = self.image.tokens(taps, recompute)  # [N, 1+P, r]
         cls, patches = h[:, 0], h[:, 1:]
         if self.config.pooling == "cls":
             pooled, self.last_weights = cls, None
@@ -330,7 +336,7 @@ class FocusAdapter(AdapterModule):
         return self.image.fuse(frozen, pooled)
 
     def text_from_features(self, frozen: torch.Tensor, taps: Sequence[torch.Tensor],
-                           eot: torch.Tensor) -> torch.Tensor:
+                           eot: torch.Tensor, recompute: bool = True) -> torch.Tensor:
         """Frozen text embedding [N, E] + tapped blocks (each [N, L, D]) + EOT positions [N] -> [N, E].
 
         ``L`` may be shorter than the context as long as it reaches every EOT: the branch is
@@ -338,7 +344,7 @@ class FocusAdapter(AdapterModule):
         """
         if self.text is None:
             return frozen
-        h = self.text.tokens(taps)  # [N, L, r]
+        h = self.text.tokens(taps, recompute)  # [N, L, r]
         eot = eot.to(h.device)
         if self.config.text_pooling == "eot":
             pooled = h[torch.arange(len(h), device=h.device), eot]
@@ -478,13 +484,13 @@ class FocusAdapterCLIP(CLIP):
         return {t: self.focus_adapter.layers.get(t, ()) for t in ("visual", "text")}
 
     def branch_image(self, frozen: torch.Tensor, taps: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Cached frozen features -> adapted image embedding (not normalised)."""
-        return self.focus_adapter.image_from_features(frozen, taps)
+        """Cached frozen features -> adapted image embedding (not normalised); nothing recomputed."""
+        return self.focus_adapter.image_from_features(frozen, taps, recompute=False)
 
     def branch_text(self, frozen: torch.Tensor, taps: Sequence[torch.Tensor],
                     eot: torch.Tensor) -> torch.Tensor:
-        """Cached frozen features -> adapted text embedding (not normalised)."""
-        return self.focus_adapter.text_from_features(frozen, taps, eot)
+        """Cached frozen features -> adapted text embedding (not normalised); nothing recomputed."""
+        return self.focus_adapter.text_from_features(frozen, taps, eot, recompute=False)
 
 
 def inject_focus_adapter(model: nn.Module, config: FocusAdapterConfig) -> None:

@@ -6,8 +6,9 @@
 >>> model = apply_method(bundle.model, "lora", r=8)   # freeze, inject, only LoRA trains
 >>> tokenizer = wrap_tokenizer(model, bundle.tokenizer)  # CoOp's placeholders; identity elsewhere
 
-One module per method (the Focus-Adapter lives in :mod:`rsretrieval.cmer`); each registers itself (name, config dataclass, ``inject``) when imported
-below, in the order the course presents them. ``apply_method`` is the only way in, and
+One module per method; each registers itself (name, config dataclass, ``inject``) when imported
+below, in the order the course presents them. Packages above this one register theirs the same way
+(the Focus-Adapter and CMER's branch: :mod:`rsretrieval.cmer`), found by :mod:`rsretrieval.plugins`. ``apply_method`` is the only way in, and
 ``save_method``/``load_method`` store a method without its base.
 """
 
@@ -48,8 +49,6 @@ from rsretrieval.methods.checkpoint import (  # noqa: E402
     save_method,
     save_method_half,
 )
-# CMER's side branch (focus_adapter, cmer) lives with the rest of CMER and registers itself last
-from rsretrieval.cmer.focus_adapter import CMERAdapterConfig, FocusAdapterConfig  # noqa: E402  isort: skip
 
 __all__ = [
     "AdaptFormerConfig",
@@ -58,10 +57,8 @@ __all__ = [
     "AppliedMethod",
     "BlockWrapper",
     "CLIPAdapterConfig",
-    "CMERAdapterConfig",
     "CoOpConfig",
     "CoOpTokenizer",
-    "FocusAdapterConfig",
     "FullConfig",
     "LinearProbeConfig",
     "LoraConfig",

@@ -291,21 +291,28 @@ def register_method(
     return spec
 
 
+def _registry() -> dict[str, MethodSpec]:
+    from rsretrieval.plugins import load_plugins
+
+    load_plugins()  # the packages above (CMER's side branch) register their methods
+    return _METHODS
+
+
 def list_methods() -> list[str]:
     """Registered method names, in registration order."""
-    return list(_METHODS)
+    return list(_registry())
 
 
 def get_method(name: str) -> MethodSpec:
     """The :class:`MethodSpec` of ``name``; an unknown name lists the valid ones."""
     try:
-        return _METHODS[name]
+        return _registry()[name]
     except KeyError:
         raise MethodNotFoundError(f"unknown method {name!r}. Available: {', '.join(_METHODS)}") from None
 
 
 def _spec_of_config(config: MethodConfig) -> MethodSpec:
-    for spec in _METHODS.values():
+    for spec in _registry().values():
         if type(config) is spec.config_cls:
             return spec
     raise MethodNotFoundError(f"{type(config).__name__} belongs to no registered method. Available: "

@@ -6,6 +6,8 @@ An index is a folder:
       manifest.json      model, adapter checksum, embedding dim, dtype, paths, scenes, skipped files,
                          and for GeoTIFF scenes the tiling and each tile's window and coordinates
       embeddings.npy     [n, dim] unit vectors (float16 or float32), row i = manifest path i
+      ann.faiss          the FAISS index (IVF-Flat or IVF-PQ), trained once when the archive is large
+      ann.json           how it was built, and for which embeddings (a stale or damaged one is refused)
       parts/             while building: encoded chunks, so an interrupted build resumes
 
 A GeoTIFF scene (georeferenced, multi-band or not 8-bit: :func:`~rsretrieval.search.geotiff.is_scene`)
@@ -23,6 +25,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,18 +34,20 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from rsretrieval.search.vectors import VectorSearch, build
+from rsretrieval.search.vectors import EXACT_LIMIT, SearchParams, VectorSearch, build, choose_backend, load_search, \
+    save_search
 from tqdm.auto import tqdm
 
 from rsretrieval import __version__
 from rsretrieval.data.dataset import open_image
 from rsretrieval.errors import CheckpointError, DatasetFormatError, QueryImageError, SearchIndexError
-from rsretrieval.files import sha256_file
+from rsretrieval.files import atomic_write_json, sha256_file
 from rsretrieval.search.geotiff import TIFF_SUFFIXES, Raster, Tiling, is_scene, split_key, tile_key
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
 MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.npy"
+ANN, ANN_META = "ann.faiss", "ann.json"
 _REBUILD = "rebuild it with `python -m rsretrieval index build` (or delete the folder)"
 
 
@@ -136,12 +141,14 @@ class Manifest:
     tiles: dict[str, dict[str, Any]] = field(default_factory=dict)  # path -> window, crs, bounds, lonlat
     library_version: str = __version__
     created: float = field(default_factory=time.time)
+    embeddings_id: str = ""  # new with every write of embeddings.npy: what ann.json must name
 
 
 _MANIFEST_TYPES: dict[str, tuple[type, ...]] = {
     "encoder": (dict,), "dim": (int,), "dtype": (str,), "normalized": (bool,), "root": (str,), "paths": (list,),
     "scenes": (list,), "skipped": (list,), "adapter_path": (str, type(None)), "pretrained": (str, type(None)),
-    "tiling": (dict,), "tiles": (dict,), "library_version": (str,), "created": (int, float)}
+    "tiling": (dict,), "tiles": (dict,), "library_version": (str,), "created": (int, float),
+    "embeddings_id": (str,)}
 
 
 def _manifest_problem(m: Manifest) -> str | None:
@@ -195,12 +202,14 @@ class ImageIndex:
     @classmethod
     def build(cls, images: str | Path, out: str | Path, encoder: Encoder, *, batch_size: int = 64,
               dtype: str = "float16", scenes: dict[str, str] | None = None, tiling: Tiling | None = None,
-              chunk: int = 1024, progress: bool = True) -> ImageIndex:
+              chunk: int = 1024, ann: str = "auto", progress: bool = True) -> ImageIndex:
         """Encode every image below ``images`` (GeoTIFF scenes tile by tile, cut by ``tiling``) into an
         index at ``out``; resumes an interrupted build.
 
         Unreadable images and tiles that are mostly nodata are skipped and listed in the manifest.
         ``scenes`` optionally maps a path relative to ``images`` to a scene label (used by scene filters).
+        ``ann``: the FAISS index trained once and written beside the embeddings (:meth:`build_ann`).
+        The parts are merged into ``embeddings.npy`` on disk, part by part: no copy of the whole archive.
         """
         root = Path(images).resolve()
         out = Path(out)
@@ -221,21 +230,20 @@ class ImageIndex:
         for start in range(0, len(todo), chunk):
             _encode_part(todo[start:start + chunk], parts, encoder, tiling, batch_size, bar, stretches)
         bar.close()
-        rel, vecs, skipped, tiles = _gather_parts(parts)
-        order = np.argsort(rel, kind="stable")
-        rel = [rel[i] for i in order]
-        vecs = vecs[order] if len(vecs) else np.zeros((0, 0), dtype=np.float32)
+        rel, skipped, tiles = _gather_parts(parts)
         if not rel:
             raise SearchIndexError(f"none of the {len(files)} images below {root} could be read; first: "
                                    f"{skipped[0]['path']}: {skipped[0]['error']}")
-        manifest = Manifest(encoder.identity(), int(vecs.shape[1]), dtype, root=str(root), paths=rel,
-                            scenes=[(scenes or {}).get(split_key(r)[0]) for r in rel], skipped=skipped,
+        manifest = Manifest(encoder.identity(), 0, dtype, root=str(root), paths=sorted(rel),
+                            scenes=[(scenes or {}).get(split_key(r)[0]) for r in sorted(rel)], skipped=skipped,
                             adapter_path=encoder.adapter_path,
                             pretrained=None if encoder.pretrained is None else str(encoder.pretrained),
-                            tiling=tiling.to_dict(), tiles={r: tiles[r] for r in rel if r in tiles})
-        _write_index(out, manifest, vecs.astype(dtype))
+                            tiling=tiling.to_dict(), tiles={r: tiles[r] for r in sorted(rel) if r in tiles})
+        _merge_parts(parts, out, manifest)
         shutil.rmtree(parts)
-        return cls.load(out, encoder)
+        index = cls.load(out, encoder, backend="exact")
+        index.build_ann(ann)
+        return cls.load(out, encoder, backend="exact" if ann == "exact" else "auto")
 
     def add(self, images: Iterable[str | Path], *, batch_size: int = 64, scenes: dict[str, str] | None = None) -> int:
         """Encode and append new images (paths below the index root); returns how many were added."""
@@ -266,15 +274,21 @@ class ImageIndex:
         finally:
             for scene in open_rasters.values():
                 scene.close()
+        stored = None
         if vecs:
             block = np.concatenate(vecs).astype(self.manifest.dtype)
+            if (self.folder / ANN).exists():  # the new vectors join the trained cells: no retraining
+                stored = self._read_ann(mmap=False)  # checked against the embeddings it was built for
+                stored.add(block.astype(np.float32))
             self.embeddings = np.concatenate([np.asarray(self.embeddings), block])
             self.manifest.paths += rel
             self.manifest.scenes += [(scenes or {}).get(split_key(r)[0]) for r in rel]
-            if self._search is not None:
-                self._search.add(block.astype(np.float32))
         self.manifest.skipped += skipped
         _write_index(self.folder, self.manifest, np.asarray(self.embeddings))
+        self.embeddings = np.load(self.folder / EMBEDDINGS, mmap_mode="r")
+        if stored is not None:
+            self._write_ann(stored)
+        self._search = None  # read again (memory-mapped) on the next query
         return len(rel)
 
     # ------------------------------------------------------------------ loading
@@ -318,11 +332,79 @@ class ImageIndex:
     # ------------------------------------------------------------------ searching
     @property
     def searcher(self) -> VectorSearch:
+        """The search structure: the FAISS index written by :meth:`build_ann` (``backend="auto"``), exact
+        search over the embeddings on disk (``"exact"``, or ``"auto"`` below EXACT_LIMIT without one), or one
+        built now in memory for an explicit ``"ivf"`` / ``"ivfpq"`` that the folder does not hold."""
         if self._search is None:
             if len(self) == 0:
                 raise SearchIndexError(f"index {self.folder} is empty")
-            self._search = build(np.asarray(self.embeddings, dtype=np.float32), self.backend)
+            stored = self._ann_meta()
+            if self.backend == "exact" or (self.backend == "auto" and stored is None and len(self) < EXACT_LIMIT):
+                self._search = VectorSearch(self.embeddings, SearchParams("exact"))
+            elif stored is not None and self.backend in ("auto", stored["params"]["backend"]):
+                self._search = self._read_ann()
+            elif self.backend == "auto":
+                raise SearchIndexError(f"{self.folder} holds {len(self):,} vectors and no FAISS index ({ANN}): "
+                                       f"train it once with `python -m rsretrieval index ann {self.folder}`")
+            else:
+                self._search = build(self.embeddings, self.backend)
         return self._search
+
+    def build_ann(self, backend: str = "auto", **build_kwargs: Any) -> VectorSearch:
+        """Train the FAISS index over the embeddings once and write it (``ann.faiss``, ``ann.json``).
+
+        ``auto``: exact search below EXACT_LIMIT vectors (nothing written), IVF-Flat, or IVF-PQ when
+        IVF-Flat's float32 lists would pass 2 GB (:func:`~rsretrieval.search.vectors.choose_backend`).
+        Training reads a sample; vectors are added in chunks from the file on disk."""
+        backend = choose_backend(len(self), self.manifest.dim) if backend == "auto" else backend
+        for f in (ANN, ANN_META):
+            (self.folder / f).unlink(missing_ok=True)
+        self._search = None
+        if backend == "exact":
+            return self.searcher if len(self) < EXACT_LIMIT else VectorSearch(self.embeddings, SearchParams("exact"))
+        search = build(self.embeddings, backend, **build_kwargs)
+        self._write_ann(search)
+        return search
+
+    def _ann_meta(self) -> dict[str, Any] | None:
+        """``ann.json`` when the folder holds a FAISS index that belongs to these embeddings; None without
+        one. A stale, damaged or half-written one is refused, naming the file and the fix."""
+        meta_file, ann_file = self.folder / ANN_META, self.folder / ANN
+        if not meta_file.exists() and not ann_file.exists():
+            return None
+        fix = f"rebuild it with `python -m rsretrieval index ann {self.folder}`"
+        try:
+            meta = json.loads(meta_file.read_text())
+            SearchParams(**meta["params"])
+            wanted = {k: meta[k] for k in ("embeddings_id", "n", "dim", "encoder", "faiss_bytes", "faiss_sha256")}
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise SearchIndexError(f"{meta_file} is missing or damaged ({str(exc)[:80]}): {fix}") from None
+        ours = {"embeddings_id": self.manifest.embeddings_id, "n": len(self), "dim": self.manifest.dim,
+                "encoder": self.manifest.encoder}
+        stale = [k for k, v in ours.items() if wanted[k] != v]
+        if stale:
+            raise SearchIndexError(f"{ann_file} is stale: it was built for other embeddings ({', '.join(stale)} "
+                                   f"differ from {MANIFEST}'s): {fix}")
+        if not ann_file.exists() or ann_file.stat().st_size != wanted["faiss_bytes"] \
+                or sha256_file(ann_file) != wanted["faiss_sha256"]:
+            raise SearchIndexError(f"{ann_file} is missing or damaged (not the file {ANN_META} records): {fix}")
+        return meta
+
+    def _read_ann(self, mmap: bool = True) -> VectorSearch:
+        meta = self._ann_meta()
+        try:
+            return load_search(self.folder / ANN, SearchParams(**meta["params"]), self.embeddings, mmap=mmap)
+        except RuntimeError as exc:  # FAISS cannot read it
+            raise SearchIndexError(f"{self.folder / ANN} is damaged ({str(exc).splitlines()[0][:80]}): rebuild it "
+                                   f"with `python -m rsretrieval index ann {self.folder}`") from None
+
+    def _write_ann(self, search: VectorSearch) -> None:
+        save_search(search, self.folder / ANN)
+        meta = {"params": asdict(search.params), "embeddings_id": self.manifest.embeddings_id, "n": len(self),
+                "dim": self.manifest.dim, "encoder": self.manifest.encoder,
+                "faiss_bytes": (self.folder / ANN).stat().st_size, "faiss_sha256": sha256_file(self.folder / ANN),
+                "library_version": __version__}
+        atomic_write_json(self.folder / ANN_META, meta)
 
     def search_vector(self, query: np.ndarray, k: int = 10, scene: str | None = None) -> list[Hit]:
         """Top-k images for a query vector; ``scene`` keeps only images of that scene."""
@@ -481,17 +563,35 @@ def _encoded_paths(parts: Path) -> set[str]:
     return done
 
 
-def _gather_parts(parts: Path) -> tuple[list[str], np.ndarray, list[dict[str, str]], dict[str, dict[str, Any]]]:
-    rel, vecs, skipped, tiles = [], [], [], {}
+def _gather_parts(parts: Path) -> tuple[list[str], list[dict[str, str]], dict[str, dict[str, Any]]]:
+    """The encoded paths, skipped files and tiles of every finished part (their vectors stay on disk)."""
+    rel, skipped, tiles = [], [], {}
     for meta in sorted(parts.glob("part-*.json")):
         m = json.loads(meta.read_text())
-        arr = np.load(meta.with_suffix(".npy"))
-        if len(m["paths"]):
-            rel += m["paths"]
-            vecs.append(arr)
+        rel += m["paths"]
         skipped += m["skipped"]
         tiles.update(m.get("tiles", {}))
-    return rel, (np.concatenate(vecs) if vecs else np.zeros((0, 0), dtype=np.float32)), skipped, tiles
+    return rel, skipped, tiles
+
+
+def _merge_parts(parts: Path, out: Path, manifest: Manifest) -> None:
+    """Write the parts' vectors into ``out/embeddings.npy`` in ``manifest.paths`` order, a part at a time
+    (a float16 file on disk: the archive is never held whole), then the manifest."""
+    row = {p: i for i, p in enumerate(manifest.paths)}
+    metas = [(m, json.loads(m.read_text())["paths"]) for m in sorted(parts.glob("part-*.json"))]
+    dim = next(np.load(m.with_suffix(".npy"), mmap_mode="r").shape[1] for m, paths in metas if paths)
+    manifest.dim = int(dim)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{EMBEDDINGS}.tmp.npy"
+    vecs = np.lib.format.open_memmap(tmp, mode="w+", dtype=manifest.dtype, shape=(len(manifest.paths), dim))
+    for meta, paths in metas:
+        if paths:
+            vecs[[row[p] for p in paths]] = np.load(meta.with_suffix(".npy"))
+    vecs.flush()
+    del vecs
+    os.replace(tmp, out / EMBEDDINGS)
+    manifest.embeddings_id = uuid.uuid4().hex
+    _write_manifest(out, manifest)
 
 
 def _write_index(out: Path, manifest: Manifest, vecs: np.ndarray) -> None:
@@ -499,6 +599,11 @@ def _write_index(out: Path, manifest: Manifest, vecs: np.ndarray) -> None:
     tmp = out / f".{EMBEDDINGS}.tmp.npy"
     np.save(tmp, vecs)
     os.replace(tmp, out / EMBEDDINGS)
+    manifest.embeddings_id = uuid.uuid4().hex  # a FAISS index built before this write is now stale
+    _write_manifest(out, manifest)
+
+
+def _write_manifest(out: Path, manifest: Manifest) -> None:
     tmpm = out / f".{MANIFEST}.tmp"
     tmpm.write_text(json.dumps(asdict(manifest), indent=1))
     os.replace(tmpm, out / MANIFEST)

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +31,8 @@ import numpy as np
 from rsretrieval.errors import lazy_import
 
 EXACT_LIMIT = 50_000
+IVF_FLAT_BYTES = 2 * 2**30  # auto: IVF-Flat while its float32 lists fit in this, IVF-PQ above
+_CHUNK = 262_144  # rows converted to float32 at a time
 _TUNE_QUERIES = 200  # bench_search's held-out queries for tuning nprobe
 
 
@@ -48,7 +52,8 @@ class SearchParams:
 
 
 class VectorSearch:
-    """Top-k inner-product search over ``vectors`` [n, d] (float32, rows unit-norm)."""
+    """Top-k inner-product search over ``vectors`` [n, d] (rows unit-norm; float32, or float16 on disk:
+    a memory-mapped array is read in chunks, never copied whole)."""
 
     def __init__(self, vectors: np.ndarray, params: SearchParams, index: Any = None,
                  assignment: np.ndarray | None = None) -> None:
@@ -56,6 +61,7 @@ class VectorSearch:
         self.params = params
         self.index = index
         self.assignment = assignment  # each built vector's IVF cell (None for exact search)
+        self.read_only = False  # a memory-mapped FAISS index (load_search): FAISS aborts on an add
 
     @property
     def ntotal(self) -> int:
@@ -75,6 +81,8 @@ class VectorSearch:
     def add(self, vectors: np.ndarray) -> None:
         """Append vectors (no retraining: new vectors join the existing IVF cells)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.read_only:
+            raise ValueError("this FAISS index is memory-mapped read-only: load it with mmap=False to add vectors")
         if self.index is not None:
             self.index.add(vectors)
             self.assignment = None  # the new vectors' cells are FAISS's business
@@ -96,6 +104,35 @@ class VectorSearch:
         return int(self.index.ntotal * (self.index.code_size + 8) + self.params.nlist * d * 4 + codebooks)
 
 
+def choose_backend(n: int, dim: int) -> str:
+    """``auto``'s choice for ``n`` vectors of ``dim``: exact below :data:`EXACT_LIMIT`, IVF-Flat while its
+    float32 copy stays under :data:`IVF_FLAT_BYTES` (2 GB: 1M x 512), IVF-PQ above."""
+    return "exact" if n < EXACT_LIMIT else "ivf" if n * dim * 4 <= IVF_FLAT_BYTES else "ivfpq"
+
+
+def save_search(search: VectorSearch, path: str | Path) -> None:
+    """Write a FAISS search's index to ``path`` (atomically: a crash leaves the old file or none)."""
+    if search.index is None:
+        raise ValueError("exact search has no FAISS index to write")
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    _faiss().write_index(search.index, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_search(path: str | Path, params: SearchParams, vectors: np.ndarray, *, mmap: bool = True) -> VectorSearch:
+    """A search over ``vectors`` from the FAISS index :func:`save_search` wrote, with ``params``' nprobe.
+
+    ``mmap``: the inverted lists stay on disk, paged in as queries touch them (read-only: to add
+    vectors, load with ``mmap=False``). Raises RuntimeError (FAISS's) for a file FAISS cannot read."""
+    faiss = _faiss()
+    index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0)
+    index.nprobe = params.nprobe
+    search = VectorSearch(vectors, params, index)
+    search.read_only = mmap
+    return search
+
+
 def exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int, chunk: int = 262_144):
     """Exact top-k by inner product, in chunks of the archive so memory stays bounded."""
     best_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
@@ -112,8 +149,17 @@ def exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int, chunk: int = 26
     return best_s, best_i
 
 
+def _rows(vectors: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Rows ``ids`` as float32, read in id order (sequential reads of an array on disk)."""
+    order = np.argsort(ids)
+    out = np.empty((len(ids), vectors.shape[1]), dtype=np.float32)
+    out[order] = vectors[ids[order]]
+    return out
+
+
 def _rerank(vectors: np.ndarray, queries: np.ndarray, cand: np.ndarray, k: int):
-    scores = np.einsum("qd,qcd->qc", queries, vectors[np.clip(cand, 0, None)])
+    picked = _rows(vectors, np.clip(cand, 0, None).ravel()).reshape(*cand.shape, -1)
+    scores = np.einsum("qd,qcd->qc", queries, picked)
     scores[cand < 0] = -np.inf
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(scores, order, 1), np.take_along_axis(cand, order, 1)
@@ -164,12 +210,11 @@ def build(
             trains its codebooks).
         seed: k-means and sampling seed.
     """
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = vectors.shape
     if n == 0:
         raise ValueError("cannot build a search index over zero vectors")
     if backend == "auto":
-        backend = "exact" if n < EXACT_LIMIT else "ivf"
+        backend = choose_backend(n, d)
     if backend == "exact":
         return VectorSearch(vectors, SearchParams("exact"))
     if backend not in ("ivf", "ivfpq"):
@@ -193,17 +238,22 @@ def build(
         index = faiss.IndexIVFPQ(quantizer, d, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(seed)
     # 40 points a cell train k-means well (FAISS warns below 39); more only slows the build
-    train = vectors[rng.choice(n, size=min(n, 40 * nlist), replace=False)]
     index.cp.seed = seed
-    index.train(train)
-    if assignment is None:
-        assignment = np.ascontiguousarray(quantizer.search(vectors, 1)[1][:, 0], dtype=np.int64)
-    index.add_core(n, faiss.swig_ptr(vectors), None, faiss.swig_ptr(assignment))  # what add() does, cells given
+    index.train(_rows(vectors, rng.choice(n, size=min(n, 40 * nlist), replace=False)))
+    given = assignment is not None
+    assignment = assignment if given else np.empty(n, dtype=np.int64)
+    for start in range(0, n, _CHUNK):  # in chunks: the archive may be float16 on disk, larger than memory
+        block = np.ascontiguousarray(vectors[start:start + _CHUNK], dtype=np.float32)
+        cells = assignment[start:start + len(block)]
+        if not given:
+            cells[:] = quantizer.search(block, 1)[1][:, 0]
+        cells = np.ascontiguousarray(cells)
+        index.add_core(len(block), faiss.swig_ptr(block), None, faiss.swig_ptr(cells))  # add() with cells given
     params = SearchParams(backend, nlist=nlist, m=m if backend == "ivfpq" else 0,
                           rerank=20 * k if backend == "ivfpq" else 0)
     search = VectorSearch(vectors, params, index, assignment)
     if tune_queries is None:
-        picks = vectors[rng.choice(n, size=min(n, 200), replace=False)]
+        picks = _rows(vectors, rng.choice(n, size=min(n, 200), replace=False))
         tune_queries = _normalise(picks + rng.normal(0, 0.05, picks.shape).astype(np.float32))
     tune_nprobe(search, tune_queries, k=k, target=target_recall, truth=tune_truth)
     return search

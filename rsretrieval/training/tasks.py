@@ -236,8 +236,9 @@ def register_loss(name: str, build: TaskBuilder, help: str) -> None:
 
 
 def _registry() -> dict[str, LossEntry]:
-    import rsretrieval.cmer  # noqa: F401  registers CMER's losses (kept out of this module's imports)
+    from rsretrieval.plugins import load_plugins
 
+    load_plugins()  # the packages above (CMER: recycling, cmer) register their losses
     return LOSSES
 
 
