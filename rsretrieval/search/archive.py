@@ -342,7 +342,7 @@ class ImageIndex:
             if self.backend == "exact" or (self.backend == "auto" and stored is None and len(self) < EXACT_LIMIT):
                 self._search = VectorSearch(self.embeddings, SearchParams("exact"))
             elif stored is not None and self.backend in ("auto", stored["params"]["backend"]):
-                self._search = self._read_ann()
+                self._search = self._read_ann(meta=stored)
             elif self.backend == "auto":
                 raise SearchIndexError(f"{self.folder} holds {len(self):,} vectors and no FAISS index ({ANN}): "
                                        f"train it once with `python -m rsretrieval index ann {self.folder}`")
@@ -390,8 +390,8 @@ class ImageIndex:
             raise SearchIndexError(f"{ann_file} is missing or damaged (not the file {ANN_META} records): {fix}")
         return meta
 
-    def _read_ann(self, mmap: bool = True) -> VectorSearch:
-        meta = self._ann_meta()
+    def _read_ann(self, mmap: bool = True, meta: dict[str, Any] | None = None) -> VectorSearch:
+        meta = meta or self._ann_meta()
         try:
             return load_search(self.folder / ANN, SearchParams(**meta["params"]), self.embeddings, mmap=mmap)
         except RuntimeError as exc:  # FAISS cannot read it
