@@ -206,13 +206,18 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     from rsretrieval.search import Encoder, ImageIndex, find_images
     from rsretrieval.search.geotiff import Tiling
 
+    from rsretrieval.training.loop import init_distributed
+
     tiling = Tiling(args.tile_size, args.tile_overlap, tuple(args.bands) if args.bands else None, args.min_valid)
+    rank, _ = init_distributed()  # under torchrun: before the encoder, so each rank takes its own GPU
     encoder = Encoder(args.model, args.pretrained, args.adapter, args.device)
     root = Path(args.images).resolve()
     scenes = ({str(p.relative_to(root)): prefix_scene(p.name) for p in find_images(root)}
               if args.scene_from_prefix else None)
     index = ImageIndex.build(root, args.out, encoder, batch_size=args.batch_size, dtype=args.dtype, scenes=scenes,
-                             tiling=tiling, ann=args.ann)
+                             tiling=tiling, chunk=args.chunk, ann=args.ann)
+    if rank:
+        return 0  # rank 0 reports
     print(index, index.searcher.params)
     for s in index.manifest.skipped:
         print(f"skipped {s['path']}: {s['error']}", file=sys.stderr)
@@ -598,6 +603,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "or colour interpretation, else the first three)")
     p.add_argument("--min-valid", type=share, default=0.5,
                    help="GeoTIFF scenes: skip tiles with a smaller share of valid (not nodata) pixels")
+    p.add_argument("--chunk", type=POSITIVE, default=1024,
+                   help="images (or tiles) per resumable part; under torchrun the ranks share the parts")
     p.add_argument("--ann", default="auto", choices=["auto", "exact", "ivf", "ivfpq"],
                    help="the FAISS index trained once and stored with the embeddings (auto: exact below 50,000 "
                         "vectors, IVF-Flat up to 2 GB of float32 lists, IVF-PQ above)")

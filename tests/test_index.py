@@ -192,3 +192,56 @@ def test_adding_an_image_outside_the_root_is_refused(archive, tmp_path, encoder)
     Image.new("RGB", (40, 40), "red").save(stray)
     with pytest.raises(SearchIndexError, match="not below the index root"):
         index.add([stray])
+
+
+DYING_RANK = """
+import os, sys
+from rsretrieval.search import archive
+
+encode, done = archive._encode_part, []
+
+def encode_then_die(*args, **kwargs):  # rank 1 is killed after its first part: the build stops midway
+    encode(*args, **kwargs)
+    done.append(1)
+    if os.environ["RANK"] == "1" and len(done) == 1:
+        os._exit(9)
+
+archive._encode_part = encode_then_die
+from rsretrieval.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_share_a_build_resume_it_and_merge_what_one_process_builds(tmp_path, encoder):
+    import os
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(1)
+    root = tmp_path / "archive"
+    root.mkdir()
+    for k in range(40):
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(root / f"img_{k:02d}.png")
+    (root / "broken.png").write_bytes(b"not an image")
+    single = ImageIndex.build(root, tmp_path / "one", encoder, chunk=6, progress=False)
+
+    args = ["index", "build", "--images", str(root), "--out", str(tmp_path / "two"), "--model", "tiny",
+            "--pretrained", "", "--device", "cpu", "--chunk", "6", "--batch-size", "4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    script = tmp_path / "dying_rank.py"
+    script.write_text(DYING_RANK)
+    died = subprocess.run([*run, str(script), *args], capture_output=True, text=True, timeout=300, env=env)
+    assert died.returncode != 0 and not (tmp_path / "two" / "manifest.json").exists()
+    finished = list((tmp_path / "two" / "parts").glob("part-*.json"))
+    assert 1 <= len(finished) < 7  # 41 files in parts of 6: rank 1's first part at least (rank 0 is stopped with it)
+
+    resumed = subprocess.run([*run, "-m", "rsretrieval", *args], capture_output=True, text=True, timeout=300, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.count("ImageIndex(") == 1  # rank 0 reports
+    two = ImageIndex.load(tmp_path / "two", encoder)
+    assert two.manifest.paths == single.manifest.paths and len(two) == 40
+    assert [s["path"] for s in two.manifest.skipped] == ["broken.png"]
+    assert np.allclose(np.asarray(two.embeddings, np.float32), np.asarray(single.embeddings, np.float32), atol=2e-3)
+    assert not (tmp_path / "two" / "parts").exists()

@@ -21,6 +21,7 @@ nothing, which no error would otherwise reveal.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -219,30 +220,43 @@ class ImageIndex:
         if (out / MANIFEST).exists():
             raise FileExistsError(f"{out} already holds an index: add images with `add`, or choose another folder")
         tiling = tiling or Tiling()
+        from rsretrieval.training.loop import init_distributed
+
+        rank, world = init_distributed()  # under torchrun: each rank encodes its share of the parts
         parts = out / "parts"
-        parts.mkdir(parents=True, exist_ok=True)
-        _check_parts_identity(parts, encoder, root, tiling)
+        if rank == 0:
+            parts.mkdir(parents=True, exist_ok=True)
+            _check_parts_identity(parts, encoder, root, tiling)
+        _barrier(world)
+        if rank:
+            _check_parts_identity(parts, encoder, root, tiling, write=False)
         done = _encoded_paths(parts)
         stretches: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
         items = _items(files, root, tiling, stretches)
         todo = [item for item in items if item[0] not in done]
-        bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="indexing", disable=not progress)
-        for start in range(0, len(todo), chunk):
-            _encode_part(todo[start:start + chunk], parts, encoder, tiling, batch_size, bar, stretches)
+        _barrier(world)  # every rank listed the same finished parts before any writes a new one
+        chunks = [todo[start:start + chunk] for start in range(0, len(todo), chunk)][rank::world]
+        bar = tqdm(total=sum(map(len, chunks)), desc=f"indexing (rank {rank} of {world})" if world > 1 else "indexing",
+                   disable=not progress or rank != 0)
+        for part in chunks:
+            _encode_part(part, parts, encoder, tiling, batch_size, bar, stretches)
         bar.close()
-        rel, skipped, tiles = _gather_parts(parts)
-        if not rel:
-            raise SearchIndexError(f"none of the {len(files)} images below {root} could be read; first: "
-                                   f"{skipped[0]['path']}: {skipped[0]['error']}")
-        manifest = Manifest(encoder.identity(), 0, dtype, root=str(root), paths=sorted(rel),
-                            scenes=[(scenes or {}).get(split_key(r)[0]) for r in sorted(rel)], skipped=skipped,
-                            adapter_path=encoder.adapter_path,
-                            pretrained=None if encoder.pretrained is None else str(encoder.pretrained),
-                            tiling=tiling.to_dict(), tiles={r: tiles[r] for r in sorted(rel) if r in tiles})
-        _merge_parts(parts, out, manifest)
-        shutil.rmtree(parts)
-        index = cls.load(out, encoder, backend="exact")
-        index.build_ann(ann)
+        _barrier(world)
+        if rank == 0:  # one rank merges the parts into the index a single process would have built
+            rel, skipped, tiles = _gather_parts(parts)
+            if not rel:
+                raise SearchIndexError(f"none of the {len(files)} images below {root} could be read; first: "
+                                       f"{skipped[0]['path']}: {skipped[0]['error']}")
+            rel = sorted(rel)
+            manifest = Manifest(encoder.identity(), 0, dtype, root=str(root), paths=rel,
+                                scenes=[(scenes or {}).get(split_key(r)[0]) for r in rel], skipped=skipped,
+                                adapter_path=encoder.adapter_path,
+                                pretrained=None if encoder.pretrained is None else str(encoder.pretrained),
+                                tiling=tiling.to_dict(), tiles={r: tiles[r] for r in rel if r in tiles})
+            _merge_parts(parts, out, manifest)
+            shutil.rmtree(parts)
+            cls.load(out, encoder, backend="exact").build_ann(ann)
+        _barrier(world)
         return cls.load(out, encoder, backend="exact" if ann == "exact" else "auto")
 
     def add(self, images: Iterable[str | Path], *, batch_size: int = 64, scenes: dict[str, str] | None = None) -> int:
@@ -535,23 +549,30 @@ def _encode_part(items: Sequence[Item], parts: Path, encoder: Encoder, tiling: T
     finally:
         for scene in open_rasters.values():
             scene.close()
-    k = len(list(parts.glob("part-*.json")))
+    # named by its first item, which no finished part holds: unique across ranks and resumed builds
+    k = hashlib.sha256(items[0][0].encode()).hexdigest()[:20]
     arr = np.concatenate(vecs) if vecs else np.zeros((0, 0), dtype=np.float32)
-    tmp = parts / f".part-{k:05d}.npy"
+    tmp = parts / f".part-{k}.npy"
     np.save(tmp, arr)
-    os.replace(tmp, parts / f"part-{k:05d}.npy")
-    meta = parts / f".part-{k:05d}.json"
+    os.replace(tmp, parts / f"part-{k}.npy")
+    meta = parts / f".part-{k}.json"
     meta.write_text(json.dumps({"paths": rel, "skipped": skipped, "tiles": tiles}))
-    os.replace(meta, parts / f"part-{k:05d}.json")  # the json marks the part complete
+    os.replace(meta, parts / f"part-{k}.json")  # the json marks the part complete
 
 
-def _check_parts_identity(parts: Path, encoder: Encoder, root: Path, tiling: Tiling) -> None:
-    ident = {"encoder": encoder.identity(), "root": str(root), "tiling": tiling.to_dict()}
+def _barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def _check_parts_identity(parts: Path, encoder: Encoder, root: Path, tiling: Tiling, write: bool = True) -> None:
+    ident = {"encoder": encoder.identity(), "root": str(root), "tiling": tiling.to_dict(), "parts": 2}
     f = parts / "identity.json"
     if f.exists() and json.loads(f.read_text()) != ident:
-        raise SearchIndexError(f"{parts} holds a partial build with another encoder, image folder or tiling; "
-                               "delete it to start over")
-    f.write_text(json.dumps(ident))
+        raise SearchIndexError(f"{parts} holds a partial build with another encoder, image folder, tiling or "
+                               "library version; delete it to start over")
+    if write:
+        atomic_write_json(f, ident)
 
 
 def _encoded_paths(parts: Path) -> set[str]:
