@@ -205,7 +205,6 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     from rsretrieval.data.readers import prefix_scene
     from rsretrieval.search import Encoder, ImageIndex, find_images
     from rsretrieval.search.geotiff import Tiling
-
     from rsretrieval.training.loop import init_distributed
 
     tiling = Tiling(args.tile_size, args.tile_overlap, tuple(args.bands) if args.bands else None, args.min_valid)

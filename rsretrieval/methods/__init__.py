@@ -8,8 +8,8 @@
 
 One module per method; each registers itself (name, config dataclass, ``inject``) when imported
 below, in the order the course presents them. Packages above this one register theirs the same way
-(the Focus-Adapter and CMER's branch: :mod:`rsretrieval.cmer`), found by :mod:`rsretrieval.plugins`. ``apply_method`` is the only way in, and
-``save_method``/``load_method`` store a method without its base.
+(the Focus-Adapter and CMER's branch: :mod:`rsretrieval.cmer`), found by :mod:`rsretrieval.plugins`.
+``apply_method`` is the only way in, and ``save_method``/``load_method`` store a method without its base.
 """
 
 from __future__ import annotations

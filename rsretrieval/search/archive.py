@@ -50,6 +50,7 @@ MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.npy"
 ANN, ANN_META = "ann.faiss", "ann.json"
 _REBUILD = "rebuild it with `python -m rsretrieval index build` (or delete the folder)"
+_REBUILD_ANN = "rebuild it with `python -m rsretrieval index ann {folder}`"
 
 
 def find_images(folder: str | Path) -> list[Path]:
@@ -243,7 +244,8 @@ class ImageIndex:
         bar.close()
         _barrier(world)
         if rank == 0:  # one rank merges the parts into the index a single process would have built
-            rel, skipped, tiles = _gather_parts(parts)
+            finished, skipped, tiles = _gather_parts(parts)
+            rel = [p for _, paths in finished for p in paths]
             if not rel:
                 raise SearchIndexError(f"none of the {len(files)} images below {root} could be read; first: "
                                        f"{skipped[0]['path']}: {skipped[0]['error']}")
@@ -253,7 +255,7 @@ class ImageIndex:
                                 adapter_path=encoder.adapter_path,
                                 pretrained=None if encoder.pretrained is None else str(encoder.pretrained),
                                 tiling=tiling.to_dict(), tiles={r: tiles[r] for r in rel if r in tiles})
-            _merge_parts(parts, out, manifest)
+            _merge_parts(finished, out, manifest)
             shutil.rmtree(parts)
             cls.load(out, encoder, backend="exact").build_ann(ann)
         _barrier(world)
@@ -375,7 +377,7 @@ class ImageIndex:
             (self.folder / f).unlink(missing_ok=True)
         self._search = None
         if backend == "exact":
-            return self.searcher if len(self) < EXACT_LIMIT else VectorSearch(self.embeddings, SearchParams("exact"))
+            return VectorSearch(self.embeddings, SearchParams("exact"))
         search = build(self.embeddings, backend, **build_kwargs)
         self._write_ann(search)
         return search
@@ -386,7 +388,7 @@ class ImageIndex:
         meta_file, ann_file = self.folder / ANN_META, self.folder / ANN
         if not meta_file.exists() and not ann_file.exists():
             return None
-        fix = f"rebuild it with `python -m rsretrieval index ann {self.folder}`"
+        fix = _REBUILD_ANN.format(folder=self.folder)
         try:
             meta = json.loads(meta_file.read_text())
             SearchParams(**meta["params"])
@@ -409,8 +411,8 @@ class ImageIndex:
         try:
             return load_search(self.folder / ANN, SearchParams(**meta["params"]), self.embeddings, mmap=mmap)
         except RuntimeError as exc:  # FAISS cannot read it
-            raise SearchIndexError(f"{self.folder / ANN} is damaged ({str(exc).splitlines()[0][:80]}): rebuild it "
-                                   f"with `python -m rsretrieval index ann {self.folder}`") from None
+            raise SearchIndexError(f"{self.folder / ANN} is damaged ({str(exc).splitlines()[0][:80]}): "
+                                   f"{_REBUILD_ANN.format(folder=self.folder)}") from None
 
     def _write_ann(self, search: VectorSearch) -> None:
         save_search(search, self.folder / ANN)
@@ -584,30 +586,30 @@ def _encoded_paths(parts: Path) -> set[str]:
     return done
 
 
-def _gather_parts(parts: Path) -> tuple[list[str], list[dict[str, str]], dict[str, dict[str, Any]]]:
-    """The encoded paths, skipped files and tiles of every finished part (their vectors stay on disk)."""
-    rel, skipped, tiles = [], [], {}
+def _gather_parts(parts: Path) -> tuple[list[tuple[Path, list[str]]], list[dict[str, str]], dict[str, dict[str, Any]]]:
+    """Every finished part (its file and encoded paths), the skipped files and the tiles; the vectors
+    stay on disk."""
+    finished, skipped, tiles = [], [], {}
     for meta in sorted(parts.glob("part-*.json")):
         m = json.loads(meta.read_text())
-        rel += m["paths"]
+        finished.append((meta, m["paths"]))
         skipped += m["skipped"]
         tiles.update(m.get("tiles", {}))
-    return rel, skipped, tiles
+    return finished, skipped, tiles
 
 
-def _merge_parts(parts: Path, out: Path, manifest: Manifest) -> None:
+def _merge_parts(finished: list[tuple[Path, list[str]]], out: Path, manifest: Manifest) -> None:
     """Write the parts' vectors into ``out/embeddings.npy`` in ``manifest.paths`` order, a part at a time
     (a float16 file on disk: the archive is never held whole), then the manifest."""
     row = {p: i for i, p in enumerate(manifest.paths)}
-    metas = [(m, json.loads(m.read_text())["paths"]) for m in sorted(parts.glob("part-*.json"))]
-    dim = next(np.load(m.with_suffix(".npy"), mmap_mode="r").shape[1] for m, paths in metas if paths)
+    metas = [(m, paths) for m, paths in finished if paths]
+    dim = np.load(metas[0][0].with_suffix(".npy"), mmap_mode="r").shape[1]
     manifest.dim = int(dim)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{EMBEDDINGS}.tmp.npy"
     vecs = np.lib.format.open_memmap(tmp, mode="w+", dtype=manifest.dtype, shape=(len(manifest.paths), dim))
     for meta, paths in metas:
-        if paths:
-            vecs[[row[p] for p in paths]] = np.load(meta.with_suffix(".npy"))
+        vecs[[row[p] for p in paths]] = np.load(meta.with_suffix(".npy"))
     vecs.flush()
     del vecs
     os.replace(tmp, out / EMBEDDINGS)

@@ -133,7 +133,7 @@ def load_search(path: str | Path, params: SearchParams, vectors: np.ndarray, *, 
     return search
 
 
-def exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int, chunk: int = 262_144):
+def exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int, chunk: int = _CHUNK):
     """Exact top-k by inner product, in chunks of the archive so memory stays bounded."""
     best_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
     best_i = np.full((len(queries), k), -1, dtype=np.int64)
