@@ -49,7 +49,7 @@ BATCH_SIZE = 32
 SEED = 0
 OUTPUT_DIR = ""
 BENCH_MODEL = "ViT-B-32"
-BENCH_METHODS = "full,linear_probe,mrs_adapter,focus_adapter"  # add adapter,lora,vpt,coop,... to compare more
+BENCH_METHODS = "full,linear_probe,mrs_adapter,focus_adapter,focus_adapter:floor"  # add adapter,lora,vpt,coop,...
 BENCH_STEPS = 0  # timed steps per method; 0: 1 on a CPU (a step takes seconds), 10 on a GPU
 BENCH_REPEATS = 1  # interleaved rounds per method (3: medians and spread, ~3x the bench time; the CLI's default)
 MEMORY_BATCH_SIZES = "8,32"
@@ -96,7 +96,9 @@ cfg
 #
 # Four methods span the cases: full fine-tuning, a linear probe (new weights on top only), an
 # in-block adapter (MRS-Adapter; Houlsby adapters and LoRA sit in the blocks too and cost about the
-# same) and the side branch. Name more in `BENCH_METHODS` to measure them.
+# same) and the side branch; and the side branch's **floor** (`focus_adapter:floor`): its frozen
+# forward and its side network alone in one step, the least a side-branch step can cost on this
+# machine, so the distance between the two is overhead of ours. Name more in `BENCH_METHODS`.
 
 # %%
 results = bench(bench_model, methods, batch_size=BATCH_SIZE, steps=bench_steps, repeats=repeats, device=device)
@@ -116,6 +118,14 @@ speed, memory = statistics.median(speeds), statistics.median(memories)
 print(f"focus_adapter / mrs_adapter on {bench_model}, batch {BATCH_SIZE}, median of {repeats} round(s):")
 print(f"  throughput x{speed:.2f} (rounds {min(speeds):.2f} to {max(speeds):.2f}; CMER paper: 1.4x vs its baselines)")
 print(f"  peak memory x{memory:.2f} (rounds {min(memories):.2f} to {max(memories):.2f}; CMER paper: -49%, i.e. x0.51)")
+if "focus_adapter:floor" in by:
+    floor = by["focus_adapter:floor"]
+    floor_speed = statistics.median(floor["samples_per_s_runs"][k] / by["mrs_adapter"]["samples_per_s_runs"][k]
+                                    for k in rounds)
+    floor_memory = statistics.median(floor["peak_memory_bytes_runs"][k] / by["mrs_adapter"]["peak_memory_bytes_runs"][k]
+                                     for k in rounds)
+    print(f"  its floor (frozen forward + side network alone), same rounds: throughput x{floor_speed:.2f}, "
+          f"peak memory x{floor_memory:.2f}")
 
 # %% [markdown]
 # Why the side branch wins on both:
@@ -332,6 +342,8 @@ record(cfg.output_dir, bench_model=bench_model, device=device, batch_size=BATCH_
        bench=[{k: r[k] for k in ("method", "trainable", "samples_per_s", "peak_memory_bytes")} for r in results],
        focus_vs_mrs_throughput=speed, focus_vs_mrs_memory=memory, bench_repeats=repeats,
        focus_vs_mrs_throughput_rounds=speeds, focus_vs_mrs_memory_rounds=memories,
+       floor_vs_mrs_throughput=floor_speed if "focus_adapter:floor" in by else None,
+       floor_vs_mrs_memory=floor_memory if "focus_adapter:floor" in by else None,
        memory_mb_by_batch={m: {str(b): v for b, v in pts.items()} for m, pts in mem_rows.items()},
        cache_speedup=timing["speedup"], cache_build_seconds=timing["cache_build_seconds"],
        cost_figure=[{k: p[k] for k in ("label", "epochs", "seconds", "zoo_wall_seconds", "memory_bytes", "val_mr",
@@ -443,7 +455,7 @@ print(f"val mR after epoch 1: {curve[0]:.2f}; after {len(curve)} epoch{'s' if le
 # %% tags=["instructor"]
 GIB = 2**30
 estimates = {}
-for r in results:
+for r in (r for r in results if not r["method"].endswith(":floor")):
     activations = r["saved_for_backward_bytes"] * 128 / BATCH_SIZE
     states = 4 * r["total"] + 12 * r["trainable"]
     estimates[r["method"]] = activations + states

@@ -62,3 +62,8 @@ def device(text: str) -> str:
 
 
 POSITIVE, NON_NEGATIVE = at_least(1), at_least(0)
+
+
+def comma_separated(text: str) -> tuple[str, ...]:
+    """``"ivf, ivfpq"`` -> ``("ivf", "ivfpq")``: names, empty ones left out (the command checks them)."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())

@@ -66,8 +66,10 @@ def measure(model_name: str, method: str, *, batch_size: int = 32, steps: int = 
     """
     from rsretrieval.methods import apply_method, wrap_tokenizer
     from rsretrieval.models import autocast, count_parameters, create_model, select_device
+    from rsretrieval.models.utils import logit_scale
     from rsretrieval.training.tasks import Batch, build_task
 
+    method, floor = _floor_of(method)
     if threads:
         torch.set_num_threads(threads)
     dev = select_device(device)
@@ -84,9 +86,19 @@ def measure(model_name: str, method: str, *, batch_size: int = 32, steps: int = 
     batch = Batch(image_ids=ids, caption_ids=torch.arange(batch_size, device=dev), captions=[], pixels=images,
                   tokens=tokens)
 
+    if floor and not hasattr(model, "branch_image"):
+        raise ValueError(f"{method}:floor needs a side-branch method (frozen backbone + side network), "
+                         f"e.g. focus_adapter; {method} trains inside the backbone")
+
     def step() -> None:
         with autocast(dev, enabled=amp):
-            losses = task(batch)
+            if floor:  # the frozen forward, then the side network alone on its outputs
+                img_feats, txt_feats = model.frozen_image_features(images), model.frozen_text_features(tokens)
+                img = torch.nn.functional.normalize(model.branch_image(*img_feats), dim=-1)
+                txt = torch.nn.functional.normalize(model.branch_text(*txt_feats), dim=-1)
+                losses = task.loss(img, txt, logit_scale(model), ids)
+            else:
+                losses = task(batch)
             total_loss = sum(v for k, v in losses.items() if k.endswith("_loss"))
         total_loss.backward()
         opt.step()
@@ -108,13 +120,23 @@ def measure(model_name: str, method: str, *, batch_size: int = 32, steps: int = 
     if saved is None:
         saved = saved_tensor_bytes(step, task.parameters())
     out = {
-        "method": method, "model": model_name, "device": dev.type, "batch_size": batch_size, "steps": steps,
+        "method": method + (FLOOR if floor else ""), "model": model_name, "device": dev.type, "batch_size": batch_size, "steps": steps,
         "grad_checkpointing": grad_checkpointing, "amp": amp and dev.type == "cuda", "saved_for_backward_bytes": saved,
         "trainable": trainable, "total": total, "seconds": seconds, "samples_per_s": batch_size * steps / seconds,
         "peak_memory_bytes": torch.cuda.max_memory_allocated() if dev.type == "cuda" else peak_rss_bytes(),
         "memory_method": "cuda max_memory_allocated" if dev.type == "cuda" else "peak RSS of the process",
     }
     return out
+
+
+FLOOR = ":floor"
+
+
+def _floor_of(method: str) -> tuple[str, bool]:
+    """``focus_adapter:floor`` -> (``focus_adapter``, True): the method's frozen forward and its side
+    network timed as one step with nothing else (no recomputation, no hooks' bookkeeping), the least
+    a side-branch step can cost on this machine."""
+    return (method[:-len(FLOOR)], True) if method.endswith(FLOOR) else (method, False)
 
 
 def peak_rss_bytes() -> int:
@@ -129,6 +151,27 @@ def peak_rss_bytes() -> int:
 
     scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux kilobytes
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def machine_info(command: str, options: dict[str, Any]) -> dict[str, Any]:
+    """How a benchmark was called (``python -m rsretrieval COMMAND`` with its parsed ``options``; a folder
+    given as ``store`` is written DIR) and what it ran on, to store beside its numbers."""
+    import os
+    import platform
+
+    value = (lambda k, v: "DIR" if k == "store" else ",".join(v) if isinstance(v, tuple) else v)  # noqa: E731
+    flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {value(k, v)}")
+             for k, v in options.items()
+             if k not in ("func", "json", "debug", "command") and v is not None and v is not False]
+    command = " ".join(["python -m rsretrieval", command, *flags])
+
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or platform.machine()
+    return {"command": command, "cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d")}
 
 
 def run_isolated(model_name: str, method: str, **kwargs: Any) -> dict[str, Any]:
@@ -171,7 +214,7 @@ def bench(model_name: str, methods: list[str], *, batch_size: int = 32, steps: i
     if not methods:
         raise ValueError("no methods to bench: name them, e.g. --methods full,mrs_adapter")
     for method in methods:
-        get_method(method)  # an unknown name fails here, before any process starts
+        get_method(_floor_of(method)[0])  # an unknown name fails here, before any process starts
     check_model_name(model_name)
     if batch_size < 1 or steps < 1 or warmup < 0 or repeats < 1:
         raise ValueError(f"need batch_size >= 1, steps >= 1, warmup >= 0 and repeats >= 1; got {batch_size}, "

@@ -16,7 +16,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from rsretrieval.argtypes import NON_NEGATIVE, POSITIVE, device, port, positive, share
+from rsretrieval.argtypes import NON_NEGATIVE, POSITIVE, comma_separated, device, port, positive, share
 from rsretrieval.files import atomic_write_text
 
 
@@ -287,10 +287,12 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_search(args: argparse.Namespace) -> int:
+    from rsretrieval.bench import machine_info
     from rsretrieval.search.vectors import bench_search, format_bench
 
     result = bench_search(args.vectors, args.dim, args.queries, args.k, uniform=args.uniform, pq_m=args.pq_m,
-                          seed=args.seed)
+                          seed=args.seed, backends=args.index, store=args.store, exact_queries=args.exact_queries)
+    result["measured_with"] = machine_info("bench-search", vars(args))
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     print(format_bench(result))
@@ -568,7 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="training throughput and peak memory per method, one process each")
     p.add_argument("--model", default="ViT-B-32")
-    p.add_argument("--methods", default="full,mrs_adapter", help="comma-separated; ratios are to the first")
+    p.add_argument("--methods", default="full,mrs_adapter", help="comma-separated; ratios are to the first; "
+                   "METHOD:floor: a side branch's frozen forward and side network alone")
     p.add_argument("--batch-size", type=POSITIVE, default=32)
     p.add_argument("--steps", type=POSITIVE, default=3, help="timed steps, after --warmup untimed ones")
     p.add_argument("--warmup", type=NON_NEGATIVE, default=1)
@@ -658,6 +661,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=POSITIVE, default=10)
     p.add_argument("--uniform", action="store_true", help="uniform on the sphere: the structure-free worst case")
     p.add_argument("--pq-m", type=POSITIVE, default=64, help="IVF-PQ bytes per vector")
+    p.add_argument("--index", type=comma_separated, default=("ivf", "ivfpq"), help="FAISS indexes to build: ivf,ivfpq")
+    p.add_argument("--store", metavar="DIR", help="vectors (float16) and FAISS files in DIR, measured as served")
+    p.add_argument("--exact-queries", type=POSITIVE, default=50, help="queries that time exact search")
     p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--json", default=None)
     p.set_defaults(func=cmd_bench_search)

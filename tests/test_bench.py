@@ -1,6 +1,7 @@
 """What the benchmark counts: activations autograd keeps, each storage once, weights left out, and
 only while they live; repeated, interleaved runs reported as medians with their spread."""
 
+import pytest
 import torch
 from torch.utils.checkpoint import checkpoint
 
@@ -38,3 +39,14 @@ def test_checkpointed_blocks_keep_their_inputs_and_recompute_one_block_at_a_time
     activation = 256 * 64 * F32
     assert saved_tensor_bytes(lambda: step(False)) == 6 * 2 * activation  # each block's input and pre-GELU
     assert saved_tensor_bytes(lambda: step(True)) == 6 * activation  # the inputs; a recomputed block is freed
+
+
+def test_the_floor_of_a_side_branch_is_its_frozen_forward_and_side_network_alone():
+    from rsretrieval.bench import measure
+
+    floor = measure("tiny", "focus_adapter:floor", batch_size=4, steps=1)
+    plain = measure("tiny", "focus_adapter", batch_size=4, steps=1)
+    assert floor["method"] == "focus_adapter:floor" and floor["samples_per_s"] > 0
+    assert floor["trainable"] == plain["trainable"]  # the same side network, trained the same way
+    with pytest.raises(ValueError, match="mrs_adapter:floor needs a side-branch method"):
+        measure("tiny", "mrs_adapter:floor", batch_size=4, steps=1)

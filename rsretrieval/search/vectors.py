@@ -13,13 +13,15 @@ since vectors are normalised) -- behind one interface, :class:`VectorSearch`:
   candidates are re-ranked exactly when the float vectors are at hand.
 
 ``auto`` picks exact below 50,000 vectors and IVF above: below that size exact search is both
-fast enough (a few ms) and free of tuning.
+fast enough (a few ms) and free of tuning. A build reads the archive in blocks (it may be float16
+on disk, larger than memory) and assigns each vector its cell with one matrix product per block.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -33,7 +35,11 @@ from rsretrieval.errors import lazy_import
 EXACT_LIMIT = 50_000
 IVF_FLAT_BYTES = 2 * 2**30  # auto: IVF-Flat while its float32 lists fit in this, IVF-PQ above
 _CHUNK = 262_144  # rows converted to float32 at a time
+_SCORES = 2**26  # floats in one block of exact scores (256 MB)
+_SELECT = 64  # queries whose top-k are selected at a time
 _TUNE_QUERIES = 200  # bench_search's held-out queries for tuning nprobe
+MAX_RERANK = 200  # IVF-PQ re-ranks at most this many candidates per result asked for
+_ADD_CHUNK = 65_536  # rows encoded into FAISS at a time (PQ encoding holds a few copies of the block)
 
 
 def _faiss():
@@ -134,26 +140,66 @@ def load_search(path: str | Path, params: SearchParams, vectors: np.ndarray, *, 
 
 
 def exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int, chunk: int = _CHUNK):
-    """Exact top-k by inner product, in chunks of the archive so memory stays bounded."""
+    """Exact top-k by inner product, in chunks of the archive (and of the queries when there are many)
+    so that memory stays bounded: a score block holds at most ``_SCORES`` floats."""
     best_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
     best_i = np.full((len(queries), k), -1, dtype=np.int64)
-    for start in range(0, len(vectors), chunk):
-        block = np.asarray(vectors[start:start + chunk], dtype=np.float32)
+    chunk = max(k, min(chunk, _SCORES // max(1, len(queries))))
+    for start, block in _blocks(vectors, chunk):
         scores = queries @ block.T  # [q, chunk]
         kk = min(k, scores.shape[1])
-        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
-        cand_s = np.concatenate([best_s, np.take_along_axis(scores, part, 1)], axis=1)
-        cand_i = np.concatenate([best_i, part + start], axis=1)
-        order = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
-        best_s, best_i = np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_i, order, 1)
+        for q in range(0, len(queries), _SELECT):  # argpartition's int64 output is twice the scores' size
+            rows = slice(q, q + _SELECT)
+            part = np.argpartition(scores[rows], scores.shape[1] - kk, axis=1)[:, -kk:]
+            cand_s = np.concatenate([best_s[rows], np.take_along_axis(scores[rows], part, 1)], axis=1)
+            cand_i = np.concatenate([best_i[rows], part + start], axis=1)
+            order = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
+            best_s[rows], best_i[rows] = np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_i, order, 1)
     return best_s, best_i
+
+
+def _release(vectors: np.ndarray) -> None:
+    """Hand the pages of a read-only memory-mapped array back to the page cache: they stay cached
+    but leave this process's resident set, so a pass over an archive larger than memory does not
+    grow it (a private or writable mapping is left alone: its pages may hold changes)."""
+    mapping = getattr(vectors, "_mmap", None)  # numpy.memmap's mmap.mmap
+    if mapping is not None and getattr(vectors, "mode", None) == "r" and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)
+
+
+def _blocks(vectors: np.ndarray, chunk: int = _CHUNK):
+    """(start, float32 block) over ``vectors`` in chunks of rows, releasing a memory map's pages after each."""
+    for start in range(0, len(vectors), chunk):
+        yield start, np.ascontiguousarray(vectors[start:start + chunk], dtype=np.float32)
+        _release(vectors)
 
 
 def _rows(vectors: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Rows ``ids`` as float32, read in id order (sequential reads of an array on disk)."""
     order = np.argsort(ids)
     out = np.empty((len(ids), vectors.shape[1]), dtype=np.float32)
-    out[order] = vectors[ids[order]]
+    read = _read_rows(vectors, ids[order])
+    out[order] = read if read is not None else vectors[ids[order]]
+    return out
+
+
+def _read_rows(vectors: np.ndarray, ids: np.ndarray) -> np.ndarray | None:
+    """Rows of a memory-mapped ``.npy`` file read with ``pread`` instead of through the map: a page
+    fault maps a whole cached folio (up to megabytes) into the process for one 1 KB row, so random
+    rows read through the map would fill the resident set with the archive. None if not such a file."""
+    base = getattr(vectors, "base", None)
+    if not isinstance(vectors, np.memmap) or not isinstance(base, mmap.mmap) or not vectors.flags.c_contiguous:
+        return None
+    row = vectors.shape[1] * vectors.itemsize
+    out = np.empty((len(ids), vectors.shape[1]), dtype=vectors.dtype)
+    view = memoryview(out).cast("B")
+    fd = os.open(vectors.filename, os.O_RDONLY)
+    try:
+        for j, i in enumerate(ids.tolist()):
+            if os.preadv(fd, [view[j * row:(j + 1) * row]], vectors.offset + i * row) != row:
+                raise OSError(f"{vectors.filename}: row {i} is cut short (the file is truncated)")
+    finally:
+        os.close(fd)
     return out
 
 
@@ -242,11 +288,11 @@ def build(
     index.train(_rows(vectors, rng.choice(n, size=min(n, 40 * nlist), replace=False)))
     given = assignment is not None
     assignment = assignment if given else np.empty(n, dtype=np.int64)
-    for start in range(0, n, _CHUNK):  # in chunks: the archive may be float16 on disk, larger than memory
-        block = np.ascontiguousarray(vectors[start:start + _CHUNK], dtype=np.float32)
+    centres = quantizer.reconstruct_n(0, nlist)
+    for start, block in _blocks(vectors, _ADD_CHUNK):
         cells = assignment[start:start + len(block)]
-        if not given:
-            cells[:] = quantizer.search(block, 1)[1][:, 0]
+        if not given:  # numpy's BLAS: several times faster here than FAISS's flat scan, and as exact
+            cells[:] = _nearest(block, centres)
         cells = np.ascontiguousarray(cells)
         index.add_core(len(block), faiss.swig_ptr(block), None, faiss.swig_ptr(cells))  # add() with cells given
     params = SearchParams(backend, nlist=nlist, m=m if backend == "ivfpq" else 0,
@@ -255,8 +301,20 @@ def build(
     if tune_queries is None:
         picks = _rows(vectors, rng.choice(n, size=min(n, 200), replace=False))
         tune_queries = _normalise(picks + rng.normal(0, 0.05, picks.shape).astype(np.float32))
-    tune_nprobe(search, tune_queries, k=k, target=target_recall, truth=tune_truth)
+    if tune_truth is None:
+        _, tune_truth = exact_topk(vectors, tune_queries, k)
+    recall = tune_nprobe(search, tune_queries, k=k, target=target_recall, truth=tune_truth)
+    # PQ's approximate distances miss true neighbours past the re-ranked candidates: look deeper
+    while backend == "ivfpq" and recall < target_recall and params.rerank < MAX_RERANK * k:
+        params.rerank = min(2 * params.rerank, MAX_RERANK * k)
+        recall = tune_nprobe(search, tune_queries, k=k, target=target_recall, truth=tune_truth)
     return search
+
+
+def _nearest(block: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Each row's centre of largest inner product, with score blocks of at most ``_SCORES`` floats."""
+    step = max(1, _SCORES // len(centres))
+    return np.concatenate([np.argmax(block[i:i + step] @ centres.T, axis=1) for i in range(0, len(block), step)])
 
 
 def tune_nprobe(search: VectorSearch, queries: np.ndarray, *, k: int = 10, target: float = 0.95,
@@ -287,13 +345,8 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def synthetic_vectors(n: int, dim: int, *, clusters: int = 1000, spread: float = 0.5, uniform: bool = False,
-                      seed: int = 0) -> np.ndarray:
-    """Seeded unit vectors: a mixture of ``clusters`` Gaussian clusters (a stand-in for real embeddings,
-    which cluster by scene and content), or uniform on the sphere (``uniform``: the structure-free
-    worst case for any index)."""
+def _synthetic_blocks(n: int, dim: int, clusters: int, spread: float, uniform: bool, seed: int):
     rng = np.random.default_rng(seed)
-    out = np.empty((n, dim), dtype=np.float32)
     centres = _normalise(rng.standard_normal((clusters, dim)).astype(np.float32))
     step = 100_000
     for s in range(0, n, step):
@@ -301,8 +354,33 @@ def synthetic_vectors(n: int, dim: int, *, clusters: int = 1000, spread: float =
         x = rng.standard_normal((size, dim), dtype=np.float32)
         if not uniform:
             x = centres[rng.integers(0, clusters, size)] + spread / math.sqrt(dim) * x
-        out[s:s + size] = _normalise(x)
+        yield s, _normalise(x)
+
+
+def synthetic_vectors(n: int, dim: int, *, clusters: int = 1000, spread: float = 0.5, uniform: bool = False,
+                      seed: int = 0) -> np.ndarray:
+    """Seeded unit vectors: a mixture of ``clusters`` Gaussian clusters (a stand-in for real embeddings,
+    which cluster by scene and content), or uniform on the sphere (``uniform``: the structure-free
+    worst case for any index)."""
+    out = np.empty((n, dim), dtype=np.float32)
+    for s, block in _synthetic_blocks(n, dim, clusters, spread, uniform, seed):
+        out[s:s + len(block)] = block
     return out
+
+
+def write_synthetic_vectors(path: str | Path, n: int, dim: int, *, uniform: bool = False, seed: int = 0,
+                            dtype: str = "float16") -> np.ndarray:
+    """:func:`synthetic_vectors` written block by block to an ``.npy`` file and returned memory-mapped
+    read-only: an archive larger than memory, as :class:`~rsretrieval.search.archive.ImageIndex` keeps one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.lib.format.write_array_header_2_0(f, {"descr": np.dtype(dtype).str, "fortran_order": False,
+                                                 "shape": (n, dim)})
+        for _, block in _synthetic_blocks(n, dim, 1000, 0.5, uniform, seed):
+            f.write(block.astype(dtype).tobytes())
+    os.replace(tmp, path)
+    return np.load(path, mmap_mode="r")
 
 
 def _latencies_ms(fn, queries: np.ndarray, k: int) -> np.ndarray:
@@ -316,32 +394,55 @@ def _latencies_ms(fn, queries: np.ndarray, k: int) -> np.ndarray:
 
 def bench_search(n: int = 1_000_000, dim: int = 512, queries: int = 1000, k: int = 10, *, uniform: bool = False,
                  exact_queries: int = 50, target_recall: float = 0.95, pq_m: int = 64, seed: int = 0,
+                 backends: tuple[str, ...] = ("ivf", "ivfpq"), store: str | Path | None = None,
                  progress: bool = True) -> dict[str, Any]:
-    """Build exact, IVF and IVF-PQ search over ``n`` synthetic vectors and measure them.
+    """Build exact search and the FAISS ``backends`` over ``n`` synthetic vectors and measure them.
 
     Single-query latency is timed one query at a time (the interactive case). Exact latency is timed
     on ``exact_queries`` queries (it is slow and steady); the recall of each FAISS index is measured
     against exact top-k on all ``queries``, and ``nprobe`` is tuned on 200 others. IVF-PQ is built
-    on IVF's cells (``ivfpq_build_s`` leaves out the k-means and assignment that ``faiss_build_s``
-    counts).
+    on IVF's cells when both are asked for (``ivfpq_build_s`` then leaves out the k-means and
+    assignment that ``faiss_build_s`` counts).
+
+    ``store``: a folder that gets the vectors as a float16 ``.npy`` file (written block by block and
+    memory-mapped, as an index keeps its embeddings) and each FAISS index as a file, which is read
+    back memory-mapped and measured as ``serve`` would use it; the archive is never in memory as
+    float32. ``peak_rss_bytes`` is the whole run's peak resident set (page cache is not in it).
     """
+    from rsretrieval.bench import peak_rss_bytes
+
     def say(msg: str) -> None:
         if progress:
             print(msg, flush=True)
 
-    for name, value in (("n", n), ("dim", dim), ("queries", queries), ("k", k), ("pq_m", pq_m)):
+    for name, value in (("n", n), ("dim", dim), ("queries", queries), ("k", k), ("pq_m", pq_m),
+                        ("exact_queries", exact_queries)):
         if value < 1:
             raise ValueError(f"bench_search needs {name} >= 1, got {value}")
     if k > n:
         raise ValueError(f"k={k} is more than the {n} vectors searched")
-    check_pq_split(dim, pq_m)  # before anything is built
+    unknown = [b for b in backends if b not in ("ivf", "ivfpq")]
+    if unknown or not backends:
+        raise ValueError(f"backends must be among ivf, ivfpq, not {', '.join(unknown) or 'none'}")
+    if "ivfpq" in backends:
+        check_pq_split(dim, pq_m)  # before anything is built
+    if "ivf" in backends and store is not None and n * dim * 4 > _memory_bytes() // 2:
+        raise ValueError(f"IVF-Flat keeps every vector as float32 in memory: {n:,} x {dim} is "
+                         f"{n * dim * 4 / 2**30:.1f} GiB, "
+                         "more than half of this machine's; measure IVF-PQ alone (bench-search --index ivfpq)")
     t0 = time.perf_counter()
-    vectors = synthetic_vectors(n, dim, uniform=uniform, seed=seed)
+    folder = Path(store) if store is not None else None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        vectors = write_synthetic_vectors(folder / "vectors.npy", n, dim, uniform=uniform, seed=seed)
+    else:
+        vectors = synthetic_vectors(n, dim, uniform=uniform, seed=seed)
     # measured queries, then 200 held-out ones that tune nprobe: near the data, as real queries are
     qs = synthetic_vectors(queries + _TUNE_QUERIES, dim, uniform=uniform, seed=seed)  # same cluster centres
     rng = np.random.default_rng(seed + 1)
     qs = _normalise(qs + rng.normal(0, 0.5 / math.sqrt(dim), qs.shape).astype(np.float32))
-    say(f"data: {n:,} x {dim} {'uniform' if uniform else 'clustered'} in {time.perf_counter() - t0:.1f} s")
+    say(f"data: {n:,} x {dim} {'uniform' if uniform else 'clustered'}"
+        f"{' float16 on disk' if folder else ''} in {time.perf_counter() - t0:.1f} s")
 
     t = time.perf_counter()
     _, truth_all = exact_topk(vectors, qs, k)  # one pass over the archive for both query sets
@@ -352,18 +453,31 @@ def bench_search(n: int = 1_000_000, dim: int = 512, queries: int = 1000, k: int
     result: dict[str, Any] = {"n": n, "dim": dim, "queries": queries, "k": k, "uniform": uniform,
                               "exact_p50_ms": float(np.median(exact_lat)),
                               "exact_p95_ms": float(np.percentile(exact_lat, 95)),
-                              "exact_memory_bytes": int(vectors.nbytes), "exact_bytes_per_vector": 4 * dim}
+                              "exact_memory_bytes": n * dim * 4, "exact_bytes_per_vector": 4 * dim,
+                              "vectors_file_bytes": (folder / "vectors.npy").stat().st_size if folder else 0}
     ivf = None
-    for backend in ("ivf", "ivfpq"):
+    for backend in backends:
         t = time.perf_counter()
         # IVF-PQ reuses IVF's cells (k-means and assignment of the same vectors): its build time is its own work
         search = build(vectors, backend, k=k, target_recall=target_recall, m=pq_m, tune_queries=tune,
                        tune_truth=tune_truth, cells_of=ivf, seed=seed)
         build_s = time.perf_counter() - t
-        found = search.search(qs, k)[1]
-        lat = _latencies_ms(search.search, qs, k)
         prefix = "faiss" if backend == "ivf" else "ivfpq"
         mem = search.memory_bytes()
+        if folder is not None:  # measured as served: the file read back, its lists memory-mapped
+            save_search(search, folder / f"{backend}.faiss")
+            result[f"{prefix}_file_bytes"] = (folder / f"{backend}.faiss").stat().st_size
+            params = search.params
+            if backend == "ivf" and "ivfpq" in backends:
+                search.index.reset()
+                ivf = search
+            del search
+            t = time.perf_counter()
+            search = load_search(folder / f"{backend}.faiss", params, vectors)
+            result[f"{prefix}_load_s"] = time.perf_counter() - t
+        found = search.search(qs, k)[1]
+        _release(vectors)
+        lat = _latencies_ms(search.search, qs, k)
         result.update({
             f"{prefix}_build_s": build_s, f"{prefix}_params": asdict(search.params),
             f"{prefix}_recall_at_k": recall_at_k(found, truth),
@@ -372,16 +486,25 @@ def bench_search(n: int = 1_000_000, dim: int = 512, queries: int = 1000, k: int
         })
         say(f"{backend}: build {build_s:.1f} s, recall@{k} {result[f'{prefix}_recall_at_k']:.3f}, "
             f"p50 {result[f'{prefix}_p50_ms']:.2f} ms, {mem / n:.0f} bytes/vector")
-        if backend == "ivf":
+        if backend == "ivf" and folder is None and "ivfpq" in backends:
             search.index.reset()  # the inverted lists (a copy of the vectors) go; the cells stay for IVF-PQ
             ivf = search
         del search
-    result["speedup_p50"] = result["exact_p50_ms"] / result["faiss_p50_ms"]
+    fastest = "faiss" if "ivf" in backends else "ivfpq"
+    result["speedup_p50"] = result["exact_p50_ms"] / result[f"{fastest}_p50_ms"]
+    result["peak_rss_bytes"] = peak_rss_bytes()
     return result
 
 
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 2**63
+
+
 def format_bench(result: dict[str, Any]) -> str:
-    """A plain-text table of :func:`bench_search`'s result."""
+    """A plain-text table of :func:`bench_search`'s result, and its peak memory and files."""
     rows = [("exact", result["exact_p50_ms"], result["exact_p95_ms"], 1.0, result["exact_bytes_per_vector"], 0.0)]
     for prefix, label in (("faiss", "faiss ivf"), ("ivfpq", "faiss ivf-pq")):
         if f"{prefix}_p50_ms" in result:
@@ -391,7 +514,50 @@ def format_bench(result: dict[str, Any]) -> str:
     head = f"{'index':14s} {'p50 ms':>8s} {'p95 ms':>8s} {'recall@' + str(result['k']):>10s} {'bytes/vec':>10s} {'build s':>8s}"
     lines = [f"{result['n']:,} x {result['dim']} ({'uniform' if result['uniform'] else 'clustered'})", head]
     lines += [f"{r[0]:14s} {r[1]:8.2f} {r[2]:8.2f} {r[3]:10.3f} {r[4]:10.0f} {r[5]:8.1f}" for r in rows]
+    files = [f"{name} {result[key] / 2**30:.2f} GiB" for name, key in
+             (("vectors (float16)", "vectors_file_bytes"), ("ivf.faiss", "faiss_file_bytes"),
+              ("ivfpq.faiss", "ivfpq_file_bytes")) if result.get(key)]
+    if files:
+        lines.append("files: " + ", ".join(files))
+    if "peak_rss_bytes" in result:
+        lines.append(f"peak RSS of the run: {result['peak_rss_bytes'] / 2**30:.2f} GiB")
     return "\n".join(lines)
+
+
+def memory_per_million(dim: int, pq_m: int = 64, nlist: int = 2000) -> list[dict[str, Any]]:
+    """What a million ``dim``-dimensional vectors cost each way of serving them, in bytes: ``resident``
+    (what must stay in memory for queries to be fast) and ``disk`` (the index folder: the float16
+    embeddings that every index keeps, plus the FAISS file). From the formats' sizes: a FAISS list
+    entry is its code and an 8-byte id; the cells' centres are ``nlist`` float32 vectors."""
+    million, f16, centres = 1_000_000, 2 * dim, nlist * dim * 4
+    ivf, pq = million * (4 * dim + 8) + centres, million * (pq_m + 8) + centres + 256 * dim * 4
+    return [
+        {"layout": "exact, float32 in memory", "resident": million * 4 * dim, "disk": million * f16},
+        {"layout": "exact, float16 memory-mapped", "resident": million * f16, "disk": million * f16,
+         "note": "resident as page cache; read whole for every query"},
+        {"layout": "IVF-Flat", "resident": ivf, "disk": ivf + million * f16},
+        {"layout": f"IVF-PQ ({pq_m} B/vector), re-ranked from float16 on disk", "resident": pq,
+         "disk": pq + million * f16, "note": "the re-ranked rows come from the page cache"},
+    ]
+
+
+def format_memory(rows: list[dict[str, Any]]) -> str:
+    """:func:`memory_per_million`'s rows as a table in GiB."""
+    width = max(len(r["layout"]) for r in rows)
+    lines = [f"{'per million vectors':{width}s} {'resident GiB':>12s} {'disk GiB':>9s}"]
+    lines += [f"{r['layout']:{width}s} {r['resident'] / 2**30:12.3f} {r['disk'] / 2**30:9.3f}"
+              + (f"  ({r['note']})" if r.get("note") else "") for r in rows]
+    return "\n".join(lines)
+
+
+MEASURED = Path(__file__).with_name("measured")
+
+
+def measured_bench(name: str = "bench-search-10m-ivfpq") -> dict[str, Any] | None:
+    """A ``bench-search --json`` result this repository measured and keeps (``search/measured/``; its
+    ``measured_with`` says the command and machine); None when the file is not there."""
+    path = MEASURED / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def dumps(result: dict[str, Any]) -> str:
