@@ -107,6 +107,7 @@ def test_random_rows_of_a_file_are_read_without_mapping_it(tmp_path):
     expected = np.asarray(on_disk, dtype=np.float32)[ids]
     vectors._release(on_disk)
     assert vectors._read_rows(on_disk[:10], ids[:3]) is None  # a view: read through the map
+    assert vectors._read_rows(np.load(tmp_path / "v.npy", mmap_mode="c"), ids[:3]) is None  # changes not in the file
     before = _resident_file_kb()
     np.testing.assert_array_equal(vectors._rows(on_disk, ids), expected)
     assert _resident_file_kb() - before < 1_000  # not the 6 MB file's pages

@@ -186,9 +186,11 @@ def _rows(vectors: np.ndarray, ids: np.ndarray) -> np.ndarray:
 def _read_rows(vectors: np.ndarray, ids: np.ndarray) -> np.ndarray | None:
     """Rows of a memory-mapped ``.npy`` file read with ``pread`` instead of through the map: a page
     fault maps a whole cached folio (up to megabytes) into the process for one 1 KB row, so random
-    rows read through the map would fill the resident set with the archive. None if not such a file."""
+    rows read through the map would fill the resident set with the archive. None if not such a file
+    (or a copy-on-write map, whose changes the file does not hold)."""
     base = getattr(vectors, "base", None)
-    if not isinstance(vectors, np.memmap) or not isinstance(base, mmap.mmap) or not vectors.flags.c_contiguous:
+    if (not isinstance(vectors, np.memmap) or not isinstance(base, mmap.mmap) or not vectors.flags.c_contiguous
+            or vectors.mode == "c"):
         return None
     row = vectors.shape[1] * vectors.itemsize
     out = np.empty((len(ids), vectors.shape[1]), dtype=vectors.dtype)
