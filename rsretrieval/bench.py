@@ -120,7 +120,8 @@ def measure(model_name: str, method: str, *, batch_size: int = 32, steps: int = 
     if saved is None:
         saved = saved_tensor_bytes(step, task.parameters())
     out = {
-        "method": method + (FLOOR if floor else ""), "model": model_name, "device": dev.type, "batch_size": batch_size, "steps": steps,
+        "method": method + (FLOOR if floor else ""), "model": model_name, "device": dev.type,
+        "batch_size": batch_size, "steps": steps,
         "grad_checkpointing": grad_checkpointing, "amp": amp and dev.type == "cuda", "saved_for_backward_bytes": saved,
         "trainable": trainable, "total": total, "seconds": seconds, "samples_per_s": batch_size * steps / seconds,
         "peak_memory_bytes": torch.cuda.max_memory_allocated() if dev.type == "cuda" else peak_rss_bytes(),
