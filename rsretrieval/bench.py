@@ -160,11 +160,15 @@ def machine_info(command: str, options: dict[str, Any]) -> dict[str, Any]:
     import os
     import platform
 
-    value = (lambda k, v: "DIR" if k == "store" else ",".join(v) if isinstance(v, tuple) else v)  # noqa: E731
-    flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {value(k, v)}")
-             for k, v in options.items()
-             if k not in ("func", "json", "debug", "command") and v is not None and v is not False]
-    command = " ".join(["python -m rsretrieval", command, *flags])
+    def flag(key: str, value: Any) -> str:
+        name = f"--{key.replace('_', '-')}"
+        if value is True:
+            return name
+        return f"{name} {'DIR' if key == 'store' else ','.join(value) if isinstance(value, tuple) else value}"
+
+    command = " ".join(["python -m rsretrieval", command, *(
+        flag(k, v) for k, v in options.items()
+        if k not in ("func", "json", "debug", "command") and v is not None and v is not False)])
 
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()

@@ -290,7 +290,7 @@ def build(
     index.train(_rows(vectors, rng.choice(n, size=min(n, 40 * nlist), replace=False)))
     given = assignment is not None
     assignment = assignment if given else np.empty(n, dtype=np.int64)
-    centres = quantizer.reconstruct_n(0, nlist)
+    centres = None if given else quantizer.reconstruct_n(0, nlist)
     for start, block in _blocks(vectors, _ADD_CHUNK):
         cells = assignment[start:start + len(block)]
         if not given:  # numpy's BLAS: several times faster here than FAISS's flat scan, and as exact
@@ -466,11 +466,13 @@ def bench_search(n: int = 1_000_000, dim: int = 512, queries: int = 1000, k: int
         build_s = time.perf_counter() - t
         prefix = "faiss" if backend == "ivf" else "ivfpq"
         mem = search.memory_bytes()
+        # IVF-PQ is built on IVF's cells: the inverted lists (a copy of the vectors) go, the cells stay
+        keep_cells = backend == "ivf" and "ivfpq" in backends
         if folder is not None:  # measured as served: the file read back, its lists memory-mapped
             save_search(search, folder / f"{backend}.faiss")
             result[f"{prefix}_file_bytes"] = (folder / f"{backend}.faiss").stat().st_size
             params = search.params
-            if backend == "ivf" and "ivfpq" in backends:
+            if keep_cells:  # before the file is read back: both copies of the lists never coexist
                 search.index.reset()
                 ivf = search
             del search
@@ -478,7 +480,6 @@ def bench_search(n: int = 1_000_000, dim: int = 512, queries: int = 1000, k: int
             search = load_search(folder / f"{backend}.faiss", params, vectors)
             result[f"{prefix}_load_s"] = time.perf_counter() - t
         found = search.search(qs, k)[1]
-        _release(vectors)
         lat = _latencies_ms(search.search, qs, k)
         result.update({
             f"{prefix}_build_s": build_s, f"{prefix}_params": asdict(search.params),
@@ -488,8 +489,8 @@ def bench_search(n: int = 1_000_000, dim: int = 512, queries: int = 1000, k: int
         })
         say(f"{backend}: build {build_s:.1f} s, recall@{k} {result[f'{prefix}_recall_at_k']:.3f}, "
             f"p50 {result[f'{prefix}_p50_ms']:.2f} ms, {mem / n:.0f} bytes/vector")
-        if backend == "ivf" and folder is None and "ivfpq" in backends:
-            search.index.reset()  # the inverted lists (a copy of the vectors) go; the cells stay for IVF-PQ
+        if keep_cells and folder is None:
+            search.index.reset()
             ivf = search
         del search
     fastest = "faiss" if "ivf" in backends else "ivfpq"
