@@ -55,8 +55,11 @@ lock: env
 	   | sed -E 's/^((nvidia-[^=]+|triton)==.*)$$/\1 ; sys_platform == "linux" and platform_machine == "x86_64"/'; \
 	 } > requirements-lock.txt.new && mv requirements-lock.txt.new requirements-lock.txt
 
+# One pytest-xdist worker per core (TEST_WORKERS=0 runs the suite in this process, as plain pytest does);
+# worksteal keeps both cores busy while the long notebook runs finish.
+TEST_WORKERS ?= auto
 test: env
-	$(PY) -m pytest -q -rs
+	$(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist worksteal
 
 test-gpu: env
 	RSR_TEST_GPU=1 $(PY) -m pytest -q -m notebook tests/test_notebooks.py

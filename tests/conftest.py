@@ -11,7 +11,13 @@ from PIL import Image
 
 from rsretrieval.data.dataset import CaptionDataset
 
-torch.set_num_threads(2)
+# `make test` runs one pytest-xdist worker per core: each worker (and what it launches) gets its share of
+# the cores, so that two workers' torch thread pools do not spin against each other
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+if _WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+torch.set_num_threads(_THREADS)
 
 COLOURS = {"red": (200, 30, 30), "green": (30, 160, 40), "blue": (30, 60, 200), "white": (240, 240, 240)}
 

@@ -355,6 +355,25 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_dataset_another_process_finished_first_is_kept(tmp_path, monkeypatch):
+    """Two runs (parallel notebooks or test workers) generating one folder: the second keeps the first's
+    folder, which the first may be reading, instead of swapping its own copy in under it."""
+    root = tmp_path / "d"
+    write = generate._write_dataset
+    theirs = {}
+
+    def racing(tmp, params, progress):
+        write(tmp, params, progress)
+        monkeypatch.setattr(generate, "_write_dataset", write)
+        generate_synthrs(root, n_images=6, image_size=48, progress=False)  # the other process wins
+        theirs.update({p.name: p.stat().st_ino for p in (root / "images").iterdir()})
+
+    monkeypatch.setattr(generate, "_write_dataset", racing)
+    assert generate_synthrs(root, n_images=6, image_size=48, progress=False) == root
+    assert {p.name: p.stat().st_ino for p in (root / "images").iterdir()} == theirs  # the same files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # our copy removed, nothing left aside
+
+
 def test_render_scene_api_and_sizes():
     rng = np.random.default_rng(0)
     for size in (48, 160):

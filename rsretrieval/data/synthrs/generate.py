@@ -200,7 +200,8 @@ def generate_synthrs(root: str | Path, *, version: str | None = None, n_images: 
     """Generate SynthRS in RSITMD's layout under ``root`` (or reuse it if already there).
 
     The dataset is written into a temporary sibling folder and renamed into place, so an
-    interrupted run never leaves a half dataset that looks complete.
+    interrupted run never leaves a half dataset that looks complete, and one that a concurrent
+    process finished meanwhile is kept as it is (it may be open there).
 
     Args:
         root: target folder.
@@ -248,7 +249,10 @@ def generate_synthrs(root: str | Path, *, version: str | None = None, n_images: 
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
     try:
         _write_dataset(tmp, params, progress)
-        _swap_in(tmp, root)
+        if generated_params(root) == params and _complete(root, params):
+            shutil.rmtree(tmp)  # another process (a parallel notebook or test) finished the same dataset first
+        else:
+            _swap_in(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
