@@ -80,6 +80,7 @@ memory_batches = [int(b) for b in MEMORY_BATCH_SIZES.split(",")]
 device = str(cfg.device)
 bench_steps = 1 if SMOKE else BENCH_STEPS or (10 if device.startswith("cuda") else 1)
 repeats = 1 if SMOKE else BENCH_REPEATS
+isolate = not SMOKE  # a smoke run measures in this process: no process start per method, no memory figures
 cfg
 
 # %% [markdown]
@@ -101,7 +102,8 @@ cfg
 # machine, so the distance between the two is overhead of ours. Name more in `BENCH_METHODS`.
 
 # %%
-results = bench(bench_model, methods, batch_size=BATCH_SIZE, steps=bench_steps, repeats=repeats, device=device)
+results = bench(bench_model, methods, batch_size=BATCH_SIZE, steps=bench_steps, repeats=repeats, device=device,
+                isolate=isolate)
 print(format_table(results))
 by = {r["method"]: r for r in results}
 
@@ -143,7 +145,8 @@ if "focus_adapter:floor" in by:
 # %%
 mem_rows = {m: {} for m in ("mrs_adapter", "focus_adapter")}
 for b in memory_batches:
-    rows = (bench(bench_model, list(mem_rows), batch_size=b, steps=1, repeats=1, device=device, progress=False)
+    rows = (bench(bench_model, list(mem_rows), batch_size=b, steps=1, repeats=1, device=device, isolate=isolate,
+                  progress=False)
             if b != BATCH_SIZE else [by[m] for m in mem_rows])
     for r in rows:
         mem_rows[r["method"]][b] = r["peak_memory_bytes"] / 2**20
@@ -300,7 +303,7 @@ print(f"one forward of the small network keeps {mine[0] / 1024:.0f} KiB for back
 
 # %%
 checkpointed = bench(bench_model, ["full", "mrs_adapter"], batch_size=BATCH_SIZE, steps=bench_steps,
-                     repeats=repeats, device=device, grad_checkpointing=True, progress=False)
+                     repeats=repeats, device=device, grad_checkpointing=True, isolate=isolate, progress=False)
 ckpt = {r["method"]: r for r in checkpointed}
 rows = [by["full"], ckpt["full"], by["mrs_adapter"], ckpt["mrs_adapter"], by["focus_adapter"]]
 ref = rows[0]
@@ -316,7 +319,7 @@ for m in ("full", "mrs_adapter"):
 print(f"the side branch keeps {by['focus_adapter']['saved_for_backward_bytes'] / 2**20:.1f} MB without checkpointing")
 if device.startswith("cuda"):
     full_precision = bench(bench_model, ["full", "mrs_adapter"], batch_size=BATCH_SIZE, steps=bench_steps,
-                           repeats=repeats, device=device, amp=False, progress=False)
+                           repeats=repeats, device=device, amp=False, isolate=isolate, progress=False)
     for r in full_precision:
         mixed = by[r["method"]]
         print(f"{r['method']}: mixed precision x{mixed['peak_memory_bytes'] / r['peak_memory_bytes']:.2f} peak memory, "
@@ -372,8 +375,8 @@ record(cfg.output_dir, bench_model=bench_model, device=device, batch_size=BATCH_
 # few weights train. Measured the same way as section 1, beside MRS-Adapter and the side branch:
 
 # %% tags=["instructor"]
-prompts = bench(bench_model, ["vpt", "coop"], batch_size=BATCH_SIZE, steps=bench_steps, device=device,
-                progress=False)
+prompts = bench(bench_model, ["vpt", "coop"], batch_size=BATCH_SIZE, steps=bench_steps, repeats=repeats,
+                device=device, isolate=isolate, progress=False)
 compared = [by["mrs_adapter"], *prompts, by["focus_adapter"]]
 print(format_table(compared))
 cheaper = min(prompts, key=lambda r: r["saved_for_backward_bytes"])

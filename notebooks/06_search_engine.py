@@ -289,7 +289,7 @@ clustered = bench_search(bench_vectors, bench_dim, 200 if SMOKE else 300, 10, pq
 print(format_bench(clustered))
 
 # %%
-uniform = bench_search(bench_vectors // (1 if SMOKE else 10), bench_dim, 100 if SMOKE else 300, 10, pq_m=pq_m,
+uniform = bench_search(bench_vectors // (4 if SMOKE else 10), bench_dim, 100 if SMOKE else 300, 10, pq_m=pq_m,
                        uniform=True, seed=SEED)
 print(format_bench(uniform))
 for name, r in (("clustered", clustered), ("uniform", uniform)):

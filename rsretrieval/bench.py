@@ -202,14 +202,16 @@ def run_isolated(model_name: str, method: str, **kwargs: Any) -> dict[str, Any]:
 
 def bench(model_name: str, methods: list[str], *, batch_size: int = 32, steps: int = 3, warmup: int = 1,
           repeats: int = 3, device: str = "cpu", loss: str = "infonce", grad_checkpointing: bool = False,
-          amp: bool = True, progress: bool = True) -> list[dict[str, Any]]:
+          amp: bool = True, isolate: bool = True, progress: bool = True) -> list[dict[str, Any]]:
     """Benchmark each method in its own process, ``repeats`` rounds interleaved (each method once a round,
     the order rotated each round), so that a busy or cooling machine weighs on every method alike.
 
     A row holds the medians of its rounds (``samples_per_s``, ``peak_memory_bytes``, ``seconds``), each
     round's value (``*_runs``), and ratios to the first method: the median over rounds of the ratio
     within a round (``throughput_ratio``, ``memory_ratio``) with its range (``*_range``).
-    ``grad_checkpointing`` and ``amp`` are :func:`measure`'s, for every method.
+    ``grad_checkpointing`` and ``amp`` are :func:`measure`'s, for every method. ``isolate=False`` measures
+    in this process instead (a smoke run's plumbing check: it saves a process start per method, but each
+    method's peak memory then includes every earlier one's, so its memory ratios mean nothing).
     """
     from statistics import median
 
@@ -231,9 +233,10 @@ def bench(model_name: str, methods: list[str], *, batch_size: int = 32, steps: i
         for i in order:
             if progress:
                 print(f"bench {methods[i]} (round {r + 1} of {repeats}) ...", file=sys.stderr, flush=True)
-            got[i] = run_isolated(model_name, methods[i], batch_size=batch_size, steps=steps, warmup=warmup,
-                                  device=device, loss=loss, grad_checkpointing=grad_checkpointing or None,
-                                  amp=None if amp else False)
+            common = dict(batch_size=batch_size, steps=steps, warmup=warmup, device=device, loss=loss)
+            got[i] = (run_isolated(model_name, methods[i], **common, grad_checkpointing=grad_checkpointing or None,
+                                   amp=None if amp else False) if isolate else
+                      measure(model_name, methods[i], **common, grad_checkpointing=grad_checkpointing, amp=amp))
         rounds.append(got)
     results = []
     for i in range(len(methods)):

@@ -50,3 +50,15 @@ def test_the_floor_of_a_side_branch_is_its_frozen_forward_and_side_network_alone
     assert floor["trainable"] == plain["trainable"]  # the same side network, trained the same way
     with pytest.raises(ValueError, match="mrs_adapter:floor needs a side-branch method"):
         measure("tiny", "mrs_adapter:floor", batch_size=4, steps=1)
+
+
+def test_a_bench_in_this_process_starts_no_child_and_keeps_the_rows_shape(monkeypatch):
+    """isolate=False (notebook 05's smoke run): the same rounds and rows, measured here."""
+    from rsretrieval import bench as bench_mod
+
+    monkeypatch.setattr(bench_mod, "run_isolated", lambda *a, **k: pytest.fail("isolate=False started a child"))
+    rows = bench_mod.bench("tiny", ["full", "mrs_adapter"], batch_size=4, steps=1, repeats=2, isolate=False,
+                           grad_checkpointing=True, progress=False)
+    assert [r["method"] for r in rows] == ["full", "mrs_adapter"]
+    assert all(r["grad_checkpointing"] and len(r["samples_per_s_runs"]) == 2 for r in rows)
+    assert rows[0]["throughput_ratio"] == 1.0 and rows[1]["trainable"] < rows[0]["trainable"]

@@ -357,64 +357,16 @@ class BackgroundServer:
         self.thread.join(timeout=10)
 
 
-BENCH_QUERIES = ("two white planes parked beside the terminal", "a port with boats along the pier",
-                 "storage tanks next to a road", "a running track around a green field", "houses among trees",
-                 "a river crossed by a bridge", "many cars in a parking lot", "a sandy beach by the sea")
-
-
-def _clients(url: str, clients: int, requests: int) -> dict[str, Any]:
-    """``clients`` threads, each on its own keep-alive connection, sending text queries in turn."""
-    import http.client
-    from urllib.parse import quote, urlsplit
-
-    host = urlsplit(url)
-    latencies: list[float] = []
-    errors: list[str] = []
-    done = threading.Lock()
-
-    def client(c: int) -> None:
-        conn = http.client.HTTPConnection(host.hostname, host.port, timeout=30)
-        mine = []
-        for r in range(c, requests, clients):
-            q = quote(f"{BENCH_QUERIES[r % len(BENCH_QUERIES)]} {r}")
-            t0 = time.perf_counter()
-            try:
-                conn.request("GET", f"/api/search?q={q}&k=10")
-                response = conn.getresponse()
-                body = response.read()
-                if response.status != 200 or b'"results"' not in body:
-                    raise RuntimeError(f"status {response.status}")
-            except Exception as exc:  # noqa: BLE001 -- every failure is counted and reported
-                with done:
-                    errors.append(str(exc)[:100])
-                conn.close()
-                conn = http.client.HTTPConnection(host.hostname, host.port, timeout=30)
-                continue
-            mine.append((time.perf_counter() - t0) * 1000)
-        conn.close()
-        with done:
-            latencies.extend(mine)
-
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    ms = np.array(latencies) if latencies else np.array([np.nan])
-    return {"requests": requests, "clients": clients, "errors": len(errors), "first_error": errors[0] if errors else None,
-            "p50_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95)), "max_ms": float(ms.max()),
-            "queries_per_s": len(latencies) / wall}
-
-
 def _clients_elsewhere(url: str, clients: int, requests: int) -> dict[str, Any]:
-    """:func:`_clients` in another process, as real clients are (not sharing the server's interpreter lock)."""
+    """The benchmark's clients (``http_clients.py``) in another process, as real clients are (not sharing
+    the server's interpreter lock); run as a script, so that it starts without torch (-P: nothing of
+    this folder shadows what it imports)."""
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "rsretrieval.search.serve", "--clients", url, str(clients),
-                           str(requests)], capture_output=True, text=True, check=False)
+    script = Path(__file__).with_name("http_clients.py")
+    proc = subprocess.run([sys.executable, "-P", str(script), url, str(clients), str(requests)],
+                          capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"the benchmark's clients failed: {proc.stderr.strip().splitlines()[-1:]}")
     return json.loads(proc.stdout)
@@ -477,11 +429,3 @@ def format_bench_serve_line(name: str, s: dict[str, Any], target: float) -> str:
             f"{s['p50_ms']:.1f} ms (target {target:.0f} ms: {s['p50_ms'] / target:.2f} of it), p95 {s['p95_ms']:.1f} ms, "
             f"{s['queries_per_s']:.0f} queries/s, {s['errors']} errors; one client alone: p50 "
             f"{s['one_client_p50_ms']:.1f} ms")
-
-
-if __name__ == "__main__":  # the benchmark's clients: python -m rsretrieval.search.serve --clients URL N REQUESTS
-    import sys
-
-    if len(sys.argv) != 5 or sys.argv[1] != "--clients":
-        sys.exit("usage: python -m rsretrieval.search.serve --clients URL CLIENTS REQUESTS")
-    print(json.dumps(_clients(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))))
