@@ -56,10 +56,11 @@ lock: env
 	 } > requirements-lock.txt.new && mv requirements-lock.txt.new requirements-lock.txt
 
 # One pytest-xdist worker per core (TEST_WORKERS=0 runs the suite in this process, as plain pytest does);
-# worksteal keeps both cores busy while the long notebook runs finish.
+# worksteal keeps both cores busy while the long notebook runs finish. More options: PYTEST_ARGS="-k serve".
 TEST_WORKERS ?= auto
+PYTEST_ARGS ?=
 test: env
-	$(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist worksteal
+	$(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 test-gpu: env
 	RSR_TEST_GPU=1 $(PY) -m pytest -q -m notebook tests/test_notebooks.py
