@@ -80,7 +80,7 @@ memory_batches = [int(b) for b in MEMORY_BATCH_SIZES.split(",")]
 device = str(cfg.device)
 bench_steps = 1 if SMOKE else BENCH_STEPS or (10 if device.startswith("cuda") else 1)
 repeats = 1 if SMOKE else BENCH_REPEATS
-isolate = not SMOKE  # a smoke run measures in this process: no process start per method, no memory figures
+isolate = not SMOKE  # a smoke run measures in this process (no process starts; memory means nothing)
 cfg
 
 # %% [markdown]

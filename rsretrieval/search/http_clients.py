@@ -62,7 +62,6 @@ def run_clients(url: str, clients: int, requests: int) -> dict[str, Any]:
             "queries_per_s": len(latencies) / wall}
 
 
-
 if __name__ == "__main__":
     if len(sys.argv) != 4:
         sys.exit("usage: python -P http_clients.py URL CLIENTS REQUESTS")

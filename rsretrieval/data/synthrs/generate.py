@@ -118,6 +118,11 @@ def _complete(root: Path, params: dict[str, Any]) -> bool:
         return False
 
 
+def _holds(root: Path, params: dict[str, Any]) -> bool:
+    """Whether ``root`` holds a complete dataset made with ``params``."""
+    return generated_params(root) == params and _complete(root, params)
+
+
 def _splits(scenes: list[str], fractions: Sequence[float], seed: int) -> list[str]:
     """Seeded, per-scene (stratified) split of image indices."""
     out = [""] * len(scenes)
@@ -233,9 +238,9 @@ def generate_synthrs(root: str | Path, *, version: str | None = None, n_images: 
     root = Path(root).expanduser()
     params = _params(n_images, image_size, seed, domain, split_fractions, object_scale, unnamed_share,
                      caption_clauses, version)
-    old = generated_params(root)
-    if old == params and _complete(root, params):
+    if _holds(root, params):
         return root  # same params but files lost: fall through and remake it
+    old = generated_params(root)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         if old is None:
             raise SynthRSExistsError(f"{root} exists and is not a SynthRS dataset (no readable "
@@ -249,8 +254,8 @@ def generate_synthrs(root: str | Path, *, version: str | None = None, n_images: 
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
     try:
         _write_dataset(tmp, params, progress)
-        if generated_params(root) == params and _complete(root, params):
-            shutil.rmtree(tmp)  # another process (a parallel notebook or test) finished the same dataset first
+        if _holds(root, params):
+            shutil.rmtree(tmp)  # a concurrent run (notebook, test worker) finished it first
         else:
             _swap_in(tmp, root)
     except BaseException:
