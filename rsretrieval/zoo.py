@@ -469,12 +469,12 @@ def evaluate_stored(row: dict[str, Any], folder: str | Path, settings: ZooSettin
     import torch
 
     from rsretrieval.cmer import remember_frozen_features
-    from rsretrieval.evaluation import encode_images, encode_texts, evaluate_features
+    from rsretrieval.evaluation import decoded_images, encode_images, encode_texts, evaluate_features
 
     bundle = entry_model(row, folder, settings)
     decoded = {} if decoded is None else decoded
     if "images" not in decoded:
-        decoded["images"] = _decoded(test, bundle.transform)
+        decoded["images"] = decoded_images(test, bundle.transform)
     device = settings.device
     model = bundle.model.to(device)
     # side-branch runs share their frozen backbone: its forwards on the test split are computed once
@@ -635,12 +635,6 @@ def evaluate_zoo(doc: dict[str, Any], folder: str | Path, test, *, labels: list[
                      "test": metrics, "test_hits": hits, "train_images": row["identity"].get("train_images"),
                      "stored_test_mr": row["test_mr"], "file": str(Path(folder) / row["file"])})
     return runs
-
-
-def _decoded(data, transform, limit: int = 2000):
-    """``data``'s images, decoded and transformed once, as an image view (``data.images`` beyond ``limit``)."""
-    view = data.images(transform)
-    return view if len(view) > limit else [view[i] for i in range(len(view))]
 
 
 def best_entry(doc: dict[str, Any]) -> dict[str, Any]:

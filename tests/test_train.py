@@ -221,3 +221,41 @@ def test_no_trainable_parameters_is_an_error(colour_data):
     freeze(bundle.model)
     with pytest.raises(ValueError, match="no trainable parameters"):
         fit(bundle.model, bundle.tokenizer, colour_data, bundle.transform, TrainConfig(epochs=1, progress=False))
+
+
+@pytest.mark.parametrize("method", ["lora", "focus_adapter"])
+def test_validation_decodes_once_and_keeps_a_side_branchs_frozen_forwards(tmp_path, colour_data, monkeypatch,
+                                                                            method):
+    """Each epoch's validation scores what a fresh evaluate() of the same weights scores, bit for bit,
+    while the split is decoded once a run and a side branch's frozen backbone meets it once."""
+    from rsretrieval.evaluation import evaluate
+    from rsretrieval.methods import apply_method
+    from rsretrieval.training import loop
+
+    torch.manual_seed(0)
+    base = create_model("tiny")
+    model = apply_method(copy.deepcopy(base.model), method)
+    decodes, scored, stores = [], [], []
+    real_decode = loop.decoded_images
+    monkeypatch.setattr(loop, "decoded_images", lambda *a: decodes.append(1) or real_decode(*a))
+    if method == "focus_adapter":
+        remember = model.remember_frozen
+        model.remember_frozen = lambda store: stores.append(store) or remember(store)
+
+    def on_epoch(record):  # the weights as they are when the epoch's validation ran
+        scored.append(evaluate(model, colour_data, transform=base.transform, tokenizer=base.tokenizer,
+                               batch_size=128, per_scene=False, progress=False).metrics)
+
+    history = fit(model, base.tokenizer, colour_data, base.transform, _cfg(tmp_path, epochs=3, eval_every=1),
+                  val_data=colour_data, on_epoch=on_epoch)
+    assert len(decodes) == 1
+    assert [{k: r[f"val_{k}"] for k in ("mr", "rsum", "i2t_r1", "t2i_r1")} for r in history.records] == \
+        [{k: m[k] for k in ("mr", "rsum", "i2t_r1", "t2i_r1")} for m in scored]
+    if method == "focus_adapter":  # one store for the run, holding what one pass over the split holds
+        assert len(stores) == 3 and all(s is stores[0] for s in stores)
+        once: dict = {}
+        with remember(once):
+            evaluate(model, colour_data, transform=base.transform, tokenizer=base.tokenizer, batch_size=128,
+                     per_scene=False, progress=False)
+        assert {k for k in next(iter(stores[0].values())) if isinstance(k, tuple)} == \
+            {k for k in next(iter(once.values())) if isinstance(k, tuple)}

@@ -391,6 +391,10 @@ class FocusAdapterCLIP(CLIP):
 
     focus_adapter: FocusAdapter
 
+    def remember_frozen(self, store: dict[str, Any]) -> contextlib.AbstractContextManager:
+        """:func:`remember_frozen_features` of this model: what ``fit`` validates each epoch under."""
+        return remember_frozen_features(self, store)
+
     def _frozen(self, encode: Any, blocks: nn.ModuleList, layers: Sequence[int], x: torch.Tensor,
                 length: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Run a frozen tower (``encode``) under no_grad in micro-batches, collecting tapped block outputs.

@@ -5,6 +5,7 @@ from rsretrieval.evaluation.compare import Comparison, mr_interval, paired_compa
 from rsretrieval.evaluation.evaluate import (
     EvalResult,
     compare_table,
+    decoded_images,
     encode_images,
     encode_texts,
     evaluate,
@@ -37,6 +38,7 @@ __all__ = [
     "Ranks",
     "EvalResult",
     "compare_table",
+    "decoded_images",
     "encode_images",
     "encode_texts",
     "evaluate",

@@ -40,6 +40,7 @@ _logger = logging.getLogger(__name__)
 __all__ = [
     "EvalResult",
     "compare_table",
+    "decoded_images",
     "encode_images",
     "encode_texts",
     "evaluate",
@@ -91,6 +92,13 @@ def _image_view(
     if transform is not None:
         raise ValueError("transform= only applies to a CaptionDataset or its .images() view")
     return data
+
+
+def decoded_images(data: CaptionDataset, transform: Callable, limit: int = 2000):
+    """``data``'s images decoded and transformed once, as a list of items (``data.images(transform)``,
+    decoded lazily, beyond ``limit`` images): for encoding one split many times, e.g. once an epoch."""
+    view = data.images(transform)
+    return view if len(view) > limit else [view[i] for i in range(len(view))]
 
 
 def encode_images(

@@ -15,6 +15,7 @@ every epoch's order by rank, and lets rank 0 alone evaluate and write.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -30,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rsretrieval.data.dataset import CaptionDataset, open_image
-from rsretrieval.evaluation.evaluate import evaluate
+from rsretrieval.evaluation.evaluate import decoded_images, encode_images, encode_texts, evaluate_features
 from rsretrieval.files import atomic_save, atomic_write_json
 from rsretrieval.models.utils import autocast, count_parameters, seed_everything, select_device
 from rsretrieval.training.checkpoint import (
@@ -290,6 +291,9 @@ class _Run:
     epoch: int = 0
     batch: int = 0  # first batch of `epoch` still to run
     updates: int = 0
+    # what every validation of the run shares: the split decoded once and a side branch's frozen
+    # forwards (the same numbers every epoch); not saved, rebuilt after a resume
+    val_memo: dict[str, Any] = field(default_factory=dict)
 
     def state(self) -> dict[str, Any]:
         return {
@@ -391,8 +395,15 @@ def _out_of_patience(history: History, cfg: TrainConfig) -> bool:
 def _validate(run: _Run, model: nn.Module, tokenizer: Callable, val_data: CaptionDataset, transform: Callable,
               cfg: TrainConfig, device: torch.device, out: Path | None) -> dict[str, float]:
     """Validation metrics of the current weights; keeps ``best.pt`` at the best validation mR."""
-    result = evaluate(model, val_data, transform=transform, tokenizer=tokenizer, batch_size=cfg.eval_batch_size,
-                      device=device, per_scene=False, progress=False)
+    memo = run.val_memo
+    if "images" not in memo:
+        memo["images"] = decoded_images(val_data, transform)
+    remember = getattr(model, "remember_frozen", None)  # a side branch's frozen forwards, computed once
+    with remember(memo.setdefault("frozen", {})) if remember is not None else contextlib.nullcontext():
+        result = evaluate_features(
+            encode_images(model, memo["images"], batch_size=cfg.eval_batch_size, device=device, progress=False),
+            encode_texts(model, val_data.captions, tokenizer=tokenizer, device=device, progress=False),
+            val_data, per_scene=False)
     history = run.history
     if history.best_mr is None or result.metrics["mr"] > history.best_mr:
         history.best_mr, history.best_epoch = result.metrics["mr"], run.epoch + 1
