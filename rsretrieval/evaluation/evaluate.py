@@ -94,11 +94,17 @@ def _image_view(
     return data
 
 
-def decoded_images(data: CaptionDataset, transform: Callable, limit: int = 2000):
+def decoded_images(data: CaptionDataset, transform: Callable, limit_bytes: int = 2**29):
     """``data``'s images decoded and transformed once, as a list of items (``data.images(transform)``,
-    decoded lazily, beyond ``limit`` images): for encoding one split many times, e.g. once an epoch."""
+    decoded lazily, where they would take more than ``limit_bytes``): for encoding one split many
+    times, e.g. once an epoch."""
     view = data.images(transform)
-    return view if len(view) > limit else [view[i] for i in range(len(view))]
+    if not len(view):
+        return view
+    first = view[0]
+    if len(view) * first["image"].nbytes > limit_bytes:
+        return view
+    return [first] + [view[i] for i in range(1, len(view))]
 
 
 def encode_images(
