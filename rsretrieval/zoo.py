@@ -469,7 +469,7 @@ def evaluate_stored(row: dict[str, Any], folder: str | Path, settings: ZooSettin
     import torch
 
     from rsretrieval.cmer import remember_frozen_features
-    from rsretrieval.evaluation import decoded_images, encode_images, encode_texts, evaluate_features
+    from rsretrieval.evaluation import decoded_images, evaluate
 
     bundle = entry_model(row, folder, settings)
     decoded = {} if decoded is None else decoded
@@ -479,10 +479,8 @@ def evaluate_stored(row: dict[str, Any], folder: str | Path, settings: ZooSettin
     model = bundle.model.to(device)
     # side-branch runs share their frozen backbone: its forwards on the test split are computed once
     with torch.no_grad(), remember_frozen_features(model, decoded.setdefault("frozen", {})):
-        return evaluate_features(
-            encode_images(model, decoded["images"], device=device, progress=False),
-            encode_texts(model, test.captions, tokenizer=bundle.tokenizer, device=device, progress=False),
-            test, per_scene=False)
+        return evaluate(model, test, transform=bundle.transform, tokenizer=bundle.tokenizer, device=device,
+                        per_scene=False, progress=False, images=decoded["images"])
 
 
 def _save_full(result: dict[str, Any], settings: ZooSettings, splits: list, target: Path) -> None:

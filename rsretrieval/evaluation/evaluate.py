@@ -334,6 +334,7 @@ def evaluate(
     progress: bool = True,
     num_workers: int = 0,
     ties: str = DEFAULT_TIES,
+    images: Any = None,
 ) -> EvalResult:
     """Zero-shot or fine-tuned retrieval evaluation of ``model`` on one split.
 
@@ -352,13 +353,15 @@ def evaluate(
         progress: show tqdm bars.
         num_workers: DataLoader workers for image decoding.
         ties: how tied candidates are ranked (:data:`rsretrieval.evaluation.metrics.TIE_RULES`).
+        images: ``data``'s images already decoded and transformed (:func:`decoded_images`), for a
+            split scored many times; ``transform`` is then not applied.
 
     Returns:
         An :class:`EvalResult`; ``print(result.table())`` for a summary.
     """
     image_features = encode_images(
-        model, data, transform=transform, batch_size=batch_size, device=device, num_workers=num_workers,
-        progress=progress,
+        model, data if images is None else images, transform=transform if images is None else None,
+        batch_size=batch_size, device=device, num_workers=num_workers, progress=progress,
     )
     text_features = encode_texts(model, data.captions, tokenizer=tokenizer, device=device, progress=progress)
     result = evaluate_features(image_features, text_features, data, per_scene=per_scene, ties=ties)

@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rsretrieval.data.dataset import CaptionDataset, open_image
-from rsretrieval.evaluation.evaluate import decoded_images, encode_images, encode_texts, evaluate_features
+from rsretrieval.evaluation.evaluate import decoded_images, evaluate
 from rsretrieval.files import atomic_save, atomic_write_json
 from rsretrieval.models.utils import autocast, count_parameters, seed_everything, select_device
 from rsretrieval.training.checkpoint import (
@@ -400,10 +400,8 @@ def _validate(run: _Run, model: nn.Module, tokenizer: Callable, val_data: Captio
         memo["images"] = decoded_images(val_data, transform)
     remember = getattr(model, "remember_frozen", None)  # a side branch's frozen forwards, computed once
     with remember(memo.setdefault("frozen", {})) if remember is not None else contextlib.nullcontext():
-        result = evaluate_features(
-            encode_images(model, memo["images"], batch_size=cfg.eval_batch_size, device=device, progress=False),
-            encode_texts(model, val_data.captions, tokenizer=tokenizer, device=device, progress=False),
-            val_data, per_scene=False)
+        result = evaluate(model, val_data, transform=transform, tokenizer=tokenizer, batch_size=cfg.eval_batch_size,
+                          device=device, per_scene=False, progress=False, images=memo["images"])
     history = run.history
     if history.best_mr is None or result.metrics["mr"] > history.best_mr:
         history.best_mr, history.best_epoch = result.metrics["mr"], run.epoch + 1
