@@ -16,14 +16,14 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from rsretrieval import defaults
 from rsretrieval.argtypes import NON_NEGATIVE, POSITIVE, comma_separated, device, port, positive, share
 from rsretrieval.files import atomic_write_text
 
 
 def _add_data_args(p: argparse.ArgumentParser, split: str | None = None) -> None:
     p.add_argument("--dataset", default="synthrs", help="rsitmd, rsicd, ucm, sydney, synthrs, karpathy, precomp, csv")
-    p.add_argument("--root", default=None,
-                   help="dataset folder (synthrs: default <data home>/synthrs, generated on first use)")
+    p.add_argument("--root", default=None, help="dataset folder (synthrs: <data home>/synthrs, generated on first use)")
     if split is not None:
         p.add_argument("--split", default=split, help="train, val, test or all")
     p.add_argument("--val-fraction", type=share, default=None,
@@ -591,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--model", default="mini")
-    p.add_argument("--pretrained", default="synthrs")
+    p.add_argument("--pretrained", default=defaults.MINICLIP_TAG)
     p.add_argument("--adapter", default=None, help="a method file (method.pt) written by `train`")
     p.add_argument("--device", type=device, default="auto")
     p.add_argument("--batch-size", type=POSITIVE, default=64)
@@ -695,7 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="synthrs")
     p.add_argument("--root", default=None, help="dataset folder (synthrs: generated on first use)")
     p.add_argument("--model", default="mini")
-    p.add_argument("--pretrained", default="synthrs")
+    p.add_argument("--pretrained", default=defaults.MINICLIP_TAG)
     p.add_argument("--device", type=device, default="auto")
     p.add_argument("--out", default=None, help="run folders (default <data home>/sweeps/<model>-<dataset>)")
     p.add_argument("--recipe-file", default=None, help="where to store the recipe (default: the library's "
@@ -710,10 +710,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", nargs="+", type=NON_NEGATIVE, default=None, help="seeds (default 0 1 2)")
     p.add_argument("--out", default=None, help="zoo folder (default: the checkout's data/zoo/<model>-<dataset>)")
     p.add_argument("--model", default="mini")
-    p.add_argument("--pretrained", default="synthrs")
+    p.add_argument("--pretrained", default=defaults.MINICLIP_TAG)
     p.add_argument("--dataset", default="synthrs")
     p.add_argument("--root", default=None)
-    p.add_argument("--recipe", default="mini-synthrs", help="recipe name ('' for TrainConfig's defaults)")
+    p.add_argument("--recipe", default=defaults.RECIPE, help="recipe name ('' for TrainConfig's defaults)")
     p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--threads", type=POSITIVE, default=1, help="CPU threads of each entry; the files repeat bit for bit "
                                                           "only with the same count")

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rsretrieval import defaults
 from rsretrieval.data.dataset import CaptionDataset, caption_statistics, nested_subset
 from rsretrieval.files import atomic_write_json
 
@@ -81,8 +82,8 @@ def _dataset(root: Path, captions: dict[str, Any], split: str) -> CaptionDataset
     return load_dataset("synthrs", folder, split)
 
 
-def run_row(row: Row, out: Path, *, recipe: str = "mini-synthrs", model: str = "mini",
-            pretrained: str = "synthrs", device: str = "auto") -> dict[str, Any]:
+def run_row(row: Row, out: Path, *, recipe: str = defaults.RECIPE, model: str = "mini",
+            pretrained: str = defaults.MINICLIP_TAG, device: str = "auto") -> dict[str, Any]:
     """Train (or read back) one row and return its table record: val mR, best epoch, seconds."""
     from rsretrieval.experiments import run_method
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from rsretrieval import defaults
 from rsretrieval.errors import ChildProcessFailed, ZooIntegrityError
 from rsretrieval.files import atomic_write_json, file_lock, sha256_file
 
@@ -131,10 +132,10 @@ class ZooSettings:
     """What every entry of one zoo shares."""
 
     model: str = "mini"
-    pretrained: str | None = "synthrs"
+    pretrained: str | None = defaults.MINICLIP_TAG
     dataset: str = "synthrs"
     root: str | None = None
-    recipe: str | None = "mini-synthrs"
+    recipe: str | None = defaults.RECIPE
     device: str = "cpu"  # CPU by default: the committed files are made, and reproduced, there
     threads: int = 1  # per entry; `build_zoo(workers=2)` trains two at once on 2 cores
     regime: str | None = None  # a SynthRS regime (data.synthrs.REGIMES), generated into <data home>/synthrs-<regime>

@@ -17,6 +17,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from rsretrieval import defaults
 from rsretrieval.files import atomic_write_json, file_lock
 from rsretrieval.recipes import recipe_key, recipe_path
 
@@ -63,7 +64,7 @@ def sweep(
     dataset: str = "synthrs",
     root: str | Path | None = None,
     model: str = "mini",
-    pretrained: str | None = "synthrs",
+    pretrained: str | None = defaults.MINICLIP_TAG,
     loss: str | None = None,
     space: dict[str, list[Any]] | None = None,
     base: dict[str, Any] | None = None,

@@ -39,7 +39,7 @@ from rsretrieval.search.vectors import EXACT_LIMIT, SearchParams, VectorSearch, 
     save_search
 from tqdm.auto import tqdm
 
-from rsretrieval import __version__
+from rsretrieval import __version__, defaults
 from rsretrieval.data.dataset import open_image
 from rsretrieval.errors import CheckpointError, DatasetFormatError, QueryImageError, SearchIndexError
 from rsretrieval.files import atomic_write_json, sha256_file
@@ -71,7 +71,7 @@ class Encoder:
         device: ``auto``, ``cpu``, ``cuda``...
     """
 
-    def __init__(self, model: str = "mini", pretrained: str | None = "synthrs", adapter: str | Path | None = None,
+    def __init__(self, model: str = "mini", pretrained: str | None = defaults.MINICLIP_TAG, adapter: str | Path | None = None,
                  device: str = "auto") -> None:
         from rsretrieval.methods import load_method, wrap_tokenizer
         from rsretrieval.models import create_model, local_pretrained_path, select_device, trims_text_exactly

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from rsretrieval import defaults
 from rsretrieval.errors import DatasetFormatError, QueryImageError, lazy_import
 from rsretrieval.search.archive import Hit, ImageIndex
 from rsretrieval.search.geotiff import split_key
@@ -395,7 +396,7 @@ def bench_serve(index_folder: str | Path | None = None, *, vectors: int = 1_000_
 
             images = load_dataset("synthrs", None, "all").image_paths[0].parent  # generated on first use
             say(f"building the SynthRS index into {index_folder} (once)")
-            ImageIndex.build(images, index_folder, Encoder("mini", "synthrs", device=device), progress=progress)
+            ImageIndex.build(images, index_folder, Encoder(defaults.MODEL, defaults.MINICLIP_TAG, device=device), progress=progress)
     torch.set_num_threads(threads)
     index = load_index(index_folder, device=device)
     result: dict[str, Any] = {"device": device, "threads": threads, "targets_ms": {"index": 30.0, "million": 50.0}}
