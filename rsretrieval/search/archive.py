@@ -71,8 +71,8 @@ class Encoder:
         device: ``auto``, ``cpu``, ``cuda``...
     """
 
-    def __init__(self, model: str = "mini", pretrained: str | None = defaults.MINICLIP_TAG, adapter: str | Path | None = None,
-                 device: str = "auto") -> None:
+    def __init__(self, model: str = "mini", pretrained: str | None = defaults.MINICLIP_TAG,
+                 adapter: str | Path | None = None, device: str = "auto") -> None:
         from rsretrieval.methods import load_method, wrap_tokenizer
         from rsretrieval.models import create_model, local_pretrained_path, select_device, trims_text_exactly
 

@@ -396,7 +396,8 @@ def bench_serve(index_folder: str | Path | None = None, *, vectors: int = 1_000_
 
             images = load_dataset("synthrs", None, "all").image_paths[0].parent  # generated on first use
             say(f"building the SynthRS index into {index_folder} (once)")
-            ImageIndex.build(images, index_folder, Encoder(defaults.MODEL, defaults.MINICLIP_TAG, device=device), progress=progress)
+            encoder = Encoder(defaults.MODEL, defaults.MINICLIP_TAG, device=device)
+            ImageIndex.build(images, index_folder, encoder, progress=progress)
     torch.set_num_threads(threads)
     index = load_index(index_folder, device=device)
     result: dict[str, Any] = {"device": device, "threads": threads, "targets_ms": {"index": 30.0, "million": 50.0}}
