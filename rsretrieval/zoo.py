@@ -337,7 +337,20 @@ def _cmer_knobs(settings: ZooSettings, config: ZooConfig) -> dict[str, Any]:
 
     chosen = load_recipe(settings.recipe, "cmer").loss_kwargs
     knobs = {k: chosen[k] for k in config.cmer_knobs if k in chosen}
+    if knobs and not any(knobs.values()):  # CMER's sweep switched the component off: measure it on
+        knobs = _best_on(read_recipe_file(settings.recipe)["methods"]["cmer"], config.cmer_knobs) or knobs
     return {_RECYCLING_KEYWORDS[k]: v for k, v in knobs.items()} if config.loss == "recycling" else knobs
+
+
+def _best_on(entry: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any] | None:
+    """The knobs of the best validation point of a cmer sweep with a component on (a knob not 0): what
+    an ablation of the component trains with where the sweep chose it off. None: no such point."""
+    points = [p for p in entry.get("sweep", {}).get("points", [])
+              if any(p["settings"].get(f"loss.{k}") for k in names)]
+    if not points:
+        return None
+    best = max(points, key=lambda p: p["val_mr"])["settings"]
+    return {k: best[f"loss.{k}"] for k in names if f"loss.{k}" in best}
 
 
 def _plain(config: ZooConfig) -> dict[str, Any]:

@@ -152,6 +152,25 @@ def test_ablations_take_their_components_knobs_from_cmers_recipe(monkeypatch):
     assert zoo._cmer_knobs(settings, by["+scene"]) == {"scene_prob": 0.25}  # cmer+... has no entry of its own
 
 
+def test_an_ablation_measures_its_component_on_where_cmers_sweep_chose_it_off(monkeypatch):
+    from types import SimpleNamespace
+
+    from rsretrieval import recipes
+
+    def point(val_mr, **loss):
+        return {"settings": {"train.lr": 0.001, **{f"loss.{k}": v for k, v in loss.items()}}, "val_mr": val_mr}
+
+    cmer = {"sweep": {"points": [point(12.0), point(17.0, scene_prob=0.0), point(14.0, scene_prob=0.25),
+                                 point(13.0, scene_prob=0.5)]}}
+    monkeypatch.setattr(recipes, "load_recipe", lambda name, method, loss=None: SimpleNamespace(
+        loss_kwargs={"scene_prob": 0.0, "queue_weight": 0.25}))
+    monkeypatch.setattr(recipes, "read_recipe_file", lambda name: {"methods": {"cmer": cmer}})
+    by = {c.label: c for c in CONFIGS}
+    assert zoo._cmer_knobs(ZooSettings(), by["+scene"]) == {"scene_prob": 0.25}  # the best point with it on
+    cmer["sweep"]["points"] = [point(17.0, scene_prob=0.0)]  # never swept on: the choice stands
+    assert zoo._cmer_knobs(ZooSettings(), by["+scene"]) == {"scene_prob": 0.0}
+
+
 def test_each_entry_lands_in_zoo_json_as_it_finishes(tmp_path, monkeypatch):
     configs = (ZooConfig("a", "linear_probe"), ZooConfig("b", "linear_probe", train={"lr": 0.01}))
     seen = []
