@@ -87,12 +87,13 @@ print_trainable_parameters(clip.model);
 # %%
 from rsretrieval.models.compact import load_compact  # noqa: F401  (the format MiniCLIP ships in)
 
-if MODEL == "mini" and cfg.pretrained == "synthrs":
+from rsretrieval.models import LOCAL_PRETRAINED, local_pretrained_path
+
+report = None
+if (MODEL, cfg.pretrained) in LOCAL_PRETRAINED:  # one of the MiniCLIPs this repository pretrained
     import json
 
-    from rsretrieval.models import local_pretrained_path
-
-    report = json.loads(local_pretrained_path("mini", "synthrs").with_suffix(".json").read_text())
+    report = json.loads(local_pretrained_path(MODEL, cfg.pretrained).with_suffix(".json").read_text())
     print(f"MiniCLIP was pretrained on {report['images']} {report['config']['source_domain']}-domain images "
           f"({report['pairs']} pairs), {report['config']['epochs']} epochs.")
 
@@ -107,24 +108,24 @@ if MODEL == "mini" and cfg.pretrained == "synthrs":
 # itself; more: it shared them, and its minutes overstate what it costs alone; -: not recorded).
 
 # %%
-from rsretrieval.pretrain import format_variants, read_variants
+from rsretrieval.pretrain import format_variants, read_variants, variant_of
 
 variants = read_variants()
 print(format_variants(variants))
 by_name = {r["name"]: r for r in variants}
-if "web" in by_name:
-    shipped_val = by_name["web"]["zero_shot_val_mr"]
-    better = [r for r in variants if r["zero_shot_val_mr"] > shipped_val]
+shipped = variant_of(report, variants) if report else None  # the row whose run made this very file
+if shipped is not None:
+    better = [r for r in variants if r["zero_shot_val_mr"] > shipped["zero_shot_val_mr"]]
+    name = f"the MiniCLIP in use ({cfg.pretrained}: variant {shipped['name']}, {shipped['zero_shot_val_mr']:.2f})"
     print("on validation, " + (", ".join(f"{r['name']} ({r['zero_shot_val_mr']:.2f})" for r in better)
-                               + f" beat{'s' if len(better) == 1 else ''} the shipped MiniCLIP 2 ({shipped_val:.2f}), "
-                               "one pretraining seed each" if better
-                               else f"no variant beats the shipped MiniCLIP 2 ({shipped_val:.2f})"))
-if "web" in by_name and MODEL == "mini" and cfg.pretrained == "synthrs":
-    same = by_name["web"]["file_sha256"] == report["file_sha256"]
-    print(f"the shipped file and the table's run of the same settings (from nothing, in another folder) are "
-          f"{'the same file, bit for bit' if same else 'different files'}; their wall times were "
-          f"{report['total_seconds'] / 60:.1f} and {by_name['web']['minutes']:.1f} minutes (the time depends "
-          f"on what else the machine does, the weights do not)")
+                               + f" beat{'s' if len(better) == 1 else ''} {name}, one pretraining seed each"
+                               if better else f"no variant beats {name}"))
+    print(f"the shipped file is the table's run of variant {shipped['name']} (from nothing, in another folder), "
+          f"bit for bit; their wall times were {report['total_seconds'] / 60:.1f} and {shipped['minutes']:.1f} "
+          "minutes (the time depends on what else the machine does, the weights do not)")
+elif report is not None:
+    print(f"no row of the table made the file {cfg.pretrained} ships (sha256 {report['file_sha256'][:12]}): "
+          "rerun `python -m rsretrieval pretrain --variants all`")
 if {"web", "source"} <= set(by_name):
     gain = by_name["web"]["zero_shot_test_mr"] - by_name["source"]["zero_shot_test_mr"]
     print(f"aerial web photos in the pretraining data: {gain:+.2f} test mR over object photos alone")

@@ -194,6 +194,12 @@ def read_variants(path: str | Path | None = None) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
 
 
+def variant_of(report: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The row of the variants table whose run made the same file as a shipped MiniCLIP's report
+    (same sha256), or None: which choice of pretraining that MiniCLIP is."""
+    return next((r for r in rows if r.get("file_sha256") == report.get("file_sha256")), None)
+
+
 def format_variants(rows: list[dict[str, Any]]) -> str:
     """The variants table as text: what each pretraining choice buys in zero-shot mR, and what it costs."""
     head = f"{'variant':16s} {'changes':28s} {'val mR':>7s} {'test mR':>7s} {'minutes':>7s} {'MB':>5s} {'load':>5s}"

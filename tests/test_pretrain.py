@@ -64,3 +64,19 @@ def test_variants_are_run_once_and_tabled_with_val_and_test(tmp_path, monkeypatc
     assert len(calls) == 1
     with pytest.raises(ValueError, match="unknown pretraining variant"):
         pretraining.pretrain_variants(["nope"])
+
+
+def test_each_shipped_miniclip_is_one_row_of_the_variants_table():
+    """variant_of finds the row whose run made a shipped file (what notebook 01 names as the one in use)."""
+    import json
+
+    from rsretrieval.models import LOCAL_PRETRAINED, local_pretrained_path
+    from rsretrieval.pretrain import read_variants, variant_of
+
+    rows = read_variants()
+    for (model, tag) in LOCAL_PRETRAINED:
+        report = json.loads(local_pretrained_path(model, tag).with_suffix(".json").read_text())
+        row = variant_of(report, rows)
+        assert row is not None, f"{model}/{tag}: no variant's run made its file"
+        assert row["zero_shot_val_mr"] == pytest.approx(report["zero_shot_val"]["mr"])
+    assert variant_of({"file_sha256": "0" * 64}, rows) is None
