@@ -334,7 +334,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if args.rescore:
         from rsretrieval.pretrain import rescore
 
-        report = rescore(args.out, progress=args.progress is not False)
+        from rsretrieval.models import local_pretrained_path
+
+        weights = args.out or (local_pretrained_path(args.model, args.tag) if args.tag else None)
+        report = rescore(weights, progress=args.progress is not False)
         print(f"zero-shot mR on SynthRS test {report['zero_shot']['mr']:.2f} (ties={report['zero_shot_ties']}) "
               f"written to the report beside {args.out or 'the shipped weights'}")
         return 0
@@ -729,6 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="pretrain MiniCLIP on SynthRS's web domain (11-13 min on 2 CPU cores)")
     p.add_argument("--model", default="mini")
+    p.add_argument("--tag", default=None, help="the shipped tag to write (default synthrs; e.g. synthrs3 with --epochs 3)")
     p.add_argument("--source-domain", default=None, choices=["source", "web"],
                    help="pretraining images: object photos plus aerial web photos (web, the default), or the "
                         "photos only (source, MiniCLIP 1)")
