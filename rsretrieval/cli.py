@@ -38,8 +38,7 @@ def _add_csv_args(p: argparse.ArgumentParser) -> None:
     csv.add_argument("--csv-img-key", default="filepath", help="the image path column (default: filepath)")
     csv.add_argument("--csv-caption-key", default="title", help="the caption column (default: title)")
     csv.add_argument("--csv-scene-key", default=None, help="a scene column, if any")
-    csv.add_argument("--csv-split-key", default=None, help="a column of train/val/test per row (default: 'split' "
-                                                            "if the file has one)")
+    csv.add_argument("--csv-split-key", default=None, help="a train/val/test column (default: 'split', if any)")
     csv.add_argument("--csv-separator", default=None, help="default: tab for .tsv, comma otherwise")
 
 
@@ -334,10 +333,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if args.rescore:
         from rsretrieval.pretrain import rescore
 
-        from rsretrieval.models import local_pretrained_path
-
-        weights = args.out or (local_pretrained_path(args.model, args.tag) if args.tag else None)
-        report = rescore(weights, progress=args.progress is not False)
+        report = rescore(args.out, tag=args.tag, progress=args.progress is not False)
         print(f"zero-shot mR on SynthRS test {report['zero_shot']['mr']:.2f} (ties={report['zero_shot_ties']}) "
               f"written to the report beside {args.out or 'the shipped weights'}")
         return 0

@@ -238,20 +238,21 @@ def weight_settings(config: dict[str, Any]) -> dict[str, Any]:
                                                          "eval_images")}
 
 
-def rescore(weights: str | Path | None = None, eval_root: str | Path | None = None,
-            progress: bool = True) -> dict[str, Any]:
+def rescore(weights: str | Path | None = None, eval_root: str | Path | None = None, progress: bool = True,
+            tag: str | None = None) -> dict[str, Any]:
     """Measure the zero-shot line of a pretraining report again with today's metric, and rewrite the report.
 
     The weights are not touched; use it when the evaluation protocol changes (e.g. its tie rule).
 
     Args:
-        weights: a weights file written by :func:`pretrain` (default: the course's MiniCLIP, ``defaults``).
+        weights: a weights file written by :func:`pretrain` (default: MiniCLIP's shipped ``tag``, by default
+            the course's, ``defaults.MINICLIP_TAG``).
         eval_root: the rs-domain SynthRS to score on (default: ``PretrainConfig.eval_root``; the
             report's own path names the machine it was made on).
     """
     import json
 
-    target = Path(weights) if weights else local_pretrained_path(defaults.MODEL, defaults.MINICLIP_TAG)
+    target = Path(weights) if weights else local_pretrained_path(defaults.MODEL, tag or defaults.MINICLIP_TAG)
     report_path = target.with_suffix(".json")
     if not report_path.is_file():
         raise FileNotFoundError(f"no pretraining report {report_path} beside the weights {target}: rescore reads "

@@ -80,3 +80,19 @@ def test_each_shipped_miniclip_is_one_row_of_the_variants_table():
         assert row is not None, f"{model}/{tag}: no variant's run made its file"
         assert row["zero_shot_val_mr"] == pytest.approx(report["zero_shot_val"]["mr"])
     assert variant_of({"file_sha256": "0" * 64}, rows) is None
+
+
+def test_pretrain_tag_names_the_shipped_weights_it_writes(monkeypatch):
+    from rsretrieval import pretrain as module
+    from rsretrieval.cli import main
+
+    seen = {}
+
+    def fake(cfg, out=None):
+        seen["cfg"] = cfg
+        return {"zero_shot": {"mr": 1.0}, "zero_shot_val": {"mr": 1.0}, "chance_mr": 0.5, "file_sha256": "0" * 64,
+                "file_bytes": 1, "total_seconds": 1.0}
+
+    monkeypatch.setattr(module, "pretrain", fake)
+    assert main(["pretrain", "--tag", "synthrs3", "--epochs", "3"]) == 0
+    assert (seen["cfg"].tag, seen["cfg"].epochs, seen["cfg"].eval_version) == ("synthrs3", 3, "1.0")
