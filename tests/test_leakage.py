@@ -33,7 +33,8 @@ def planted(tmp_path_factory):
     copies = base / "copies"
     copies.mkdir()
     truth = {}
-    for (name, alter), source in zip(PLANTS.items(), test.image_paths[::5], strict=False):
+    step = max(1, test.num_images // len(PLANTS))  # one plant per alteration, spread over the test split
+    for (name, alter), source in zip(PLANTS.items(), test.image_paths[::step], strict=False):
         target = copies / f"{name}_{source.stem}.jpg"
         alter(Image.open(source).convert("RGB")).save(target, "JPEG", quality=70)
         truth[str(source)] = str(target)

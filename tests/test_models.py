@@ -208,14 +208,18 @@ def test_each_shipped_miniclip_scores_its_report_on_the_58f58c4_synthrs_test(tag
     import json
 
     from rsretrieval.data import load_dataset
+    from rsretrieval.data.synthrs import generate_synthrs
     from rsretrieval.evaluation import evaluate
     from rsretrieval.models.factory import local_pretrained_path
+    from rsretrieval.paths import data_dir
+    from rsretrieval.pretrain import PretrainConfig
 
     weights = local_pretrained_path("mini", tag)
     report = json.loads(weights.with_suffix(".json").read_text())
     assert report["zero_shot"]["n_images"] == 306 and report["config"]["eval_images"] == 1500  # 1.0's test
     bundle = create_model("mini", tag, device="cpu")
-    test = load_dataset("synthrs", None, "test")  # the default SynthRS: 1.0
+    root = generate_synthrs(data_dir(PretrainConfig.eval_root), version=PretrainConfig.eval_version, progress=False)
+    test = load_dataset("synthrs", root, "test")  # 1.0's, whatever version the course defaults to
     result = evaluate(bundle.model, test, transform=bundle.transform, tokenizer=bundle.tokenizer, device="cpu")
     assert result.metrics["mr"] == pytest.approx(report["zero_shot"]["mr"], abs=1e-6)
     assert result.metrics["mr"] >= 25

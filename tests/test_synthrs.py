@@ -22,6 +22,7 @@ from rsretrieval.data.synthrs import (
     VERSIONS,
     WEB_SCENES,
     SynthRSExistsError,
+    edition,
     generate_synthrs,
     make_captions,
     render_scene,
@@ -114,17 +115,20 @@ def test_layout_and_splits(rs_root):
     assert len(sentids) == 5 * len(images)
     assert len(per_scene) == len(SCENES)
     totals = Counter(rec["split"] for rec in images)
-    assert abs(totals["train"] / 360 - 0.7) < 0.05 and abs(totals["test"] / 360 - 0.2) < 0.05
+    train_share, _, test_share = edition("rs")["split_fractions"]  # the current version's
+    assert abs(totals["train"] / 360 - train_share) < 0.05 and abs(totals["test"] / 360 - test_share) < 0.05
     assert totals["val"] > 0
-    for scene, c in per_scene.items():  # stratified: every scene split 14/2/4 of its 20 images
-        assert (c["train"], c["val"], c["test"]) == (14, 2, 4), (scene, c)
+    shares = edition("rs")["split_fractions"]
+    for scene, c in per_scene.items():  # stratified: every scene's 20 images split by the shares (1.0: 14/2/4)
+        assert (c["train"], c["val"], c["test"]) == tuple(round(20 * f) for f in shares), (scene, c)
 
 
 def test_rsitmd_reader_loads_it(rs_root):
     from rsretrieval.data import load_dataset
 
     test = load_dataset("synthrs", rs_root, "test")
-    assert test.num_images == 72 and test.num_captions == 5 * 72
+    n_test = round(360 * edition("rs")["split_fractions"][2])  # stratified: the same share of each scene
+    assert test.num_images == n_test and test.num_captions == 5 * n_test
     assert set(test.scenes) == set(SCENES)
     assert test.metadata.get("objects_file", "").endswith("objects.json")
 

@@ -134,6 +134,8 @@ def test_ablations_take_their_components_knobs_from_cmers_recipe(monkeypatch):
     chosen = {"scene_prob": 0.25, "queue_weight": 0.5, "queue_size": 1024, "queue_warmup": 100}
     monkeypatch.setattr(recipes, "load_recipe", lambda name, method, loss=None: SimpleNamespace(
         loss_kwargs=chosen if method == "cmer" else {}, to_dict=lambda: {"method": method}))
+    real = {"methods": {"cmer": {"train": {"lr": 0.001}}, "focus_adapter": {"train": {"lr": 0.003}}}}
+    monkeypatch.setattr(recipes, "read_recipe_file", lambda name: real)  # no sweep of the recycling row's own
     by = {c.label: c for c in CONFIGS}
     settings = ZooSettings()
     assert zoo._cmer_knobs(settings, by["+scene"]) == {"scene_prob": 0.25}
@@ -145,7 +147,6 @@ def test_ablations_take_their_components_knobs_from_cmers_recipe(monkeypatch):
     assert "cmer_knobs" not in zoo._plain(by["full"]) and zoo._plain(by["+scene"])["cmer_knobs"] == ["scene_prob"]
 
     # a recipe with a sweep of the recycling row's own (focus_adapter+recycling): its choice, not CMER's knobs
-    real = recipes.read_recipe_file(settings.recipe)
     monkeypatch.setattr(recipes, "read_recipe_file", lambda name: {
         **real, "methods": {**real["methods"], "focus_adapter+recycling": {"train": {"lr": 0.001}}}})
     assert zoo._cmer_knobs(settings, by["+recycling"]) == {} and zoo._cmer_knobs(settings, by["sweep-b16-q512"]) == {}
