@@ -92,10 +92,12 @@ def measure(model_name: str, method: str, *, batch_size: int = 32, steps: int = 
 
     def step() -> None:
         with autocast(dev, enabled=amp):
-            if floor:  # the frozen forward, then the side network alone on its outputs
-                img_feats, txt_feats = model.frozen_image_features(images), model.frozen_text_features(tokens)
-                img = torch.nn.functional.normalize(model.branch_image(*img_feats), dim=-1)
-                txt = torch.nn.functional.normalize(model.branch_text(*txt_feats), dim=-1)
+            if floor:  # the frozen forward, then the side network alone on its outputs, as from a cache
+                (img_emb, img_taps), (txt_emb, txt_taps, eot) = (model.frozen_image_features(images),
+                                                                 model.frozen_text_features(tokens))
+                img = model.branch_image(img_emb, model.cached_form("visual", img_taps))
+                txt = model.branch_text(txt_emb, model.cached_form("text", txt_taps), eot)
+                img, txt = torch.nn.functional.normalize(img, dim=-1), torch.nn.functional.normalize(txt, dim=-1)
                 losses = task.loss(img, txt, logit_scale(model), ids)
             else:
                 losses = task(batch)

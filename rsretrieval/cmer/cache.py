@@ -8,11 +8,15 @@ every training image and caption. :func:`build_cache` computes them once into me
 Layout of one entry, ``<cache_dir>/<key>/``::
 
     meta.json          what the key was made of, shapes, dtypes (written last, before the rename)
-    image_tokens.npy   [n_images, n_layers_img, 1 + P, D_img]   float16  (class token first)
+    image_tokens.npy   [n_images, 1 + P, n_layers_img * D_img]  float16  (class token first)
     image_embeds.npy   [n_images, E]                            float32  (frozen, not normalised)
-    text_tokens.npy    [n_captions, n_layers_txt, L, D_txt]     float16  (L = longest caption's EOT + 1)
+    text_tokens.npy    [n_captions, L, n_layers_txt * D_txt]    float16  (L = longest caption's EOT + 1)
     text_embeds.npy    [n_captions, E]                          float32
     text_eot.npy       [n_captions]                             int64
+
+Tokens are stored in the model's ``cached_form``: each tapped block's output standardised as the
+branch's LayerNorm does before its (trained) scale and shift, the taps side by side, so that a
+training step starts at the branch's one folded down projection.
 
 The key hashes every frozen weight, the tapped layers, the split's files, captions and tokens, the
 transform and this format's version: any change writes a new entry (invalidation by construction).
@@ -49,7 +53,7 @@ from rsretrieval.training.tasks import Batch, Inputs, Task
 
 _logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: tokens in the model's cached_form (normalised, taps side by side)
 _TMP_PREFIX = ".tmp-"
 _FILES = ("image_tokens", "image_embeds", "text_tokens", "text_embeds", "text_eot")
 
@@ -185,18 +189,16 @@ class FeatureCache:
 
     def image_features(self, index: torch.Tensor | Sequence[int], device: torch.device | str = "cpu"
                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Frozen embeddings [B, E] and per-layer tokens (list of [B, 1+P, D]) of images ``index``."""
+        """Frozen embeddings [B, E] and tokens [B, 1+P, layers * D] (``cached_form``) of images ``index``."""
         emb = torch.from_numpy(self._rows(self.arrays["image_embeds"], index)).to(device)
-        tok = torch.from_numpy(self._rows(self.arrays["image_tokens"], index)).to(device)  # [B, layers, T, D]
-        return emb, list(tok.unbind(dim=1))
+        return emb, torch.from_numpy(self._rows(self.arrays["image_tokens"], index)).to(device)
 
     def text_features(self, index: torch.Tensor | Sequence[int], device: torch.device | str = "cpu"
                       ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        """Frozen embeddings [B, E], per-layer tokens (list of [B, L, D]) and EOT positions [B]."""
+        """Frozen embeddings [B, E], tokens [B, L, layers * D] (``cached_form``) and EOT positions [B]."""
         emb = torch.from_numpy(self._rows(self.arrays["text_embeds"], index)).to(device)
-        tok = torch.from_numpy(self._rows(self.arrays["text_tokens"], index)).to(device)  # [B, layers, L, D]
-        eot = torch.from_numpy(self._rows(self.arrays["text_eot"], index)).to(device)
-        return emb, list(tok.unbind(dim=1)), eot
+        tok = torch.from_numpy(self._rows(self.arrays["text_tokens"], index)).to(device)
+        return emb, tok, torch.from_numpy(self._rows(self.arrays["text_eot"], index)).to(device)
 
 
 def open_cache(path: str | Path, hit: bool = True) -> FeatureCache:
@@ -248,7 +250,7 @@ def build_cache(
 
     Args:
         model: a model with a side branch (``apply_method(model, "focus_adapter")``): it provides
-            ``tapped_layers``, ``frozen_image_features`` and ``frozen_text_features``.
+            ``tapped_layers``, ``frozen_image_features``, ``frozen_text_features`` and ``cached_form``.
         data: the split to cache (every image once, every caption once).
         transform: the deterministic training transform (no random augmentation: it would be
             frozen into the cache).
@@ -308,17 +310,15 @@ def _write_features(model: nn.Module, data: CaptionDataset, transform: Callable,
             start = 0
             for batch in tqdm(loader, desc="cache images", disable=not progress, leave=False):
                 emb, taps = model.frozen_image_features(batch["image"].to(dev))
-                if not taps:  # a tower without a branch: keep a zero-size token array so shapes stay uniform
-                    taps = [emb.new_zeros(len(emb), 0, 0)]
-                tok = torch.stack(taps, dim=1)  # [B, layers, T, D]
+                # a tower without a branch: a zero-size token array, so that shapes stay uniform
+                tok = model.cached_form("visual", taps) if taps else emb.new_zeros(len(emb), 0, 0)  # [B, T, K*D]
                 if not arrays:
-                    n_layers = len(layers.get("visual", ())) or 0
                     arrays["image_tokens"] = open_memmap(out / "image_tokens.npy", "w+", token_dtype,
-                                                         (data.num_images, n_layers, *tok.shape[2:]))
+                                                         (data.num_images, *tok.shape[1:]))
                     arrays["image_embeds"] = open_memmap(out / "image_embeds.npy", "w+", np.float32,
                                                          (data.num_images, emb.shape[1]))
                 end = start + len(emb)
-                if arrays["image_tokens"].shape[1]:
+                if arrays["image_tokens"].size:
                     arrays["image_tokens"][start:end] = tok.cpu().numpy().astype(token_dtype)
                 arrays["image_embeds"][start:end] = emb.float().cpu().numpy()
                 start = end
@@ -331,16 +331,16 @@ def _write_features(model: nn.Module, data: CaptionDataset, transform: Callable,
                 end = min(start + batch_size, data.num_captions)
                 emb, taps, eot = model.frozen_text_features(tokens[start:end].to(dev))
                 if "text_tokens" not in arrays:
-                    width = taps[0].shape[-1] if taps else 0
-                    shape = (data.num_captions, n_layers, length if n_layers else 0, width)
+                    width = n_layers * taps[0].shape[-1] if taps else 0
+                    shape = (data.num_captions, length if n_layers else 0, width)
                     arrays["text_tokens"] = open_memmap(out / "text_tokens.npy", "w+", token_dtype, shape)
                     arrays["text_embeds"] = open_memmap(out / "text_embeds.npy", "w+", np.float32,
                                                         (data.num_captions, emb.shape[1]))
                     arrays["text_eot"] = open_memmap(out / "text_eot.npy", "w+", np.int64, (data.num_captions,))
                 if n_layers:
-                    tok = torch.stack(taps, dim=1)  # [B, layers, L_batch, D], L_batch <= length
-                    arrays["text_tokens"][start:end, :, :tok.shape[2]] = tok.cpu().numpy().astype(token_dtype)
-                    arrays["text_tokens"][start:end, :, tok.shape[2]:] = 0
+                    tok = model.cached_form("text", taps)  # [B, L_batch, K*D], L_batch <= length
+                    arrays["text_tokens"][start:end, :tok.shape[1]] = tok.cpu().numpy().astype(token_dtype)
+                    arrays["text_tokens"][start:end, tok.shape[1]:] = 0
                 arrays["text_embeds"][start:end] = emb.float().cpu().numpy()
                 arrays["text_eot"][start:end] = eot.cpu().numpy()
             for a in arrays.values():
@@ -384,8 +384,8 @@ def cached_image_features(model: nn.Module, cache: FeatureCache, image_ids: torc
     """[B, E] L2-normalised side-branch image embeddings of training images, read from the cache."""
     if len(image_ids) and int(image_ids.max()) >= cache.num_images:
         raise IndexError(f"image ids beyond the cache's {cache.num_images} images: was it built on another split?")
-    emb, taps = cache.image_features(image_ids, model.logit_scale.device)
-    return F.normalize(model.branch_image(emb, taps), dim=-1)
+    emb, tokens = cache.image_features(image_ids, model.logit_scale.device)
+    return F.normalize(model.branch_image(emb, tokens), dim=-1)
 
 
 class CachedSideBranchTask(Task):
@@ -421,12 +421,11 @@ class CachedSideBranchTask(Task):
             raise IndexError(f"indices beyond the cache ({self.cache.num_images} images, "
                              f"{self.cache.num_captions} captions): was it built on another split?")
         dev = self.model.logit_scale.device
-        img_emb, img_taps = self.cache.image_features(image_ids, dev)
-        txt_emb, txt_taps, eot = self.cache.text_features(caption_ids, dev)
-        # as the uncached path: tokens up to the batch's last EOT
-        txt_taps = [t[:, :int(eot.max()) + 1] for t in txt_taps]
-        img = F.normalize(self.model.branch_image(img_emb, img_taps), dim=-1)
-        txt = F.normalize(self.model.branch_text(txt_emb, txt_taps, eot), dim=-1)
+        img_emb, img_tok = self.cache.image_features(image_ids, dev)
+        txt_emb, txt_tok, eot = self.cache.text_features(caption_ids, dev)
+        txt_tok = txt_tok[:, :int(eot.max()) + 1]  # as the uncached path: tokens up to the batch's last EOT
+        img = F.normalize(self.model.branch_image(img_emb, img_tok), dim=-1)
+        txt = F.normalize(self.model.branch_text(txt_emb, txt_tok, eot), dim=-1)
         return self.loss(img, txt, logit_scale(self.model), image_ids)
 
 

@@ -210,23 +210,41 @@ class SideBranch(nn.Module):
                 nn.init.kaiming_uniform_(lin.weight, a=5**0.5)
                 nn.init.zeros_(lin.bias)
 
-    def tokens(self, taps: Sequence[torch.Tensor], recompute: bool = True) -> torch.Tensor:
+    def tokens(self, taps: Sequence[torch.Tensor]) -> torch.Tensor:
         """Tapped block outputs, each [N, T, D] -> bottleneck tokens [N, T, r].
 
-        ``recompute``: in training, recompute each tap's LayerNorm + down projection in backward rather
-        than keep its normalised full-width copy (the same numbers either way). Worth it after a
-        backbone forward; not for cached features, where the copy is small and recomputing costs time."""
-        if len(taps) != len(self.downs):
-            raise ValueError(f"the branch reads {len(self.downs)} tapped blocks, got {len(taps)}")
+        In training each tap's LayerNorm + down projection is recomputed in backward rather than its
+        normalised full-width copy kept (~20 MB per image tap at ViT-B-32, batch 32; autograd keeps
+        the taps themselves anyway)."""
+        self._check(len(taps))
         dtype = self.downs[0].weight.dtype
-        if recompute and torch.is_grad_enabled():
-            # recompute LayerNorm + down in backward instead of keeping each tap's full-width normalised copy
-            # (~20 MB per image tap at ViT-B-32, batch 32); autograd keeps the taps themselves anyway
+        if torch.is_grad_enabled():
             h = sum(checkpoint(_norm_down, x, norm, down, dtype, use_reentrant=False)
                     for x, norm, down in zip(taps, self.norms, self.downs))
         else:
             h = sum(_norm_down(x, norm, down, dtype) for x, norm, down in zip(taps, self.norms, self.downs))
         return self.block(h)
+
+    def normalise(self, taps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Taps, each [N, T, D] -> [N, T, n_taps * D]: each standardised as its LayerNorm does, before
+        the norm's scale and shift (which train), side by side. What a feature cache stores: it does
+        not change while the branch trains."""
+        self._check(len(taps))
+        with torch.no_grad():
+            return torch.cat([F.layer_norm(x.float(), x.shape[-1:], eps=norm.eps)
+                              for x, norm in zip(taps, self.norms)], dim=-1)
+
+    def tokens_from_normalised(self, normalised: torch.Tensor) -> torch.Tensor:
+        """:meth:`normalise`'s output [N, T, n_taps * D] -> bottleneck tokens [N, T, r]: :meth:`tokens`
+        up to float rounding. The norms' scale and shift fold into one down projection over all taps,
+        so backward computes the weights' gradient only, never the full-width one of each tap."""
+        weight = torch.cat([down.weight * norm.weight for down, norm in zip(self.downs, self.norms)], dim=1)
+        bias = sum(down.weight @ norm.bias + down.bias for down, norm in zip(self.downs, self.norms))
+        return self.block(F.linear(normalised.to(weight.dtype), weight, bias))
+
+    def _check(self, n_taps: int) -> None:
+        if n_taps != len(self.downs):
+            raise ValueError(f"the branch reads {len(self.downs)} tapped blocks, got {n_taps}")
 
     def fuse(self, frozen: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         """``e_frozen + s * gate * up(pooled)``: [N, E] + [E] * [N, E]."""
@@ -316,15 +334,36 @@ class FocusAdapter(AdapterModule):
             size = 16 if x.device.type == "cpu" else 0
         return size if size > 0 else max(1, len(x))
 
-    # the two halves the cache also calls (rsretrieval.cmer.cache.CachedSideBranchTask)
-    def image_from_features(self, frozen: torch.Tensor, taps: Sequence[torch.Tensor],
-                            recompute: bool = True) -> torch.Tensor:
-        """Frozen image embedding [N, E] + tapped blocks (each [N, 1+P, D], class token first) -> [N, E]
-        (``recompute``: see :meth:`SideBranch.tokens`)."""
+    # each tower from its frozen embedding and taps: raw (a forward from pixels and tokens) or
+    # normalised (SideBranch.normalise: what rsretrieval.cmer.cache stores)
+    def image_from_features(self, frozen: torch.Tensor, taps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Frozen image embedding [N, E] + tapped blocks (each [N, 1+P, D], class token first) -> [N, E]."""
+        return frozen if self.image is None else self._pool_image(frozen, self.image.tokens(taps))
+
+    def image_from_normalised(self, frozen: torch.Tensor, normalised: torch.Tensor) -> torch.Tensor:
+        """Frozen image embedding [N, E] + normalised taps [N, 1+P, n_taps * D] -> [N, E]."""
         if self.image is None:
             return frozen
-        h = self.image.tokens(taps, recompute)  # [N, 1+P, r]
-        cls, patches = h[:, 0], h[:, 1:]
+        return self._pool_image(frozen, self.image.tokens_from_normalised(normalised))
+
+    def text_from_features(self, frozen: torch.Tensor, taps: Sequence[torch.Tensor],
+                           eot: torch.Tensor) -> torch.Tensor:
+        """Frozen text embedding [N, E] + tapped blocks (each [N, L, D]) + EOT positions [N] -> [N, E].
+
+        ``L`` may be shorter than the context as long as it reaches every EOT: the branch is
+        token-wise until pooling, and pooling reads positions up to the EOT only.
+        """
+        return frozen if self.text is None else self._pool_text(frozen, self.text.tokens(taps), eot)
+
+    def text_from_normalised(self, frozen: torch.Tensor, normalised: torch.Tensor,
+                             eot: torch.Tensor) -> torch.Tensor:
+        """Frozen text embedding [N, E] + normalised taps [N, L, n_taps * D] + EOT positions [N] -> [N, E]."""
+        if self.text is None:
+            return frozen
+        return self._pool_text(frozen, self.text.tokens_from_normalised(normalised), eot)
+
+    def _pool_image(self, frozen: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        cls, patches = h[:, 0], h[:, 1:]  # h: [N, 1+P, r]
         if self.config.pooling == "cls":
             pooled, self.last_weights = cls, None
         elif self.focus is not None:
@@ -335,17 +374,8 @@ class FocusAdapter(AdapterModule):
             self.last_weights = torch.full(patches.shape[:2], 1 / patches.shape[1], device=h.device)
         return self.image.fuse(frozen, pooled)
 
-    def text_from_features(self, frozen: torch.Tensor, taps: Sequence[torch.Tensor],
-                           eot: torch.Tensor, recompute: bool = True) -> torch.Tensor:
-        """Frozen text embedding [N, E] + tapped blocks (each [N, L, D]) + EOT positions [N] -> [N, E].
-
-        ``L`` may be shorter than the context as long as it reaches every EOT: the branch is
-        token-wise until pooling, and pooling reads positions up to the EOT only.
-        """
-        if self.text is None:
-            return frozen
-        h = self.text.tokens(taps, recompute)  # [N, L, r]
-        eot = eot.to(h.device)
+    def _pool_text(self, frozen: torch.Tensor, h: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+        eot = eot.to(h.device)  # h: [N, L, r]
         if self.config.text_pooling == "eot":
             pooled = h[torch.arange(len(h), device=h.device), eot]
         else:
@@ -487,14 +517,18 @@ class FocusAdapterCLIP(CLIP):
         """Tapped block indices per tower (an empty tuple for a tower without a branch)."""
         return {t: self.focus_adapter.layers.get(t, ()) for t in ("visual", "text")}
 
-    def branch_image(self, frozen: torch.Tensor, taps: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Cached frozen features -> adapted image embedding (not normalised); nothing recomputed."""
-        return self.focus_adapter.image_from_features(frozen, taps, recompute=False)
+    def cached_form(self, tower: str, taps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """What a cache stores of a tower's taps (``visual`` or ``text``): :meth:`SideBranch.normalise`."""
+        branch = self.focus_adapter.image if tower == "visual" else self.focus_adapter.text
+        return branch.normalise(taps)
 
-    def branch_text(self, frozen: torch.Tensor, taps: Sequence[torch.Tensor],
-                    eot: torch.Tensor) -> torch.Tensor:
-        """Cached frozen features -> adapted text embedding (not normalised); nothing recomputed."""
-        return self.focus_adapter.text_from_features(frozen, taps, eot, recompute=False)
+    def branch_image(self, frozen: torch.Tensor, normalised: torch.Tensor) -> torch.Tensor:
+        """Cached frozen features (:meth:`cached_form`) -> adapted image embedding (not normalised)."""
+        return self.focus_adapter.image_from_normalised(frozen, normalised)
+
+    def branch_text(self, frozen: torch.Tensor, normalised: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+        """Cached frozen features (:meth:`cached_form`) -> adapted text embedding (not normalised)."""
+        return self.focus_adapter.text_from_normalised(frozen, normalised, eot)
 
 
 def inject_focus_adapter(model: nn.Module, config: FocusAdapterConfig) -> None:
