@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from rsretrieval.models.utils import embed_dim
 from rsretrieval.methods.base import (
@@ -170,10 +169,6 @@ class ResidualMLP(nn.Module):
         return x + self.fc2(self.dropout(self.act(self.fc1(self.norm(x)))))
 
 
-def _norm_down(x: torch.Tensor, norm: nn.LayerNorm, down: nn.Linear, dtype: torch.dtype) -> torch.Tensor:
-    return down(norm(x.to(dtype)))  # [N, T, D] -> [N, T, r]
-
-
 class SideBranch(nn.Module):
     """One tower's branch: tapped tokens -> bottleneck tokens, and pooled bottleneck -> embedding offset.
 
@@ -211,19 +206,10 @@ class SideBranch(nn.Module):
                 nn.init.zeros_(lin.bias)
 
     def tokens(self, taps: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Tapped block outputs, each [N, T, D] -> bottleneck tokens [N, T, r].
-
-        In training each tap's LayerNorm + down projection is recomputed in backward rather than its
-        normalised full-width copy kept (~20 MB per image tap at ViT-B-32, batch 32; autograd keeps
-        the taps themselves anyway)."""
-        self._check(len(taps))
-        dtype = self.downs[0].weight.dtype
-        if torch.is_grad_enabled():
-            h = sum(checkpoint(_norm_down, x, norm, down, dtype, use_reentrant=False)
-                    for x, norm, down in zip(taps, self.norms, self.downs))
-        else:
-            h = sum(_norm_down(x, norm, down, dtype) for x, norm, down in zip(taps, self.norms, self.downs))
-        return self.block(h)
+        """Tapped block outputs, each [N, T, D] -> bottleneck tokens [N, T, r]: per tap LayerNorm + down
+        projection, summed, then the residual MLP; computed as :meth:`tokens_from_normalised` of
+        :meth:`normalise` (what a cache stores), so both paths train the same map."""
+        return self.tokens_from_normalised(self.normalise(taps))
 
     def normalise(self, taps: Sequence[torch.Tensor]) -> torch.Tensor:
         """Taps, each [N, T, D] -> [N, T, n_taps * D]: each standardised as its LayerNorm does, before
@@ -235,9 +221,11 @@ class SideBranch(nn.Module):
                               for x, norm in zip(taps, self.norms)], dim=-1)
 
     def tokens_from_normalised(self, normalised: torch.Tensor) -> torch.Tensor:
-        """:meth:`normalise`'s output [N, T, n_taps * D] -> bottleneck tokens [N, T, r]: :meth:`tokens`
-        up to float rounding. The norms' scale and shift fold into one down projection over all taps,
-        so backward computes the weights' gradient only, never the full-width one of each tap."""
+        """:meth:`normalise`'s output [N, T, n_taps * D] -> bottleneck tokens [N, T, r]. The norms' scale
+        and shift fold into one down projection over all taps (the same map as LayerNorm + down per tap,
+        summed, up to float rounding), so backward keeps the normalised input only and computes the
+        weights' gradient, never a tap's full-width one: no recomputation, and no more memory than the
+        taps a checkpoint would keep."""
         weight = torch.cat([down.weight * norm.weight for down, norm in zip(self.downs, self.norms)], dim=1)
         bias = sum(down.weight @ norm.bias + down.bias for down, norm in zip(self.downs, self.norms))
         return self.block(F.linear(normalised.to(weight.dtype), weight, bias))
