@@ -188,13 +188,13 @@ class FeatureCache:
         return array[idx]  # fancy indexing on a memmap reads just these rows into memory
 
     def image_features(self, index: torch.Tensor | Sequence[int], device: torch.device | str = "cpu"
-                       ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """Frozen embeddings [B, E] and tokens [B, 1+P, layers * D] (``cached_form``) of images ``index``."""
         emb = torch.from_numpy(self._rows(self.arrays["image_embeds"], index)).to(device)
         return emb, torch.from_numpy(self._rows(self.arrays["image_tokens"], index)).to(device)
 
     def text_features(self, index: torch.Tensor | Sequence[int], device: torch.device | str = "cpu"
-                      ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Frozen embeddings [B, E], tokens [B, L, layers * D] (``cached_form``) and EOT positions [B]."""
         emb = torch.from_numpy(self._rows(self.arrays["text_embeds"], index)).to(device)
         tok = torch.from_numpy(self._rows(self.arrays["text_tokens"], index)).to(device)
