@@ -68,8 +68,8 @@ print(test)
 print_trainable_parameters(clip.model);
 
 # %% [markdown]
-# With the offline defaults the model is **MiniCLIP 2**: an 8M-parameter CLIP this repository
-# pretrained from scratch, on a CPU, on SynthRS's *web* domain. Like the web data OpenAI's CLIP
+# With the offline defaults the model is **MiniCLIP** (which pretraining variant: printed below):
+# an 8M-parameter CLIP this repository pretrained from scratch, on a CPU, on SynthRS's *web* domain. Like the web data OpenAI's CLIP
 # learned from, it mixes two kinds of pictures:
 # - object-centred photos on coloured backdrops or named grounds (grass, sand, asphalt…),
 #   sometimes beside a road, river or runway, with captions such as "two red planes on a green
