@@ -397,18 +397,12 @@ def cmd_recipes_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _zoo_settings(args: argparse.Namespace):
-    from rsretrieval.zoo import ZooSettings
-
-    return ZooSettings(model=args.model, pretrained=args.pretrained or None, dataset=args.dataset,
-                       root=args.root, recipe=args.recipe or None, device=args.device, threads=args.threads,
-                       regime=args.regime)
-
-
 def cmd_zoo_build(args: argparse.Namespace) -> int:
-    from rsretrieval.zoo import build_zoo, zoo_dir
+    from rsretrieval.zoo import ZooSettings, build_zoo, zoo_dir
 
-    settings = _zoo_settings(args)
+    settings = ZooSettings(model=args.model, pretrained=args.pretrained or None, dataset=args.dataset,
+                           root=args.root, recipe=args.recipe or None, device=args.device, threads=args.threads,
+                           regime=args.regime, version=args.version)
     out = Path(args.out) if args.out else zoo_dir(settings.model, settings.dataset, settings.regime)
     doc = build_zoo(args.only, args.seed, out, settings, workers=args.workers, progress=args.progress)
     print(f"{len(doc['entries'])} entries in {out / 'zoo.json'}")
@@ -720,6 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "(the files do not depend on it)")
     p.add_argument("--regime", default=None, help="a SynthRS regime (small-targets, scene-free-captions): its "
                                                   "dataset is generated, its zoo goes to data/zoo/<model>-synthrs-<regime>")
+    p.add_argument("--version", default=None, help="SynthRS version to generate (default: the current one)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=cmd_zoo_build)
     p = zsub.add_parser("show", help="the zoo's entries: best epoch, val and test mR, time, memory, file size")

@@ -139,18 +139,33 @@ class ZooSettings:
     device: str = "cpu"  # CPU by default: the committed files are made, and reproduced, there
     threads: int = 1  # per entry; `build_zoo(workers=2)` trains two at once on 2 cores
     regime: str | None = None  # a SynthRS regime (data.synthrs.REGIMES), generated into <data home>/synthrs-<regime>
+    # the SynthRS version of generated data (None: the current one, data.synthrs.VERSIONS; recorded
+    # concretely, so that a zoo names the generator it was built on); other datasets and roots: None
+    version: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.version is None and self.dataset == "synthrs" and self.root is None:
+            from rsretrieval.data.synthrs import VERSIONS
+
+            self.version = VERSIONS["rs"]
 
     def data_root(self) -> str | None:
-        """The dataset folder: ``root``; for a regime without one, its generated SynthRS."""
-        if self.regime is None or self.root is not None:
+        """The dataset folder: ``root``; for generated SynthRS of a regime or of another version than
+        the current one, its folder (``<data home>/synthrs[-<regime>][-<version>]``), generated on first use."""
+        from rsretrieval.data.synthrs import VERSIONS
+
+        other = self.version not in (None, VERSIONS["rs"])
+        if self.root is not None or (self.regime is None and not other):
             return self.root
-        from rsretrieval.data.synthrs import generate_regime
+        from rsretrieval.data.synthrs import generate_regime, generate_synthrs
         from rsretrieval.paths import data_dir
 
         if self.dataset != "synthrs":
-            raise ValueError(f"regime {self.regime!r} is a SynthRS regime: it needs dataset 'synthrs', "
-                             f"not {self.dataset!r}")
-        return str(generate_regime(self.regime, data_dir(f"synthrs-{self.regime}"), progress=False))
+            raise ValueError(f"regime {self.regime!r} and version {self.version!r} are SynthRS's: they need "
+                             f"dataset 'synthrs', not {self.dataset!r}")
+        folder = data_dir("synthrs" + (f"-{self.regime}" if self.regime else "") + (f"-{self.version}" * other))
+        kwargs = {"version": self.version, "progress": False} if other else {"progress": False}
+        return str(generate_regime(self.regime, folder, **kwargs) if self.regime else generate_synthrs(folder, **kwargs))
 
 
 def build_zoo(only: list[str] | None = None, seeds: list[int] | None = None, out: str | Path | None = None,
@@ -461,7 +476,7 @@ def _rebuild_command(config: ZooConfig, seed: int, settings: ZooSettings) -> str
 def _settings_args(settings: ZooSettings) -> list[str]:
     default = ZooSettings()
     args = []
-    for name in ("model", "pretrained", "dataset", "root", "recipe", "device", "threads", "regime"):
+    for name in ("model", "pretrained", "dataset", "root", "recipe", "device", "threads", "regime", "version"):
         value = getattr(settings, name)
         if value != getattr(default, name):
             args += [f"--{name}", "" if value is None else str(value)]
@@ -528,7 +543,7 @@ def _pretrained_rows(settings: ZooSettings):
     return blob["payload"]["token_rows"].long()
 
 
-_WHAT_DECIDES = ("model", "pretrained", "dataset", "root", "recipe", "regime")  # device, threads: only the bits
+_WHAT_DECIDES = ("model", "pretrained", "dataset", "root", "recipe", "regime", "version")  # device, threads: only the bits
 
 
 def find_zoo(settings: ZooSettings, folder: str | Path | None = None) -> dict[str, Any] | None:

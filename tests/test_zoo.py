@@ -312,3 +312,34 @@ def test_a_learning_curve_point_trains_on_a_nested_share_without_the_recipes_ear
     curve = [c for c in CONFIGS if c.train_share]
     assert {c.label.split("@")[0] for c in curve} == set(zoo.CURVE_METHODS)
     assert all(c.notebooks == ("02",) and c.n_seeds is None for c in curve)
+
+
+def test_a_zoo_records_the_synthrs_version_it_was_built_on(tmp_path, monkeypatch):
+    from dataclasses import asdict
+
+    from rsretrieval.data import synthrs
+
+    current = synthrs.VERSIONS["rs"]
+    assert ZooSettings().version == current  # concrete, so a zoo names its generator
+    assert ZooSettings(root=str(tmp_path)).version is None and ZooSettings(dataset="rsitmd").version is None
+    # another version is generated into its own folder (the current one stays at <data home>/synthrs)
+    monkeypatch.setenv("RSR_HOME", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(synthrs, "generate_synthrs", lambda root, **kw: calls.append((root, kw)) or root)
+    assert ZooSettings().data_root() is None and not calls
+    other = "3.0" if current != "3.0" else "1.0"
+    assert ZooSettings(version=other).data_root() == str(tmp_path / f"synthrs-{other}")
+    assert calls == [(tmp_path / f"synthrs-{other}", {"version": other, "progress": False})]
+    # a zoo of another version is another zoo, refused by name
+    doc = {"settings": asdict(ZooSettings(version=other)), "base_weights": None}
+    assert "other settings" in zoo._other_zoo(doc, ZooSettings(), None)
+    assert zoo._other_zoo({**doc, "settings": asdict(ZooSettings())}, ZooSettings(), None) is None
+    assert zoo._settings_args(ZooSettings(version=other)) == ["--version", other]
+
+
+def test_the_committed_zoos_match_the_current_generator():
+    from rsretrieval.data.synthrs import VERSIONS
+
+    for name in ("mini-synthrs", "mini-synthrs-small-targets", "mini-synthrs-scene-free-captions"):
+        settings = json.loads((zoo.zoo_dir().parent / name / "zoo.json").read_text())["settings"]
+        assert settings["version"] == VERSIONS["rs"], name
