@@ -97,9 +97,9 @@ def run_method(
                 "recipe": recipe, "ties": DEFAULT_TIES, "results_version": RESULTS_VERSION}
     wanted = json.loads(json.dumps(identity))
     done, started = run_dir / "results.json", run_dir / "identity.json"
-    if cfg.resume and done.exists() and (previous := json.loads(done.read_text())).get("identity") == wanted:
+    if cfg.resume and done.exists() and _same_run((previous := json.loads(done.read_text())).get("identity"), wanted):
         return previous
-    if rank == 0 and (not cfg.resume or not started.exists() or json.loads(started.read_text()) != wanted):
+    if rank == 0 and (not cfg.resume or not started.exists() or not _same_run(json.loads(started.read_text()), wanted)):
         # run_dir holds nothing, or a run of other settings (method, loss, data, config): start afresh;
         # only an interrupted run of exactly this identity is resumed.
         clear_run(run_dir)
@@ -152,6 +152,17 @@ def run_method(
     }
     atomic_write_json(done, out, default=float)
     return json.loads(done.read_text())
+
+
+def _same_run(stored: Any, wanted: dict[str, Any]) -> bool:
+    """Whether a stored run identity is ``wanted`` but for where the run's folder is (a copied checkout or
+    a moved folder resumes its runs, and reads its finished ones back) and whether it drew progress bars."""
+    def placeless(identity: Any) -> Any:
+        if not isinstance(identity, dict) or not isinstance(identity.get("config"), dict):
+            return identity
+        return {**identity, "config": {k: v for k, v in identity["config"].items() if k not in ("output_dir", "progress")}}
+
+    return placeless(stored) == placeless(wanted)
 
 
 def _config_identity(cfg: TrainConfig) -> dict[str, Any]:

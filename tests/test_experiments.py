@@ -31,6 +31,20 @@ def test_cached_by_identity_and_restarted_when_settings_change(tmp_path, colour_
     again = _run(colour_data, run_dir)
     assert again["test"] == first["test"] and again["history"]["records"] == first["history"]["records"]
 
+    # The folder moved (a copied checkout, another --out): a finished run is read back, an interrupted one
+    # resumes from its last.pt instead of starting afresh.
+    moved = tmp_path / "elsewhere" / "run"
+    moved.parent.mkdir()
+    run_dir.rename(moved)
+    stamp = (moved / "results.json").stat().st_mtime_ns
+    assert _run(colour_data, moved)["test"] == first["test"]
+    assert (moved / "results.json").stat().st_mtime_ns == stamp  # read back, not trained again
+    (moved / "results.json").unlink()
+    stamp = (moved / "identity.json").stat().st_mtime_ns
+    assert _run(colour_data, moved)["history"]["records"] == first["history"]["records"]
+    assert (moved / "identity.json").stat().st_mtime_ns == stamp  # not cleared and rewritten: resumed
+    moved.rename(run_dir)
+
     # Other settings in the same folder: trained afresh, not resumed from the other run's last.pt.
     other = _run(colour_data, run_dir, lr=1e-2)
     assert other["identity"]["config"]["lr"] == 1e-2
