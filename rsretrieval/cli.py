@@ -402,7 +402,7 @@ def cmd_zoo_build(args: argparse.Namespace) -> int:
 
     settings = ZooSettings(model=args.model, pretrained=args.pretrained or None, dataset=args.dataset,
                            root=args.root, recipe=args.recipe or None, device=args.device, threads=args.threads,
-                           regime=args.regime, version=args.version)
+                           regime=args.regime, version=args.version or None)
     out = Path(args.out) if args.out else zoo_dir(settings.model, settings.dataset, settings.regime)
     doc = build_zoo(args.only, args.seed, out, settings, workers=args.workers, progress=args.progress)
     print(f"{len(doc['entries'])} entries in {out / 'zoo.json'}")

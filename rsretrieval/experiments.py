@@ -160,7 +160,8 @@ def _same_run(stored: Any, wanted: dict[str, Any]) -> bool:
     def placeless(identity: Any) -> Any:
         if not isinstance(identity, dict) or not isinstance(identity.get("config"), dict):
             return identity
-        return {**identity, "config": {k: v for k, v in identity["config"].items() if k not in ("output_dir", "progress")}}
+        config = {k: v for k, v in identity["config"].items() if k not in ("output_dir", "progress")}
+        return {**identity, "config": config}
 
     return placeless(stored) == placeless(wanted)
 

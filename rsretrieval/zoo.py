@@ -163,9 +163,11 @@ class ZooSettings:
         if self.dataset != "synthrs":
             raise ValueError(f"regime {self.regime!r} and version {self.version!r} are SynthRS's: they need "
                              f"dataset 'synthrs', not {self.dataset!r}")
-        folder = data_dir("synthrs" + (f"-{self.regime}" if self.regime else "") + (f"-{self.version}" * other))
-        kwargs = {"version": self.version, "progress": False} if other else {"progress": False}
-        return str(generate_regime(self.regime, folder, **kwargs) if self.regime else generate_synthrs(folder, **kwargs))
+        folder = data_dir("-".join(p for p in ("synthrs", self.regime, self.version if other else None) if p))
+        kwargs = {"progress": False, **({"version": self.version} if other else {})}
+        if self.regime:
+            return str(generate_regime(self.regime, folder, **kwargs))
+        return str(generate_synthrs(folder, **kwargs))
 
 
 def build_zoo(only: list[str] | None = None, seeds: list[int] | None = None, out: str | Path | None = None,
@@ -362,10 +364,8 @@ def _best_on(entry: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any] | 
     an ablation of the component trains with where the sweep chose it off. None: no such point."""
     points = [p for p in entry.get("sweep", {}).get("points", [])
               if any(p["settings"].get(f"loss.{k}") for k in names)]
-    if not points:
-        return None
-    best = max(points, key=lambda p: p["val_mr"])["settings"]
-    return {k: best[f"loss.{k}"] for k in names if f"loss.{k}" in best}
+    best = max(points, key=lambda p: p["val_mr"])["settings"] if points else None
+    return None if best is None else {k: best[f"loss.{k}"] for k in names if f"loss.{k}" in best}
 
 
 def _plain(config: ZooConfig) -> dict[str, Any]:
@@ -478,7 +478,7 @@ def _settings_args(settings: ZooSettings) -> list[str]:
     args = []
     for name in ("model", "pretrained", "dataset", "root", "recipe", "device", "threads", "regime", "version"):
         value = getattr(settings, name)
-        if value != getattr(default, name):
+        if value != getattr(default, name) and not (name == "version" and value is None):  # None: not SynthRS's
             args += [f"--{name}", "" if value is None else str(value)]
     return args
 

@@ -335,6 +335,7 @@ def test_a_zoo_records_the_synthrs_version_it_was_built_on(tmp_path, monkeypatch
     assert "other settings" in zoo._other_zoo(doc, ZooSettings(), None)
     assert zoo._other_zoo({**doc, "settings": asdict(ZooSettings())}, ZooSettings(), None) is None
     assert zoo._settings_args(ZooSettings(version=other)) == ["--version", other]
+    assert "--version" not in zoo._settings_args(ZooSettings(dataset="rsitmd", root=str(tmp_path)))
 
 
 def test_the_committed_zoos_match_the_current_generator():
