@@ -152,13 +152,12 @@ class ZooSettings:
     def data_root(self) -> str | None:
         """The dataset folder: ``root``; for generated SynthRS of a regime or of another version than
         the current one, its folder (``<data home>/synthrs[-<regime>][-<version>]``), generated on first use."""
-        from rsretrieval.data.synthrs import VERSIONS
+        from rsretrieval.data.synthrs import VERSIONS, generate_regime, generate_synthrs
+        from rsretrieval.paths import data_dir
 
         other = self.version not in (None, VERSIONS["rs"])
         if self.root is not None or (self.regime is None and not other):
             return self.root
-        from rsretrieval.data.synthrs import generate_regime, generate_synthrs
-        from rsretrieval.paths import data_dir
 
         if self.dataset != "synthrs":
             raise ValueError(f"regime {self.regime!r} and version {self.version!r} are SynthRS's: they need "
@@ -349,13 +348,14 @@ def _cmer_knobs(settings: ZooSettings, config: ZooConfig) -> dict[str, Any]:
         return {}
     from rsretrieval.recipes import load_recipe, read_recipe_file, recipe_key
 
-    if recipe_key(config.method, config.loss) in read_recipe_file(settings.recipe)["methods"]:
+    entries = read_recipe_file(settings.recipe)["methods"]
+    if recipe_key(config.method, config.loss) in entries:
         return {}
 
     chosen = load_recipe(settings.recipe, "cmer").loss_kwargs
     knobs = {k: chosen[k] for k in config.cmer_knobs if k in chosen}
     if knobs and not any(knobs.values()):  # CMER's sweep switched the component off: measure it on
-        knobs = _best_on(read_recipe_file(settings.recipe)["methods"]["cmer"], config.cmer_knobs) or knobs
+        knobs = _best_on(entries["cmer"], config.cmer_knobs) or knobs
     return {_RECYCLING_KEYWORDS[k]: v for k, v in knobs.items()} if config.loss == "recycling" else knobs
 
 
